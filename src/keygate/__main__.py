@@ -1,0 +1,3 @@
+from keygate.cli.main import main
+
+main()

@@ -1,0 +1,115 @@
+"""The FastAPI application: routes for every APEX endpoint, error handling, lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keygate import __version__
+from keygate.api import replies
+from keygate.api.endpoints import ENDPOINTS
+from keygate.api.middleware import BodyLimit, CanonicalPath
+from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
+from keygate.api.wire import ClientAddress
+from keygate.config import Settings
+from keygate.domain.errors import KeygateError
+from keygate.service import Keygate
+from keygate.store.database import migrate
+
+log = logging.getLogger("keygate.api")
+
+DESCRIPTION = """APEX-compatible API-key authentication.
+
+Sign `Nonce + UserId + APIKey` with HMAC-SHA256 keyed by the API secret, send the four headers
+`APIKey`, `Signature`, `UserId`, `Nonce` to `AuthenticateUser`, and send the returned `SessionToken`
+as the `aptoken` header on later calls. Paths are matched without regard to case: `/AP/...` and `/ap/...`.
+Errors answer a 4xx with `{"result": false, "errormsg", "errorcode", "detail"}`.
+"""
+
+
+def create_app(settings: Settings | None = None, keygate: Keygate | None = None) -> FastAPI:
+    """Build the app. Given no ``keygate``, it opens one from ``settings`` at startup and closes it at shutdown."""
+    settings = settings or (keygate.settings if keygate else Settings.from_env())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = keygate is None
+        kg = keygate or Keygate(settings, create_master_key=False)
+        if owned:
+            await migrate(kg.engine)
+        app.state.keygate = kg
+        kg.start_background()
+        try:
+            yield
+        finally:
+            if owned:
+                await kg.close()
+
+    app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.client_address = ClientAddress(settings.trusted_proxies)
+    if keygate is not None:
+        app.state.keygate = keygate
+
+    for ep in ENDPOINTS.values():
+        for method in ("GET", "POST"):
+            app.add_api_route(
+                f"/AP/{ep.name}",
+                ep.handler,
+                methods=[method],
+                name=f"{ep.name}_{method.lower()}",
+                operation_id=f"{ep.name}_{method.lower()}",
+                summary=ep.summary,
+                description=ep.description,
+                tags=["APEX: " + ("public" if ep.auth in ("none", "credentials") else "private")],
+                responses=responses_for(ep),  # type: ignore[arg-type]
+                openapi_extra=operation_extra(ep, method),
+                response_class=replies.ApexJSON,
+            )
+
+    _install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CanonicalPath, endpoint_names=list(ENDPOINTS))
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KeygateError)
+    async def keygate_error(request: Request, exc: KeygateError) -> Response:
+        return replies.error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            name = request.url.path.rsplit("/", 1)[-1][:64]
+            return replies.generic(False, f"Unknown endpoint {name!r}; see /openapi.json for the list", 104, status=404)
+        if exc.status_code == 405:
+            return replies.generic(False, "Method not allowed; use GET or POST", 106, status=405)
+        return replies.generic(False, str(exc.detail), 100, status=exc.status_code if 400 <= exc.status_code < 500 else 400)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return replies.generic(False, "Invalid Request", 100, status=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+        return replies.generic(False, "Server Error", 102, status=500)
+

@@ -1,0 +1,305 @@
+"""The APEX endpoints. Each handler reads the wire, calls one use case, and writes an APEX reply."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keygate.api import replies
+from keygate.api.wire import basic_auth, credential_headers, header, read_payload, session_token
+from keygate.domain.errors import InvalidRequest, KeygateError, NotAuthorized
+from keygate.domain.iprules import IpAllowlist
+from keygate.domain.permissions import format_permissions, parse_permissions
+from keygate.domain.users import parse_user_id
+from keygate.service import Keygate, Principal
+from keygate.service.auth import KeyCredentials, Pending2FA, SessionGrant
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    handler: Handler
+    summary: str
+    description: str
+    auth: str  # "none", "credentials", "session" or "password-session"
+    body: dict[str, Any] | None = None
+    reply: str = "Generic"
+    query: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+ENDPOINTS: dict[str, Endpoint] = {}
+
+
+def endpoint(name: str, summary: str, description: str = "", *, auth: str, body: dict[str, Any] | None = None,
+             reply: str = "Generic", query: tuple[tuple[str, str], ...] = ()) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ENDPOINTS[name] = Endpoint(name, fn, summary, description or (fn.__doc__ or "").strip(), auth, body, reply, query)
+        return fn
+
+    return register
+
+
+def _kg(request: Request) -> Keygate:
+    return request.app.state.keygate  # type: ignore[no-any-return]
+
+
+def _ip(request: Request) -> str | None:
+    return request.app.state.client_address(request)  # type: ignore[no-any-return]
+
+
+async def _payload(request: Request) -> dict[str, Any]:
+    return await read_payload(request, _kg(request).settings.max_body_bytes)
+
+
+async def authenticate_request(request: Request) -> Principal:
+    """A private call: ``aptoken``/``APToken``, or the four signed headers on the request itself."""
+    kg, ip = _kg(request), _ip(request)
+    token = session_token(request)
+    if token:
+        return await kg.auth.principal_for_token(token, ip)
+    creds = credential_headers(request)
+    if creds:
+        return await kg.auth.principal_for_signature(KeyCredentials.parse(creds), ip)
+    raise NotAuthorized("Not Authorized: send the aptoken header, or the APIKey, Signature, UserId and Nonce headers")
+
+
+def _target_user(payload: dict[str, Any], principal: Principal) -> int:
+    raw = payload.get("userid")
+    return principal.user_id if raw in (None, "") else parse_user_id(raw)
+
+
+def _render_grant(result: SessionGrant | Pending2FA) -> Response:
+    if isinstance(result, Pending2FA):
+        return replies.auth_pending_2fa(result.token)
+    return replies.auth_success(result.token, result.user)
+
+
+async def _sign_in(request: Request, allow_resume: bool = False) -> Response:
+    kg, ip = _kg(request), _ip(request)
+    try:
+        creds = credential_headers(request)
+        if creds:
+            return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(creds), ip))
+        payload = await _payload(request)
+        if any(k in payload for k in ("apikey", "signature", "nonce")):
+            return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(payload), ip))
+        if "username" in payload or "password" in payload:
+            return _render_grant(await kg.auth.authenticate_password(payload.get("username"), payload.get("password"), ip))
+        if allow_resume and payload.get("sessiontoken"):
+            token = payload["sessiontoken"]
+            if not isinstance(token, str):
+                raise InvalidRequest("SessionToken must be a string")
+            return _render_grant(await kg.auth.resume(token, ip))
+        basic = basic_auth(request)
+        if basic:
+            return _render_grant(await kg.auth.authenticate_password(basic[0], basic[1], ip))
+        raise InvalidRequest("Send the APIKey, Signature, UserId and Nonce headers (or a JSON body with them, or UserName and Password)")
+    except KeygateError as exc:
+        return replies.auth_failure(exc)
+
+
+# ----- public ---------------------------------------------------------------------------------
+
+@endpoint("Ping", "Liveness check", "Answers `{\"msg\": \"PONG\"}`; needs no authentication.", auth="none", reply="Pong")
+async def ping(request: Request) -> Response:
+    return replies.ApexJSON({"msg": "PONG"})
+
+
+_KEY_BODY = {"APIKey": "string", "Signature": "string", "UserId": "integer|string", "Nonce": "string", "UserName": "string", "Password": "string"}
+
+
+@endpoint(
+    "AuthenticateUser", "Sign in with an API key signature (or username and password)",
+    "Send the headers `APIKey`, `Signature`, `UserId`, `Nonce` (or the same fields as a JSON body), where "
+    "`Signature = hex(HMAC-SHA256(key=APISecret, msg=Nonce + UserId + APIKey))`. A password login "
+    "(`UserName`, `Password`) of a user with two-factor sign-in answers `Requires2FA` and a `Pending2FaToken`. "
+    "The reply's `SessionToken` goes in the `aptoken` header of later calls. Every failure of a key, user or "
+    "signature answers the same message.",
+    auth="credentials", body=_KEY_BODY, reply="Authenticated",
+)
+async def authenticate_user(request: Request) -> Response:
+    return await _sign_in(request)
+
+
+@endpoint(
+    "Authenticate", "Sign in: API key headers, or `Authorization: Basic` username and password",
+    "Accepts everything `AuthenticateUser` does, plus HTTP Basic credentials (the form the ccxt `ndax` client uses).",
+    auth="credentials", body=_KEY_BODY, reply="Authenticated",
+)
+async def authenticate(request: Request) -> Response:
+    return await _sign_in(request)
+
+
+@endpoint(
+    "WebAuthenticateUser", "Sign in with username and password, or resume a session by `SessionToken`",
+    auth="credentials", body={"UserName": "string", "Password": "string", "SessionToken": "string"}, reply="Authenticated",
+)
+async def web_authenticate_user(request: Request) -> Response:
+    return await _sign_in(request, allow_resume=True)
+
+
+@endpoint(
+    "Authenticate2FA", "Complete a two-factor sign-in with the current TOTP code",
+    "Send the `Pending2FaToken` from the password sign-in as a header (or in the body) and `Code` as a query "
+    "parameter or in the JSON body. Codes are standard TOTP: SHA-1, 30 seconds, 6 digits.",
+    auth="credentials", body={"Code": "string", "Pending2FaToken": "string"}, reply="Authenticated2FA",
+    query=(("Code", "The 6-digit TOTP code"),),
+)
+async def authenticate_2fa(request: Request) -> Response:
+    kg, ip = _kg(request), _ip(request)
+    try:
+        payload = await _payload(request)
+        pending = header(request, "pending2fatoken") or payload.get("pending2fatoken")
+        grant = await kg.auth.complete_2fa(pending, payload.get("code"), ip)
+    except KeygateError as exc:
+        return replies.auth_failure(exc)
+    return replies.ApexJSON({"Authenticated": True, "UserId": grant.user.user_id, "SessionToken": grant.token, "errormsg": None})
+
+
+# ----- private --------------------------------------------------------------------------------
+
+@endpoint("LogOut", "End the session whose token is sent", auth="session")
+async def log_out(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    await _kg(request).auth.logout(principal, _ip(request))
+    return replies.generic()
+
+
+@endpoint("GetUserInfo", "The signed-in user (an administrator may name another `UserId`)", auth="session",
+          body={"UserId": "integer|string"}, reply="User", query=(("UserId", "Optional; defaults to the caller"),))
+async def get_user_info(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    user_id = _target_user(payload, principal)
+    if not principal.may_act_for(user_id):
+        raise NotAuthorized("Not Authorized: you may only read your own user")
+    user = await _kg(request).users.require(user_id)
+    return replies.ApexJSON(user.apex_view())
+
+
+@endpoint("GetUserPermissions", "The permissions of this session: a key session has exactly its key's",
+          auth="session", body={"UserId": "integer|string"}, reply="StringList")
+async def get_user_permissions(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    if _target_user(payload, principal) != principal.user_id:
+        raise NotAuthorized("Not Authorized: you may only read your own permissions")
+    return replies.ApexJSON(format_permissions(principal.permissions))
+
+
+@endpoint("GetUserAccounts", "The account ids of the user, e.g. `[449]`", auth="session",
+          body={"UserId": "integer|string"}, reply="IntegerList")
+async def get_user_accounts(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    user_id = _target_user(payload, principal)
+    if not principal.may_act_for(user_id):
+        raise NotAuthorized("Not Authorized: you may only read your own accounts")
+    user = await _kg(request).users.require(user_id)
+    return replies.ApexJSON([user.account_id])
+
+
+_KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowlist": "array", "Label": "string"}
+
+
+def _allowlist(payload: dict[str, Any]) -> IpAllowlist | None:
+    for name in ("ipallowlist", "ipaddresses"):
+        if name in payload:
+            return IpAllowlist.parse(payload[name])
+    return None
+
+
+@endpoint(
+    "AddUserAPIKey", "Create an API key; the reply is the only time the secret is shown",
+    "Needs a password session (a session made from an API key gets errorcode 20). `Permissions` is a list of "
+    "`Trading`, `Withdraw`, `Deposit` (none: read only); `IpAllowlist` holds IPv4/IPv6 addresses and CIDR ranges "
+    "(empty: any IP).",
+    auth="password-session", body=_KEY_EDIT_BODY, reply="CreatedKey",
+)
+async def add_user_api_key(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    created = await _kg(request).keys.create(
+        principal,
+        _target_user(payload, principal),
+        parse_permissions(payload.get("permissions")),
+        _allowlist(payload) or IpAllowlist(),
+        payload.get("label") or "",
+    )
+    return replies.ApexJSON(created.reveal(), headers={"Cache-Control": "no-store"})
+
+
+@endpoint("GetUserAPIKeys", "List a user's API keys (never the secret)", auth="session",
+          body={"UserId": "integer|string"}, reply="KeyList")
+async def get_user_api_keys(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    keys = await _kg(request).keys.list(principal, _target_user(payload, principal))
+    return replies.ApexJSON([k.public_view() for k in keys])
+
+
+@endpoint(
+    "UpdateUserAPIKey", "Edit a key's permissions, IP allowlist or label (keygate's addition to APEX)",
+    "Fields left out keep their value. Changing permissions or the allowlist ends every session made with the key "
+    "at once (`SessionsEnded: true`). The key and its secret stay the same.",
+    auth="password-session", body={**_KEY_EDIT_BODY, "APIKey": "string"}, reply="UpdatedKey",
+)
+async def update_user_api_key(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    api_key = payload.get("apikey")
+    if not isinstance(api_key, str) or not api_key:
+        raise InvalidRequest("Missing APIKey: name the key to edit")
+    perms = parse_permissions(payload["permissions"]) if "permissions" in payload else None
+    label = payload.get("label")
+    if label is not None and not isinstance(label, str):
+        raise InvalidRequest("Label must be a string")
+    key, ended = await _kg(request).keys.update(
+        principal, _target_user(payload, principal), api_key, permissions=perms, ip_allowlist=_allowlist(payload), label=label
+    )
+    return replies.ApexJSON({**key.public_view(), "SessionsEnded": ended})
+
+
+@endpoint("RemoveUserAPIKey", "Delete a key; it and every session made with it stop working at once",
+          auth="password-session", body={"UserId": "integer|string", "APIKey": "string"})
+async def remove_user_api_key(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    api_key = payload.get("apikey")
+    if not isinstance(api_key, str) or not api_key:
+        raise InvalidRequest("Missing APIKey: name the key to delete")
+    await _kg(request).keys.delete(principal, _target_user(payload, principal), api_key)
+    return replies.generic()
+
+
+@endpoint("EnableGoogle2FA", "Start TOTP enrolment: answers the secret (`ManualCode`) and an otpauth URI",
+          "Two-factor sign-in is active only after `ConfirmGoogle2FA` with a current code.", auth="password-session", reply="Enable2FA")
+async def enable_2fa(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    principal.require_password_session()
+    secret, uri = await _kg(request).users.begin_totp(principal.user_id)
+    return replies.ApexJSON({"ManualCode": secret, "ProvisioningUri": uri, "result": True, "errormsg": None}, headers={"Cache-Control": "no-store"})
+
+
+@endpoint("ConfirmGoogle2FA", "Finish TOTP enrolment with a current code", auth="password-session", body={"Code": "string"})
+async def confirm_2fa(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    principal.require_password_session()
+    payload = await _payload(request)
+    await _kg(request).users.confirm_totp(principal.user_id, payload.get("code"))
+    return replies.generic()
+
+
+@endpoint("DisableGoogle2FA", "Remove TOTP sign-in; needs a current code", auth="password-session", body={"Code": "string"})
+async def disable_2fa(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    principal.require_password_session()
+    payload = await _payload(request)
+    await _kg(request).users.disable_totp(principal.user_id, payload.get("code"), actor=principal)
+    return replies.generic()

@@ -1,0 +1,63 @@
+"""ASGI middleware: canonical APEX paths, and a hard limit on body size."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class CanonicalPath:
+    """Rewrite ``/ap/authenticateuser`` (any case) to ``/AP/AuthenticateUser`` before routing.
+
+    APEX clients use both ``/AP/`` and ``/ap/`` and name endpoints without regard to case.
+    """
+
+    def __init__(self, app: ASGIApp, endpoint_names: Iterable[str]) -> None:
+        self.app = app
+        self._names = {n.lower(): n for n in endpoint_names}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            parts = path.split("/")
+            if len(parts) == 3 and parts[1].lower() == "ap":
+                name = self._names.get(parts[2].lower(), parts[2])
+                canonical = f"/AP/{name}"
+                if canonical != path:
+                    scope = dict(scope, path=canonical, raw_path=canonical.encode())
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse a declared ``Content-Length`` above ``max_bytes`` with 413, before reading anything.
+
+    Bodies without a length (chunked) are bounded while being read, in ``wire.read_payload``.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {"result": False, "errormsg": f"Request body is larger than {self.max_bytes} bytes", "errorcode": 100, "detail": None}
+        ).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._refuse(send)
+                    return
+        await self.app(scope, receive, send)

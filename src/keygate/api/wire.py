@@ -1,0 +1,106 @@
+"""Reading APEX requests: payload from query and JSON body, credentials from headers, client IP."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from keygate.domain.errors import InvalidRequest, PayloadTooLarge
+from keygate.domain.iprules import parse_address
+
+CREDENTIAL_HEADERS = ("apikey", "signature", "userid", "nonce")
+MAX_HEADER_VALUE = 512
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_payload(request: Request, limit: int = 65536) -> dict[str, Any]:
+    """Merge query parameters and a JSON object body; keys lower-cased (APEX ignores key case)."""
+    payload: dict[str, Any] = {k.lower(): v for k, v in request.query_params.items()}
+    body = await read_body(request, limit)
+    if body.strip():
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("Request body is not valid JSON; send a JSON object") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("Request body must be a JSON object")
+        payload.update({str(k).lower(): v for k, v in data.items()})
+    return payload
+
+
+def header(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if len(value) > MAX_HEADER_VALUE:
+        raise InvalidRequest(f"Header {name} is too long")
+    return value.strip()
+
+
+def credential_headers(request: Request) -> dict[str, str] | None:
+    """The four signing headers, if the request carries any of them."""
+    values = {name: header(request, name) for name in CREDENTIAL_HEADERS}
+    if not any(values.values()):
+        return None
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def basic_auth(request: Request) -> tuple[str, str] | None:
+    value = header(request, "authorization")
+    if not value or not value[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidRequest("Authorization header is not valid Basic credentials") from None
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        raise InvalidRequest("Authorization header is not valid Basic credentials")
+    return username, password
+
+
+def session_token(request: Request) -> str | None:
+    return header(request, "aptoken")
+
+
+class ClientAddress:
+    """The client IP: the socket peer, unless that peer is a trusted proxy.
+
+    Only then is ``X-Forwarded-For`` read, right to left, skipping trusted hops; the first untrusted
+    address is the client. A header sent by anyone else is ignored, so it cannot be spoofed.
+    """
+
+    def __init__(self, trusted_proxies: tuple[str, ...]) -> None:
+        self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+
+    def _is_trusted(self, address: str) -> bool:
+        ip = parse_address(address)
+        return ip is not None and any(ip.version == n.version and ip in n for n in self._trusted)
+
+    def __call__(self, request: Request) -> str | None:
+        peer = request.client.host if request.client else None
+        if peer is None or not self._trusted or not self._is_trusted(peer):
+            return peer
+        forwarded = request.headers.get("x-forwarded-for", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if parse_address(hop) is None:
+                return peer  # a garbled chain is not trusted
+            if not self._is_trusted(hop):
+                return hop
+        return peer

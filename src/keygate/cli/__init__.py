@@ -1,0 +1,1 @@
+"""The operator's command line: ``keygate serve``, users, keys, signatures."""

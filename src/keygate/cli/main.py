@@ -1,0 +1,332 @@
+"""``keygate``: run the server and manage users and keys from the server's own machine.
+
+Every command goes through the service layer, exactly like the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from keygate.config import Settings
+from keygate.domain.errors import KeygateError
+from keygate.domain.iprules import IpAllowlist
+from keygate.domain.permissions import format_permissions, parse_permissions
+from keygate.domain.signature import compute_signature
+from keygate.service import Keygate
+from keygate.service.principal import operator_acting_as
+from keygate.store.master_key import MasterKeyError
+
+app = typer.Typer(help="keygate: APEX-compatible API-key authentication.", no_args_is_help=True, add_completion=False)
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+key_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(key_app, name="key")
+
+T = TypeVar("T")
+
+
+def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = False) -> T:
+    """Open the service, run one use case, close. Known refusals print a message, not a trace."""
+
+    async def main() -> T:
+        kg = Keygate(Settings.from_env(), create_master_key=create_master_key)
+        try:
+            await kg.start(bootstrap_admin=False)
+            return await work(kg)
+        finally:
+            await kg.close()
+
+    try:
+        return asyncio.run(main())
+    except (KeygateError, MasterKeyError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+async def _user(kg: Keygate, who: str):  # type: ignore[no-untyped-def]
+    user = await kg.users.get(int(who)) if who.isdigit() else await kg.users.get_by_name(who)
+    if user is None:
+        raise KeygateError(f"no such user: {who}")
+    return user
+
+
+def _read_password(prompt: bool, stdin: bool) -> str:
+    if stdin:
+        return sys.stdin.readline().rstrip("\n")
+    env = os.environ.get("KEYGATE_PASSWORD")
+    if env:
+        return env
+    if prompt:
+        return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    raise typer.BadParameter("give the password with --password-stdin, KEYGATE_PASSWORD, or interactively")
+
+
+@app.command()
+def init() -> None:
+    """Create the data folder, master key and database, and the first admin (password printed once)."""
+
+    async def work(kg: Keygate) -> None:
+        boot = await kg.start()
+        _print_bootstrap(boot)
+
+    _run(work, create_master_key=True)
+
+
+def _print_bootstrap(boot: Any) -> None:
+    if boot.master_key_created:
+        typer.echo("Created a new master key (keep a backup: without it no API secret can be recovered).")
+    if boot.admin_password:
+        bar = "=" * 64
+        typer.echo(f"{bar}\nFirst admin account created. This password is shown only once:\n"
+                   f"  username: {boot.admin_username}\n  password: {boot.admin_password}\n{bar}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [KEYGATE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [KEYGATE_PORT]")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+) -> None:
+    """Set up on first start (as `init`), then serve the API."""
+    import uvicorn
+
+    from keygate.api import create_app
+
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = Settings.from_env(**overrides)
+
+    async def setup() -> Any:
+        kg = Keygate(settings, create_master_key=True)
+        try:
+            return await kg.start()
+        finally:
+            await kg.close()
+
+    try:
+        _print_bootstrap(asyncio.run(setup()))
+    except MasterKeyError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"keygate listening on http://{settings.host}:{settings.port} (docs: /docs, console: /console)")
+    if workers > 1:
+        os.environ.setdefault("KEYGATE_HOST", settings.host)
+        uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
+                    log_level=settings.log_level, access_log=False, proxy_headers=False)
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    access_log=False, proxy_headers=False)
+
+
+@app.command()
+def sign(
+    api_key: Annotated[str, typer.Option("--api-key", help="The API key")],
+    user_id: Annotated[str, typer.Option("--user-id", help="The user id")],
+    nonce: Annotated[str, typer.Option("--nonce", help="The nonce")],
+    secret_file: Annotated[Path | None, typer.Option("--secret-file", help="Read the secret from this file ('-' for stdin)")] = None,
+    secret_env: Annotated[str, typer.Option("--secret-env", help="Read the secret from this environment variable")] = "KEYGATE_API_SECRET",
+    headers: Annotated[bool, typer.Option("--headers", help="Print the four request headers, not just the signature")] = False,
+) -> None:
+    """Compute the APEX signature. The secret never comes from the command line."""
+    if secret_file is not None:
+        secret = sys.stdin.read() if str(secret_file) == "-" else secret_file.read_text()
+    elif os.environ.get(secret_env):
+        secret = os.environ[secret_env]
+    elif not sys.stdin.isatty():
+        secret = sys.stdin.read()
+    else:
+        typer.secho(f"error: give the secret with --secret-file, ${secret_env}, or on stdin", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    secret = secret.strip()
+    if not secret:
+        typer.secho("error: the secret is empty", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    signature = compute_signature(secret, nonce, user_id, api_key)
+    if headers:
+        typer.echo(f"APIKey: {api_key}\nSignature: {signature}\nUserId: {user_id}\nNonce: {nonce}")
+    else:
+        typer.echo(signature)
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    email: Annotated[str, typer.Option(help="Email address")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="Make an administrator")] = False,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+) -> None:
+    """Create a user (password from --password-stdin, $KEYGATE_PASSWORD, or a prompt)."""
+    password = _read_password(prompt=True, stdin=password_stdin)
+
+    async def work(kg: Keygate) -> None:
+        user = await kg.users.create(username, password, email, is_admin=admin)
+        typer.echo(f"created user {user.username} with UserId {user.user_id}")
+
+    _run(work)
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List users."""
+
+    async def work(kg: Keygate) -> None:
+        for u in await kg.users.list():
+            flags = ",".join(f for f, on in (("admin", u.is_admin), ("locked", u.locked), ("2fa", u.uses_2fa)) if on)
+            typer.echo(f"{u.user_id}\t{u.username}\t{u.email}\t{flags}")
+
+    _run(work)
+
+
+@user_app.command("lock")
+def user_lock(user: str) -> None:
+    """Lock a user and end their sessions."""
+    _run(lambda kg: _set_lock(kg, user, True))
+
+
+@user_app.command("unlock")
+def user_unlock(user: str) -> None:
+    """Unlock a user."""
+    _run(lambda kg: _set_lock(kg, user, False))
+
+
+async def _set_lock(kg: Keygate, who: str, locked: bool) -> None:
+    u = await _user(kg, who)
+    await kg.users.set_locked(u.user_id, locked, reason="cli")
+    typer.echo(f"{u.username} {'locked' if locked else 'unlocked'}")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    user: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+) -> None:
+    """Set a user's password (ends their sessions)."""
+    password = _read_password(prompt=True, stdin=password_stdin)
+
+    async def work(kg: Keygate) -> None:
+        u = await _user(kg, user)
+        await kg.users.set_password(u.user_id, password)
+        typer.echo(f"password set for {u.username}")
+
+    _run(work)
+
+
+@user_app.command("totp-enroll")
+def user_totp_enroll(
+    user: str,
+    code: Annotated[str | None, typer.Option(help="Confirm at once with this current code")] = None,
+) -> None:
+    """Start TOTP enrolment: prints the secret and otpauth URI; confirm with a code to enable."""
+
+    async def work(kg: Keygate) -> None:
+        u = await _user(kg, user)
+        secret, uri = await kg.users.begin_totp(u.user_id)
+        typer.echo(f"secret: {secret}\nuri: {uri}")
+        entered = code or typer.prompt("Current 6-digit code from the authenticator app")
+        await kg.users.confirm_totp(u.user_id, entered)
+        typer.echo("two-factor sign-in enabled")
+
+    _run(work)
+
+
+@key_app.command("create")
+def key_create(
+    user: Annotated[str, typer.Option("--user", help="Username or UserId of the owner")],
+    permission: Annotated[list[str] | None, typer.Option("--permission", "-p", help="Trading, Withdraw or Deposit (repeat)")] = None,
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="Allowed address or CIDR range (repeat); none: any IP")] = None,
+    label: Annotated[str, typer.Option(help="A label to tell keys apart")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the credentials as JSON (the console's Export to JSON)")] = False,
+) -> None:
+    """Create an API key. The secret is printed this once and can never be shown again."""
+
+    async def work(kg: Keygate) -> None:
+        u = await _user(kg, user)
+        created = await kg.keys.create(operator_acting_as(u), u.user_id, parse_permissions(permission or []), IpAllowlist.parse(ip or []), label)
+        if as_json:
+            typer.echo(json.dumps(created.reveal(), indent=2))
+            return
+        k = created.key
+        typer.echo(f"API KEY:    {k.api_key}\nAPI SECRET: {created.secret}\nNONCE:      {k.nonce}\nUSER ID:    {k.user_id}\n"
+                   f"PERMISSIONS: {', '.join(format_permissions(k.permissions)) or 'read only'}\n"
+                   f"IP ALLOWLIST: {', '.join(k.ip_allowlist.as_strings()) or 'any IP'}\n"
+                   "Store the secret now: it is shown only once.")
+
+    _run(work)
+
+
+@key_app.command("list")
+def key_list(
+    user: Annotated[str, typer.Option("--user", help="Username or UserId")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List a user's keys (never the secret)."""
+
+    async def work(kg: Keygate) -> None:
+        u = await _user(kg, user)
+        keys = await kg.keys.list(operator_acting_as(u), u.user_id)
+        if as_json:
+            typer.echo(json.dumps([k.public_view() for k in keys], indent=2))
+            return
+        for k in keys:
+            used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+            perms = ",".join(format_permissions(k.permissions)) or "read-only"
+            ips = ",".join(k.ip_allowlist.as_strings()) or "any IP"
+            typer.echo(f"{k.api_key}\t{k.label or '-'}\t{perms}\t{ips}\tcreated {k.created_at:%Y-%m-%d %H:%M}\tlast used {used}")
+
+    _run(work)
+
+
+@key_app.command("edit")
+def key_edit(
+    api_key: str,
+    permission: Annotated[list[str] | None, typer.Option("--permission", "-p", help="Replace permissions (repeat)")] = None,
+    no_permissions: Annotated[bool, typer.Option("--read-only", help="Remove every permission")] = False,
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="Replace the allowlist (repeat)")] = None,
+    any_ip: Annotated[bool, typer.Option("--any-ip", help="Clear the allowlist")] = False,
+    label: Annotated[str | None, typer.Option(help="New label")] = None,
+) -> None:
+    """Edit a key's permissions, allowlist or label. Changing rights ends the key's sessions."""
+
+    async def work(kg: Keygate) -> None:
+        key = await kg.keys.lookup(api_key)
+        if key is None:
+            raise KeygateError("API key not found")
+        owner = await kg.users.require(key.user_id)
+        perms = frozenset() if no_permissions else (parse_permissions(permission) if permission else None)
+        allow = IpAllowlist() if any_ip else (IpAllowlist.parse(ip) if ip else None)
+        k, ended = await kg.keys.update(operator_acting_as(owner), owner.user_id, api_key, permissions=perms, ip_allowlist=allow, label=label)
+        typer.echo(f"updated {k.api_key}: permissions {', '.join(format_permissions(k.permissions)) or 'read only'}; "
+                   f"IPs {', '.join(k.ip_allowlist.as_strings()) or 'any'}; label {k.label!r}"
+                   + ("; its sessions were ended" if ended else ""))
+
+    _run(work)
+
+
+@key_app.command("delete")
+def key_delete(api_key: str) -> None:
+    """Delete a key; it stops working at once."""
+
+    async def work(kg: Keygate) -> None:
+        key = await kg.keys.lookup(api_key)
+        if key is None:
+            raise KeygateError("API key not found")
+        owner = await kg.users.require(key.user_id)
+        await kg.keys.delete(operator_acting_as(owner), owner.user_id, api_key)
+        typer.echo(f"deleted {api_key}")
+
+    _run(work)
+
+
+def main() -> None:
+    app()

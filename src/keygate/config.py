@@ -1,0 +1,84 @@
+"""Settings, read from ``KEYGATE_*`` environment variables. Every default is a safe one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    master_key: str | None = None  # base64 of 32 bytes; wins over the key file
+    master_key_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    session_idle_seconds: int = 3600
+    session_max_seconds: int = 86400
+    pending_2fa_seconds: int = 300
+    cache_ttl_seconds: float = 2.0
+    redis_url: str | None = None
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
+    max_body_bytes: int = 65536
+    bind_session_ip: bool = True
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'keygate.db'}"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        env = os.environ
+        data_dir = Path(env.get("KEYGATE_DATA_DIR") or "var")
+        values: dict[str, object] = dict(
+            data_dir=data_dir,
+            database_url=_normalize_db_url(env.get("KEYGATE_DATABASE_URL", "")),
+            master_key=env.get("KEYGATE_MASTER_KEY") or None,
+            master_key_file=Path(env["KEYGATE_MASTER_KEY_FILE"]) if env.get("KEYGATE_MASTER_KEY_FILE") else None,
+            host=env.get("KEYGATE_HOST") or "127.0.0.1",
+            port=_int("KEYGATE_PORT", 8000),
+            session_idle_seconds=_int("KEYGATE_SESSION_IDLE_SECONDS", 3600),
+            session_max_seconds=_int("KEYGATE_SESSION_MAX_SECONDS", 86400),
+            pending_2fa_seconds=_int("KEYGATE_PENDING_2FA_SECONDS", 300),
+            cache_ttl_seconds=float(env.get("KEYGATE_CACHE_TTL_SECONDS") or 2.0),
+            redis_url=env.get("KEYGATE_REDIS_URL") or None,
+            trusted_proxies=tuple(p for p in (env.get("KEYGATE_TRUSTED_PROXIES") or "").replace(",", " ").split() if p),
+            max_body_bytes=_int("KEYGATE_MAX_BODY_BYTES", 65536),
+            bind_session_ip=_bool("KEYGATE_BIND_SESSION_IP", True),
+            log_level=env.get("KEYGATE_LOG_LEVEL") or "info",
+        )
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _normalize_db_url(url: str) -> str:
+    """Accept plain ``postgresql://`` and ``sqlite://`` URLs and pick the async driver."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    return url

@@ -1,0 +1,78 @@
+"""API keys: how they are generated and what a stored key is."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from keygate.domain.iprules import IpAllowlist
+from keygate.domain.permissions import Permission, format_permissions
+
+API_KEY_HEX = 32  # 128 bits, the shape APEX clients know
+SECRET_HEX = 64  # 256 bits: more than APEX's 32 hex digits, same alphabet
+MAX_LABEL = 100
+_API_KEY_SHAPE = re.compile(r"[0-9a-f]{32}")
+
+
+def new_api_key() -> str:
+    return secrets.token_hex(API_KEY_HEX // 2)
+
+
+def new_secret() -> str:
+    return secrets.token_hex(SECRET_HEX // 2)
+
+
+def new_nonce() -> str:
+    """A 10-digit number like the one the seed shows, for clients that reuse it."""
+    return str(secrets.randbelow(9_000_000_000) + 1_000_000_000)
+
+
+def looks_like_api_key(value: str) -> bool:
+    return _API_KEY_SHAPE.fullmatch(value) is not None
+
+
+def clean_label(label: object) -> str:
+    from keygate.domain.errors import InvalidRequest
+
+    if label is None:
+        return ""
+    if not isinstance(label, str):
+        raise InvalidRequest("Label must be a string")
+    label = label.strip()
+    if len(label) > MAX_LABEL:
+        raise InvalidRequest(f"Label is longer than {MAX_LABEL} characters")
+    if any(ord(c) < 32 for c in label):
+        raise InvalidRequest("Label must not contain control characters")
+    return label
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key. ``sealed_secret`` is the AES-GCM ciphertext; the plain secret never lives here."""
+
+    api_key: str
+    user_id: int
+    label: str
+    permissions: frozenset[Permission]
+    ip_allowlist: IpAllowlist
+    sealed_secret: bytes
+    nonce: str
+    created_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None = None
+
+    def public_view(self) -> dict[str, object]:
+        """What listings show: everything but the secret."""
+        return {
+            "APIKey": self.api_key,
+            "UserId": self.user_id,
+            "Label": self.label,
+            "Permissions": format_permissions(self.permissions),
+            "IpAllowlist": self.ip_allowlist.as_strings(),
+            "Nonce": self.nonce,
+            "CreatedAt": self.created_at.isoformat(),
+            "UpdatedAt": self.updated_at.isoformat(),
+            "LastUsedAt": self.last_used_at.isoformat() if self.last_used_at else None,
+        }

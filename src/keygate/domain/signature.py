@@ -1,0 +1,32 @@
+"""The APEX request signature.
+
+``Signature = hex(HMAC-SHA256(key=APISecret, msg=Nonce + UserId + APIKey))``. The three strings are
+concatenated with nothing between them; either hex case is accepted on the way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def signing_message(nonce: str, user_id: str | int, api_key: str) -> bytes:
+    return f"{nonce}{user_id}{api_key}".encode()
+
+
+def compute_signature(secret: str, nonce: str, user_id: str | int, api_key: str) -> str:
+    """Return the lowercase hex signature a client sends."""
+    return hmac.new(secret.encode(), signing_message(nonce, user_id, api_key), hashlib.sha256).hexdigest()
+
+
+def is_well_formed(signature: str) -> bool:
+    return _HEX64.fullmatch(signature) is not None
+
+
+def signature_matches(secret: str, nonce: str, user_id: str | int, api_key: str, signature: str) -> bool:
+    """Constant-time check of a client's signature; malformed input simply does not match."""
+    expected = compute_signature(secret, nonce, user_id, api_key)
+    return hmac.compare_digest(expected.encode(), signature.lower().encode())

@@ -1,0 +1,64 @@
+"""Users and usernames."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from keygate.domain.errors import InvalidRequest
+
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{1,63}")
+MAX_USER_ID = 2**63 - 1
+
+
+def check_username(name: object) -> str:
+    if not isinstance(name, str) or not _USERNAME.fullmatch(name):
+        raise InvalidRequest(
+            "Username must be 2-64 characters: letters, digits and . _ @ + -, starting with a letter or digit"
+        )
+    return name
+
+
+def parse_user_id(value: object) -> int:
+    """APEX sends UserId as a string or a number; both mean the same user."""
+    if isinstance(value, bool):
+        raise InvalidRequest("UserId must be a positive integer")
+    if isinstance(value, int):
+        uid = value
+    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 19:
+        uid = int(value.strip())
+    else:
+        raise InvalidRequest("UserId must be a positive integer")
+    if not 0 < uid <= MAX_USER_ID:
+        raise InvalidRequest("UserId must be a positive integer")
+    return uid
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: int
+    username: str
+    email: str
+    password_hash: str
+    is_admin: bool
+    locked: bool
+    sealed_totp_secret: bytes | None
+    sealed_pending_totp: bytes | None
+    account_id: int
+    created_at: datetime
+
+    @property
+    def uses_2fa(self) -> bool:
+        return self.sealed_totp_secret is not None
+
+    def apex_view(self) -> dict[str, object]:
+        return {
+            "UserId": self.user_id,
+            "UserName": self.username,
+            "Email": self.email,
+            "EmailVerified": bool(self.email),
+            "AccountId": self.account_id,
+            "OMSId": 1,
+            "Use2FA": self.uses_2fa,
+        }

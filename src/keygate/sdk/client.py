@@ -1,0 +1,174 @@
+"""A client for any APEX-speaking server, keygate included.
+
+``Client(base_url, user_id, api_key, secret)`` signs in with ``AuthenticateUser`` on first use, sends the
+session token as ``aptoken`` on every call, and signs in again by itself once when the server answers
+that the session has expired. ``AsyncClient`` is the same on ``httpx.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from keygate.domain.signature import compute_signature
+
+NOT_AUTHORIZED = 20
+
+
+class KeygateAPIError(Exception):
+    """The server refused a call; ``status``, ``errorcode`` and ``errormsg`` say why."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        self.errormsg = body.get("errormsg") if isinstance(body, dict) else None
+        self.errorcode = body.get("errorcode") if isinstance(body, dict) else None
+        super().__init__(f"HTTP {status}: {self.errormsg or body!r}")
+
+
+def _nonce() -> str:
+    return str(time.time_ns() // 1_000_000)
+
+
+class _Base:
+    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, prefix: str = "/AP") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.user_id = str(user_id)
+        self.api_key = api_key
+        self._secret = secret
+        self.prefix = prefix
+        self.session_token: str | None = None
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"{type(self).__name__}({self.base_url!r}, user_id={self.user_id!r}, api_key={self.api_key!r})"
+
+    def signed_headers(self, nonce: str | None = None) -> dict[str, str]:
+        nonce = nonce or _nonce()
+        return {
+            "APIKey": self.api_key,
+            "Signature": compute_signature(self._secret, nonce, self.user_id, self.api_key),
+            "UserId": self.user_id,
+            "Nonce": nonce,
+        }
+
+    def _url(self, endpoint: str) -> str:
+        return f"{self.base_url}{self.prefix}/{endpoint}"
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"errormsg": response.text[:200]}
+        if response.status_code >= 400:
+            raise KeygateAPIError(response.status_code, body)
+        if isinstance(body, dict) and body.get("Authenticated") is False:
+            raise KeygateAPIError(response.status_code, body)
+        return body
+
+    @staticmethod
+    def _session_lost(exc: KeygateAPIError) -> bool:
+        return exc.status == 401 and exc.errorcode == NOT_AUTHORIZED
+
+
+class Client(_Base):
+    """Synchronous client. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, *, timeout: float = 10.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, user_id, api_key, secret)
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def authenticate(self) -> dict[str, Any]:
+        body = self._decode(self._http.post(self._url("AuthenticateUser"), headers=self.signed_headers()))
+        self.session_token = body["SessionToken"]
+        return body  # type: ignore[no-any-return]
+
+    def call(self, endpoint: str, payload: dict[str, Any] | None = None, *, signed: bool = False) -> Any:
+        """POST ``payload`` to ``endpoint``; with ``signed``, sign this request instead of using a session."""
+        if signed:
+            return self._decode(self._http.post(self._url(endpoint), json=payload or {}, headers=self.signed_headers()))
+        if self.session_token is None:
+            self.authenticate()
+        try:
+            return self._send(endpoint, payload)
+        except KeygateAPIError as exc:
+            if not self._session_lost(exc):
+                raise
+            self.authenticate()
+            return self._send(endpoint, payload)
+
+    def _send(self, endpoint: str, payload: dict[str, Any] | None) -> Any:
+        return self._decode(self._http.post(self._url(endpoint), json=payload or {}, headers={"aptoken": self.session_token or ""}))
+
+    def ping(self) -> Any:
+        return self._decode(self._http.get(self._url("Ping")))
+
+    def logout(self) -> Any:
+        if self.session_token is None:
+            return {"result": True}
+        try:
+            return self._send("LogOut", None)
+        finally:
+            self.session_token = None
+
+
+class AsyncClient(_Base):
+    """The asynchronous twin of ``Client``."""
+
+    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, *, timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, user_id, api_key, secret)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def authenticate(self) -> dict[str, Any]:
+        body = self._decode(await self._http.post(self._url("AuthenticateUser"), headers=self.signed_headers()))
+        self.session_token = body["SessionToken"]
+        return body  # type: ignore[no-any-return]
+
+    async def call(self, endpoint: str, payload: dict[str, Any] | None = None, *, signed: bool = False) -> Any:
+        if signed:
+            return self._decode(await self._http.post(self._url(endpoint), json=payload or {}, headers=self.signed_headers()))
+        if self.session_token is None:
+            await self.authenticate()
+        try:
+            return await self._send(endpoint, payload)
+        except KeygateAPIError as exc:
+            if not self._session_lost(exc):
+                raise
+            await self.authenticate()
+            return await self._send(endpoint, payload)
+
+    async def _send(self, endpoint: str, payload: dict[str, Any] | None) -> Any:
+        return self._decode(await self._http.post(self._url(endpoint), json=payload or {}, headers={"aptoken": self.session_token or ""}))
+
+    async def ping(self) -> Any:
+        return self._decode(await self._http.get(self._url("Ping")))
+
+    async def logout(self) -> Any:
+        if self.session_token is None:
+            return {"result": True}
+        try:
+            return await self._send("LogOut", None)
+        finally:
+            self.session_token = None

@@ -1,0 +1,200 @@
+"""Authentication use cases: API-key signatures, passwords with optional TOTP, and session tokens.
+
+Every refusal of credentials raises ``AuthenticationFailed`` with the same public message, whatever
+the cause (unknown key, wrong user, wrong signature, address not allowed); the precise cause goes to
+the audit trail only. ``Locked`` is revealed only to a caller whose credentials were right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pyotp
+
+from keygate.domain.errors import AuthenticationFailed, InvalidRequest, NotAuthorized
+from keygate.domain.passwords import DUMMY_HASH, verify_password
+from keygate.domain.permissions import ALL_PERMISSIONS, Permission
+from keygate.domain.sessions import Session, SessionKind
+from keygate.domain.signature import is_well_formed, signature_matches
+from keygate.domain.users import User, parse_user_id
+from keygate.domain.keys import ApiKey
+from keygate.service.audit import AuditLog
+from keygate.service.keys import KeyManager
+from keygate.service.principal import Principal
+from keygate.service.sessions import SessionManager
+from keygate.service.users import UserManager
+
+MAX_API_KEY_LENGTH = 64
+MAX_NONCE_LENGTH = 128
+MAX_USERNAME_LENGTH = 64
+MAX_PASSWORD_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class KeyCredentials:
+    api_key: str
+    signature: str
+    user_id: int
+    nonce: str
+
+    @classmethod
+    def parse(cls, values: Mapping[str, object]) -> "KeyCredentials":
+        """Read the four fields from a mapping whose keys are already lower-case.
+
+        Shape errors are reported precisely (they reveal nothing about any account).
+        """
+        missing = [n for n, k in (("APIKey", "apikey"), ("Signature", "signature"), ("UserId", "userid"), ("Nonce", "nonce")) if values.get(k) in (None, "")]
+        if missing:
+            raise InvalidRequest(f"Missing {', '.join(missing)}: send APIKey, Signature, UserId and Nonce")
+        api_key, signature, nonce = values["apikey"], values["signature"], values["nonce"]
+        if not isinstance(api_key, str) or len(api_key) > MAX_API_KEY_LENGTH or not api_key.isascii() or not api_key.isprintable():
+            raise InvalidRequest(f"APIKey must be a string of at most {MAX_API_KEY_LENGTH} characters")
+        if not isinstance(signature, str) or not is_well_formed(signature):
+            raise InvalidRequest("Signature must be 64 hexadecimal characters: HMAC-SHA256 of Nonce + UserId + APIKey")
+        if isinstance(nonce, int) and not isinstance(nonce, bool):
+            nonce = str(nonce)
+        if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_LENGTH or not nonce.isascii() or not nonce.isprintable():
+            raise InvalidRequest(f"Nonce must be a string or number of at most {MAX_NONCE_LENGTH} printable characters")
+        return cls(api_key.strip(), signature, parse_user_id(values["userid"]), nonce)
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    token: str
+    user: User
+    session: Session | None = None
+
+
+@dataclass(frozen=True)
+class Pending2FA:
+    token: str
+    user: User
+
+
+class Authenticator:
+    def __init__(
+        self,
+        users: UserManager,
+        keys: KeyManager,
+        sessions: SessionManager,
+        audit: AuditLog,
+        pending_2fa_lifetime: timedelta,
+        bind_session_ip: bool = True,
+    ) -> None:
+        self._users = users
+        self._keys = keys
+        self._sessions = sessions
+        self._audit = audit
+        self._pending_lifetime = pending_2fa_lifetime
+        self._bind_ip = bind_session_ip
+
+    # ----- API keys ---------------------------------------------------------------------------
+    async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey]:
+        key = await self._keys.lookup(creds.api_key)
+        user = await self._users.get(creds.user_id)
+
+        def fail(reason: str, locked: bool = False) -> AuthenticationFailed:
+            self._audit.record(
+                action, "failure", reason=reason, subject_user_id=creds.user_id if user else None,
+                api_key=creds.api_key if key else None, client_ip=client_ip,
+            )
+            return AuthenticationFailed(reason, locked=locked)
+
+        if key is None:
+            raise fail("unknown api key")
+        if user is None or key.user_id != user.user_id:
+            raise fail("api key belongs to another user")
+        if not signature_matches(self._keys.secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature):
+            raise fail("signature mismatch")
+        if not key.ip_allowlist.allows(client_ip):
+            raise fail(f"client ip {client_ip} not in allowlist")
+        if user.locked:
+            raise fail("user locked", locked=True)
+        self._keys.mark_used(key.api_key)
+        return user, key
+
+    async def authenticate_key(self, creds: KeyCredentials, client_ip: str | None) -> SessionGrant:
+        user, key = await self._verify_key(creds, client_ip, "auth.key")
+        token = await self._sessions.issue(user.user_id, SessionKind.KEY, key.permissions, key.api_key, client_ip)
+        self._audit.record("auth.key", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
+        return SessionGrant(token, user)
+
+    async def principal_for_signature(self, creds: KeyCredentials, client_ip: str | None) -> Principal:
+        user, key = await self._verify_key(creds, client_ip, "auth.signed_request")
+        return Principal(user, key.permissions, SessionKind.KEY, api_key=key.api_key)
+
+    # ----- passwords and TOTP -----------------------------------------------------------------
+    async def authenticate_password(self, username: object, password: object, client_ip: str | None) -> SessionGrant | Pending2FA:
+        if not isinstance(username, str) or not username or len(username) > MAX_USERNAME_LENGTH:
+            raise InvalidRequest("UserName must be a non-empty string of at most 64 characters")
+        if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_LENGTH:
+            raise InvalidRequest("Password must be a non-empty string of at most 256 characters")
+        user = await self._users.get_by_name(username)
+        # Verify even for an unknown user, so timing does not tell which usernames exist.
+        ok = await asyncio.to_thread(verify_password, user.password_hash if user else DUMMY_HASH, password)
+        if user is None or not ok:
+            self._audit.record("auth.password", "failure", reason="unknown user" if user is None else "wrong password",
+                               subject_user_id=user.user_id if user else None, client_ip=client_ip)
+            raise AuthenticationFailed("bad password")
+        if user.locked:
+            self._audit.record("auth.password", "failure", reason="user locked", subject_user_id=user.user_id, client_ip=client_ip)
+            raise AuthenticationFailed("user locked", locked=True)
+        if user.uses_2fa:
+            token = await self._sessions.issue(user.user_id, SessionKind.PENDING_2FA, frozenset(), None, client_ip, lifetime=self._pending_lifetime)
+            self._audit.record("auth.password", "pending-2fa", subject_user_id=user.user_id, client_ip=client_ip)
+            return Pending2FA(token, user)
+        return await self._password_session(user, client_ip, "auth.password")
+
+    async def complete_2fa(self, pending_token: object, code: object, client_ip: str | None) -> SessionGrant:
+        if not isinstance(pending_token, str) or not pending_token:
+            raise InvalidRequest("Missing Pending2FaToken: send the token that the password sign-in returned")
+        if isinstance(code, int) and not isinstance(code, bool):
+            code = f"{code:06d}"
+        if not isinstance(code, str) or not code.strip():
+            raise InvalidRequest("Missing Code: send the 6-digit code from the authenticator app")
+        try:
+            pending = await self._sessions.resolve(pending_token, kind=SessionKind.PENDING_2FA)
+        except NotAuthorized:
+            raise AuthenticationFailed("unknown or expired pending 2fa token") from None
+        user = await self._users.require(pending.user_id)
+        code = code.strip()
+        if user.sealed_totp_secret is None or not (code.isdigit() and len(code) == 6 and pyotp.TOTP(self._users.totp_secret(user)).verify(code, valid_window=1)):
+            self._audit.record("auth.2fa", "failure", reason="wrong code", subject_user_id=user.user_id, client_ip=client_ip)
+            raise AuthenticationFailed("wrong 2fa code")
+        await self._sessions.end(pending_token)  # a pending token is good for one success only
+        return await self._password_session(user, client_ip, "auth.2fa")
+
+    async def _password_session(self, user: User, client_ip: str | None, action: str) -> SessionGrant:
+        token = await self._sessions.issue(user.user_id, SessionKind.PASSWORD, ALL_PERMISSIONS, None, client_ip)
+        self._audit.record(action, subject_user_id=user.user_id, client_ip=client_ip)
+        return SessionGrant(token, user)
+
+    # ----- sessions ---------------------------------------------------------------------------
+    async def principal_for_token(self, token: str, client_ip: str | None) -> Principal:
+        session = await self._sessions.resolve(token)
+        if session.kind is SessionKind.PENDING_2FA:
+            raise NotAuthorized("Not Authorized: finish two-factor sign-in with Authenticate2FA first")
+        if self._bind_ip and session.client_ip is not None and client_ip != session.client_ip:
+            raise NotAuthorized("Not Authorized: this session belongs to another IP address; authenticate again")
+        if session.api_key is not None:
+            key = await self._keys.lookup(session.api_key)
+            if key is None or not key.ip_allowlist.allows(client_ip):
+                raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
+            self._keys.mark_used(key.api_key)
+        user = await self._users.get(session.user_id)
+        if user is None or user.locked:
+            raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
+        perms: frozenset[Permission] = session.permissions
+        return Principal(user, perms, session.kind, api_key=session.api_key, token_hash=session.token_hash)
+
+    async def resume(self, token: str, client_ip: str | None) -> SessionGrant:
+        principal = await self.principal_for_token(token, client_ip)
+        return SessionGrant(token, principal.user)
+
+    async def logout(self, principal: Principal, client_ip: str | None) -> None:
+        if principal.token_hash is not None:
+            await self._sessions.end_hash(principal.token_hash)
+        self._audit.record("auth.logout", subject_user_id=principal.user_id, api_key=principal.api_key, client_ip=client_ip)

@@ -1,0 +1,147 @@
+"""Users: creation, passwords, locking, TOTP enrolment."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pyotp
+
+from keygate.domain.errors import InvalidRequest, NotFound
+from keygate.domain.passwords import check_password_policy, hash_password
+from keygate.domain.secretbox import SecretBox
+from keygate.domain.users import User, check_username
+from keygate.service.audit import AuditLog
+from keygate.service.cache import TTLCache
+from keygate.service.clock import utcnow
+from keygate.service.principal import Principal
+from keygate.service.sessions import SessionManager
+from keygate.store.repositories import UserRepository
+
+TOTP_ISSUER = "keygate"
+
+
+def totp_context(user_id: int) -> str:
+    return f"totp:{user_id}"
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+class UserManager:
+    def __init__(self, repo: UserRepository, box: SecretBox, sessions: SessionManager, audit: AuditLog, cache_ttl: float) -> None:
+        self._repo = repo
+        self._box = box
+        self._sessions = sessions
+        self._audit = audit
+        self._cache: TTLCache[int, User] = TTLCache(cache_ttl)
+
+    async def get(self, user_id: int) -> User | None:
+        hit, user = self._cache.get(user_id)
+        if not hit:
+            user = await self._repo.get(user_id)
+            self._cache.put(user_id, user)
+        return user
+
+    async def require(self, user_id: int) -> User:
+        user = await self.get(user_id)
+        if user is None:
+            raise NotFound(f"User {user_id} not found")
+        return user
+
+    async def get_by_name(self, username: str) -> User | None:
+        return await self._repo.get_by_name(username)
+
+    async def list(self) -> list[User]:
+        return await self._repo.list()
+
+    async def count(self) -> int:
+        return await self._repo.count()
+
+    async def create(
+        self, username: str, password: str, email: str = "", is_admin: bool = False, actor: Principal | None = None
+    ) -> User:
+        check_username(username)
+        check_password_policy(password)
+        if not isinstance(email, str) or len(email) > 254 or (email and "@" not in email):
+            raise InvalidRequest("Email must be an address like name@example.com")
+        pw_hash = await asyncio.to_thread(hash_password, password)
+        user = await self._repo.insert(username, email, pw_hash, is_admin, utcnow())
+        self._audit.record(
+            "user.create",
+            actor_user_id=actor.user_id if actor else None,
+            subject_user_id=user.user_id,
+            detail=f"admin={is_admin}",
+        )
+        return user
+
+    async def _update(self, user_id: int, **values: object) -> User:
+        await self.require(user_id)
+        await self._repo.update(user_id, **values)
+        self._cache.evict(user_id)
+        return await self.require(user_id)
+
+    async def set_password(self, user_id: int, password: str, actor: Principal | None = None) -> None:
+        check_password_policy(password)
+        pw_hash = await asyncio.to_thread(hash_password, password)
+        await self._update(user_id, password_hash=pw_hash)
+        await self._sessions.end_for_user(user_id)
+        self._audit.record("user.password", actor_user_id=actor.user_id if actor else None, subject_user_id=user_id)
+
+    async def set_locked(self, user_id: int, locked: bool, actor: Principal | None = None, reason: str | None = None) -> User:
+        user = await self._update(user_id, locked=locked)
+        if locked:
+            await self._sessions.end_for_user(user_id)
+        self._audit.record(
+            "user.lock" if locked else "user.unlock",
+            actor_user_id=actor.user_id if actor else None,
+            subject_user_id=user_id,
+            reason=reason,
+        )
+        return user
+
+    async def begin_totp(self, user_id: int) -> tuple[str, str]:
+        """Start enrolment: return the base32 secret and its otpauth:// URI. Not active until confirmed."""
+        user = await self.require(user_id)
+        secret = pyotp.random_base32()
+        await self._update(user_id, sealed_pending_totp=self._box.seal(secret, totp_context(user_id)))
+        uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=TOTP_ISSUER)
+        return secret, uri
+
+    async def confirm_totp(self, user_id: int, code: str) -> None:
+        user = await self.require(user_id)
+        if user.sealed_pending_totp is None:
+            raise InvalidRequest("No two-factor enrolment is in progress; start one first")
+        secret = self._box.open(user.sealed_pending_totp, totp_context(user_id))
+        if not _code_ok(secret, code):
+            raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
+        await self._update(user_id, sealed_totp_secret=user.sealed_pending_totp, sealed_pending_totp=None)
+        self._audit.record("user.2fa.enable", actor_user_id=user_id, subject_user_id=user_id)
+
+    async def disable_totp(self, user_id: int, code: str | None, actor: Principal | None = None) -> None:
+        """Remove TOTP; the user must prove a current code unless an admin does it."""
+        user = await self.require(user_id)
+        if user.sealed_totp_secret is None:
+            raise InvalidRequest("Two-factor sign-in is not enabled for this user")
+        if actor is None or not actor.is_admin or actor.user_id == user_id:
+            if code is None or not _code_ok(self.totp_secret(user), code):
+                raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
+        await self._update(user_id, sealed_totp_secret=None, sealed_pending_totp=None)
+        self._audit.record("user.2fa.disable", actor_user_id=actor.user_id if actor else user_id, subject_user_id=user_id)
+
+    def totp_secret(self, user: User) -> str:
+        assert user.sealed_totp_secret is not None
+        return self._box.open(user.sealed_totp_secret, totp_context(user.user_id))
+
+    def invalidate(self, user_id: int) -> None:
+        self._cache.evict(user_id)
+
+
+def _code_ok(secret: str, code: object) -> bool:
+    if not isinstance(code, str):
+        code = str(code) if isinstance(code, int) and not isinstance(code, bool) else ""
+    code = code.strip()
+    if len(code) != 6 or not code.isdigit():
+        return False
+    return pyotp.TOTP(secret).verify(code, valid_window=1)

@@ -1,0 +1,362 @@
+"""Repositories: the only code that speaks SQL. Each returns domain objects, never rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keygate.domain.errors import Conflict
+from keygate.domain.iprules import IpAllowlist
+from keygate.domain.keys import ApiKey
+from keygate.domain.permissions import Permission, format_permissions, parse_permissions
+from keygate.domain.sessions import Session, SessionKind
+from keygate.domain.users import User
+from keygate.store.tables import api_keys, audit_events, sessions, users
+
+
+def _perms_to_db(perms: Iterable[Permission]) -> str:
+    return ",".join(format_permissions(perms))
+
+
+def _user(row: Row[Any]) -> User:
+    m = row._mapping
+    return User(
+        user_id=m["user_id"],
+        username=m["username"],
+        email=m["email"],
+        password_hash=m["password_hash"],
+        is_admin=bool(m["is_admin"]),
+        locked=bool(m["locked"]),
+        sealed_totp_secret=m["sealed_totp_secret"],
+        sealed_pending_totp=m["sealed_pending_totp"],
+        account_id=m["account_id"],
+        created_at=m["created_at"],
+    )
+
+
+def _key(row: Row[Any]) -> ApiKey:
+    m = row._mapping
+    return ApiKey(
+        api_key=m["api_key"],
+        user_id=m["user_id"],
+        label=m["label"],
+        permissions=parse_permissions(m["permissions"]),
+        ip_allowlist=IpAllowlist.parse(m["ip_allowlist"]),
+        sealed_secret=bytes(m["sealed_secret"]),
+        nonce=m["nonce"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        last_used_at=m["last_used_at"],
+    )
+
+
+def _session(row: Row[Any]) -> Session:
+    m = row._mapping
+    return Session(
+        token_hash=m["token_hash"],
+        user_id=m["user_id"],
+        kind=SessionKind(m["kind"]),
+        permissions=parse_permissions(m["permissions"]),
+        api_key=m["api_key"],
+        client_ip=m["client_ip"],
+        created_at=m["created_at"],
+        last_seen_at=m["last_seen_at"],
+        expires_at=m["expires_at"],
+    )
+
+
+class UserRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, username: str, email: str, password_hash: str, is_admin: bool, now: datetime) -> User:
+        async with self._engine.begin() as conn:
+            try:
+                result = await conn.execute(
+                    insert(users).values(
+                        username=username,
+                        email=email,
+                        password_hash=password_hash,
+                        is_admin=is_admin,
+                        locked=False,
+                        account_id=0,
+                        created_at=now,
+                    )
+                )
+            except IntegrityError:
+                raise Conflict(f"A user named {username!r} already exists") from None
+            user_id = result.inserted_primary_key[0]
+            # One trading account per user, numbered like the user, as GetUserAccounts reports it.
+            await conn.execute(update(users).where(users.c.user_id == user_id).values(account_id=user_id))
+            row = (await conn.execute(select(users).where(users.c.user_id == user_id))).one()
+        return _user(row)
+
+    async def get(self, user_id: int) -> User | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.user_id == user_id))).first()
+        return _user(row) if row else None
+
+    async def get_by_name(self, username: str) -> User | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(users).where(func.lower(users.c.username) == username.lower()))
+            ).first()
+        return _user(row) if row else None
+
+    async def list(self) -> list[User]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(users).order_by(users.c.user_id))).all()
+        return [_user(r) for r in rows]
+
+    async def count(self) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())
+
+    async def update(self, user_id: int, **values: Any) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
+
+
+class KeyRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, key: ApiKey) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(api_keys).values(
+                    api_key=key.api_key,
+                    user_id=key.user_id,
+                    label=key.label,
+                    permissions=_perms_to_db(key.permissions),
+                    ip_allowlist=key.ip_allowlist.serialize(),
+                    sealed_secret=key.sealed_secret,
+                    nonce=key.nonce,
+                    created_at=key.created_at,
+                    updated_at=key.updated_at,
+                    last_used_at=None,
+                )
+            )
+
+    async def get(self, api_key: str) -> ApiKey | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.api_key == api_key))).first()
+        return _key(row) if row else None
+
+    async def list(self, user_id: int | None = None) -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.api_key)
+        if user_id is not None:
+            query = query.where(api_keys.c.user_id == user_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_key(r) for r in rows]
+
+    async def save(self, key: ApiKey, revoke_sessions: bool) -> ApiKey:
+        """Write the editable fields; with ``revoke_sessions``, end the key's sessions in the same transaction."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.api_key == key.api_key)
+                .values(
+                    label=key.label,
+                    permissions=_perms_to_db(key.permissions),
+                    ip_allowlist=key.ip_allowlist.serialize(),
+                    sealed_secret=key.sealed_secret,
+                    nonce=key.nonce,
+                    updated_at=key.updated_at,
+                )
+            )
+            if revoke_sessions:
+                await conn.execute(delete(sessions).where(sessions.c.api_key == key.api_key))
+        return key
+
+    async def delete(self, api_key: str) -> bool:
+        """Delete the key and, in the same transaction, every session it made."""
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(sessions).where(sessions.c.api_key == api_key))
+            result = await conn.execute(delete(api_keys).where(api_keys.c.api_key == api_key))
+        return result.rowcount > 0
+
+    async def record_use(self, used: dict[str, datetime]) -> None:
+        if not used:
+            return
+        async with self._engine.begin() as conn:
+            for api_key, at in used.items():
+                await conn.execute(update(api_keys).where(api_keys.c.api_key == api_key).values(last_used_at=at))
+
+    async def all_sealed(self) -> list[tuple[str, bytes]]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(api_keys.c.api_key, api_keys.c.sealed_secret))).all()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    async def replace_sealed(self, api_key: str, old: bytes, new: bytes) -> bool:
+        """Compare-and-set, so a rotation never overwrites a secret that changed meanwhile."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.api_key == api_key, api_keys.c.sealed_secret == old)
+                .values(sealed_secret=new)
+            )
+        return result.rowcount > 0
+
+
+class SessionRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, s: Session) -> None:
+        await self.insert_many([s])
+
+    async def insert_many(self, items: Sequence[Session]) -> None:
+        if not items:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(sessions),
+                [
+                    dict(
+                        token_hash=s.token_hash,
+                        user_id=s.user_id,
+                        kind=s.kind.value,
+                        permissions=_perms_to_db(s.permissions),
+                        api_key=s.api_key,
+                        client_ip=s.client_ip,
+                        created_at=s.created_at,
+                        last_seen_at=s.last_seen_at,
+                        expires_at=s.expires_at,
+                    )
+                    for s in items
+                ],
+            )
+
+    async def get(self, token_hash: str) -> Session | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(sessions).where(sessions.c.token_hash == token_hash))).first()
+        return _session(row) if row else None
+
+    async def delete(self, token_hash: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(sessions).where(sessions.c.token_hash == token_hash))
+        return result.rowcount > 0
+
+    async def delete_for_user(self, user_id: int) -> int:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
+        return result.rowcount
+
+    async def list(self, user_id: int | None = None) -> list[Session]:
+        query = select(sessions).where(sessions.c.kind != SessionKind.PENDING_2FA.value)
+        if user_id is not None:
+            query = query.where(sessions.c.user_id == user_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(sessions.c.created_at))).all()
+        return [_session(r) for r in rows]
+
+    async def touch_many(self, seen: dict[str, datetime]) -> None:
+        if not seen:
+            return
+        async with self._engine.begin() as conn:
+            for token_hash, at in seen.items():
+                await conn.execute(
+                    update(sessions).where(sessions.c.token_hash == token_hash).values(last_seen_at=at)
+                )
+
+    async def purge_expired(self, now: datetime, idle_cutoff: datetime) -> int:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(sessions).where((sessions.c.expires_at <= now) | (sessions.c.last_seen_at <= idle_cutoff))
+            )
+        return result.rowcount
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    at: datetime
+    action: str
+    outcome: str
+    reason: str | None = None
+    actor_user_id: int | None = None
+    subject_user_id: int | None = None
+    api_key: str | None = None
+    client_ip: str | None = None
+    detail: str | None = None
+    event_id: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "EventId": self.event_id,
+            "At": self.at.isoformat(),
+            "Action": self.action,
+            "Outcome": self.outcome,
+            "Reason": self.reason,
+            "ActorUserId": self.actor_user_id,
+            "SubjectUserId": self.subject_user_id,
+            "APIKey": self.api_key,
+            "ClientIp": self.client_ip,
+            "Detail": self.detail,
+        }
+
+
+class AuditRepository:
+    """Append-only: there is no update or delete here, by design."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def append_many(self, events: Sequence[AuditEvent]) -> None:
+        if not events:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(audit_events),
+                [
+                    dict(
+                        at=e.at,
+                        action=e.action,
+                        outcome=e.outcome,
+                        reason=e.reason,
+                        actor_user_id=e.actor_user_id,
+                        subject_user_id=e.subject_user_id,
+                        api_key=e.api_key,
+                        client_ip=e.client_ip,
+                        detail=e.detail,
+                    )
+                    for e in events
+                ],
+            )
+
+    async def query(
+        self,
+        *,
+        action: str | None = None,
+        outcome: str | None = None,
+        user_id: int | None = None,
+        api_key: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        q = select(audit_events)
+        if action:
+            q = q.where(audit_events.c.action == action)
+        if outcome:
+            q = q.where(audit_events.c.outcome == outcome)
+        if user_id is not None:
+            q = q.where((audit_events.c.subject_user_id == user_id) | (audit_events.c.actor_user_id == user_id))
+        if api_key:
+            q = q.where(audit_events.c.api_key == api_key)
+        if since:
+            q = q.where(audit_events.c.at >= since)
+        if until:
+            q = q.where(audit_events.c.at < until)
+        q = q.order_by(audit_events.c.event_id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [AuditEvent(**{k: r._mapping[k] for k in r._mapping.keys()}) for r in rows]
