@@ -17,12 +17,17 @@ _SPLIT = re.compile(r"[\s,;]+")
 
 def _parse_entry(entry: str) -> IpNetwork:
     try:
-        return ipaddress.ip_network(entry, strict=False)
+        net = ipaddress.ip_network(entry, strict=False)
     except ValueError:
         shown = entry if len(entry) <= 60 else entry[:60] + "..."
         raise InvalidRequest(
             f"Invalid IP allowlist entry {shown!r}: expected an IPv4 or IPv6 address or a CIDR range"
         ) from None
+    # An IPv4-mapped entry (``::ffff:1.2.3.4``) means the IPv4 client, which is how clients are read.
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is not None and net.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
 
 
 @lru_cache(maxsize=4096)
@@ -48,6 +53,8 @@ class IpAllowlist:
             return cls()
         if isinstance(entries, str):
             items = [e for e in _SPLIT.split(entries) if e]
+        elif not isinstance(entries, (list, tuple, set, frozenset)):
+            raise InvalidRequest("IP allowlist must be a list of addresses or one string of them")
         else:
             items = []
             for e in entries:

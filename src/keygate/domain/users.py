@@ -26,7 +26,7 @@ def parse_user_id(value: object) -> int:
         raise InvalidRequest("UserId must be a positive integer")
     if isinstance(value, int):
         uid = value
-    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 19:
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 19:
         uid = int(value.strip())
     else:
         raise InvalidRequest("UserId must be a positive integer")
