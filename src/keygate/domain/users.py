@@ -9,7 +9,7 @@ from datetime import datetime
 from keygate.domain.errors import InvalidRequest
 
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{1,63}")
-MAX_USER_ID = 2**63 - 1
+MAX_USER_ID = 2**31 - 1  # the users.user_id column is a 32-bit INTEGER
 
 
 def check_username(name: object) -> str:

@@ -85,7 +85,8 @@ class KeyManager:
 
     async def _owned_key(self, actor: Principal, user_id: int, api_key: str) -> ApiKey:
         await self._target_user(actor, user_id)
-        key = await self._repo.get(api_key) if isinstance(api_key, str) and len(api_key) <= 64 else None
+        well_formed = isinstance(api_key, str) and len(api_key) <= 64 and api_key.isascii() and api_key.isprintable()
+        key = await self._repo.get(api_key) if well_formed else None
         if key is None or key.user_id != user_id:
             raise NotFound("API key not found")
         return key
