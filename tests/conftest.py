@@ -103,11 +103,38 @@ def master_key() -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, master_key: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for the shared test database.
+
+    Keys default to the APEX-compatible replay mode and throttling thresholds are out of reach, so that
+    tests which reuse a nonce or fail on purpose do not disturb one another; the security tests build
+    their own service with strict settings.
+    """
     return Settings(
         data_dir=tmp_path_factory.mktemp("data"),
         database_url=database_url,
         master_key=master_key,
+        default_replay_mode="compatible",
+        throttle_ip_failures=1_000_000,
+        throttle_key_failures=1_000_000,
+        throttle_user_failures=1_000_000,
+        lockout_failures=100,
     )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a server process use ``settings``."""
+    return {
+        "KEYGATE_DATA_DIR": str(settings.data_dir),
+        "KEYGATE_DATABASE_URL": settings.resolved_database_url,
+        "KEYGATE_MASTER_KEY": settings.master_key or "",
+        "KEYGATE_DEFAULT_REPLAY_MODE": settings.default_replay_mode,
+        "KEYGATE_THROTTLE_IP_FAILURES": str(settings.throttle_ip_failures),
+        "KEYGATE_THROTTLE_KEY_FAILURES": str(settings.throttle_key_failures),
+        "KEYGATE_THROTTLE_USER_FAILURES": str(settings.throttle_user_failures),
+        "KEYGATE_LOCKOUT_FAILURES": str(settings.lockout_failures),
+        "KEYGATE_LOCKOUT_SECONDS": str(settings.lockout_seconds),
+        "KEYGATE_REDIS_URL": settings.redis_url or "",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -165,9 +192,7 @@ def start_server(settings: Settings, extra_env: dict[str, str] | None = None) ->
     port = free_port()
     env = {
         **os.environ,
-        "KEYGATE_DATA_DIR": str(settings.data_dir),
-        "KEYGATE_DATABASE_URL": settings.resolved_database_url,
-        "KEYGATE_MASTER_KEY": settings.master_key or "",
+        **settings_env(settings),
         "KEYGATE_PORT": str(port),
         "KEYGATE_HOST": "127.0.0.1",
         "KEYGATE_LOG_LEVEL": "warning",

@@ -40,6 +40,17 @@ class Settings:
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = 65536
     bind_session_ip: bool = True
+    default_replay_mode: str = "increasing"
+    unique_nonce_window_seconds: int = 86400
+    require_allowlist_for_withdraw: bool = False
+    key_max_idle_days_without_allowlist: int = 0
+    throttle_ip_failures: int = 20
+    throttle_key_failures: int = 10
+    throttle_user_failures: int = 10
+    throttle_window_seconds: int = 900
+    throttle_max_backoff_seconds: int = 900
+    lockout_failures: int = 50
+    lockout_seconds: int = 3600
     log_level: str = "info"
 
     @property
@@ -69,6 +80,17 @@ class Settings:
             trusted_proxies=tuple(p for p in (env.get("KEYGATE_TRUSTED_PROXIES") or "").replace(",", " ").split() if p),
             max_body_bytes=_int("KEYGATE_MAX_BODY_BYTES", 65536),
             bind_session_ip=_bool("KEYGATE_BIND_SESSION_IP", True),
+            default_replay_mode=(env.get("KEYGATE_DEFAULT_REPLAY_MODE") or "increasing").strip().lower(),
+            unique_nonce_window_seconds=_int("KEYGATE_UNIQUE_NONCE_WINDOW_SECONDS", 86400),
+            require_allowlist_for_withdraw=_bool("KEYGATE_REQUIRE_ALLOWLIST_FOR_WITHDRAW", False),
+            key_max_idle_days_without_allowlist=_int("KEYGATE_KEY_MAX_IDLE_DAYS_WITHOUT_ALLOWLIST", 0),
+            throttle_ip_failures=_int("KEYGATE_THROTTLE_IP_FAILURES", 20),
+            throttle_key_failures=_int("KEYGATE_THROTTLE_KEY_FAILURES", 10),
+            throttle_user_failures=_int("KEYGATE_THROTTLE_USER_FAILURES", 10),
+            throttle_window_seconds=_int("KEYGATE_THROTTLE_WINDOW_SECONDS", 900),
+            throttle_max_backoff_seconds=_int("KEYGATE_THROTTLE_MAX_BACKOFF_SECONDS", 900),
+            lockout_failures=_int("KEYGATE_LOCKOUT_FAILURES", 50),
+            lockout_seconds=_int("KEYGATE_LOCKOUT_SECONDS", 3600),
             log_level=env.get("KEYGATE_LOG_LEVEL") or "info",
         )
         values.update(overrides)

@@ -54,9 +54,11 @@ class AuthenticationFailed(KeygateError):
     http_status = 401
     default_message = "Invalid credentials"
 
-    def __init__(self, reason: str, locked: bool = False) -> None:
-        # ``reason`` is the precise internal cause, for the audit trail only.
-        super().__init__(self.default_message)
+    def __init__(self, reason: str, locked: bool = False, public_message: str | None = None) -> None:
+        # ``reason`` is the precise internal cause, for the audit trail only. ``public_message`` is set
+        # only for causes found after the signature or password proved right (expired key, replay),
+        # where telling the caller reveals nothing to someone without the secret.
+        super().__init__(public_message or self.default_message)
         self.reason = reason
         self.locked = locked
 

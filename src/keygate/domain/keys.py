@@ -9,6 +9,7 @@ from datetime import datetime
 
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import Permission, format_permissions
+from keygate.domain.replay import ReplayMode
 
 API_KEY_HEX = 32  # 128 bits, the shape APEX clients know
 SECRET_HEX = 64  # 256 bits: more than APEX's 32 hex digits, same alphabet
@@ -62,6 +63,27 @@ class ApiKey:
     created_at: datetime
     updated_at: datetime
     last_used_at: datetime | None = None
+    replay_mode: ReplayMode = ReplayMode.COMPATIBLE
+    expires_at: datetime | None = None
+    sealed_previous_secret: bytes | None = None  # still accepted until previous_secret_expires_at (rotation grace)
+    previous_secret_expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def idle_expired(self, now: datetime, max_idle_days: int) -> bool:
+        """Operator option: a key with no allowlist that went unused for ``max_idle_days`` stops working."""
+        if max_idle_days <= 0 or not self.ip_allowlist.allows_any:
+            return False
+        last = self.last_used_at or self.created_at
+        return (now - last).total_seconds() >= max_idle_days * 86400
+
+    def previous_secret_usable(self, now: datetime) -> bool:
+        return (
+            self.sealed_previous_secret is not None
+            and self.previous_secret_expires_at is not None
+            and now < self.previous_secret_expires_at
+        )
 
     def public_view(self) -> dict[str, object]:
         """What listings show: everything but the secret."""
@@ -75,4 +97,9 @@ class ApiKey:
             "CreatedAt": self.created_at.isoformat(),
             "UpdatedAt": self.updated_at.isoformat(),
             "LastUsedAt": self.last_used_at.isoformat() if self.last_used_at else None,
+            "ReplayMode": self.replay_mode.value,
+            "ExpiresAt": self.expires_at.isoformat() if self.expires_at else None,
+            "PreviousSecretValidUntil": (
+                self.previous_secret_expires_at.isoformat() if self.sealed_previous_secret and self.previous_secret_expires_at else None
+            ),
         }

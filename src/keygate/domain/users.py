@@ -47,6 +47,11 @@ class User:
     sealed_pending_totp: bytes | None
     account_id: int
     created_at: datetime
+    locked_until: datetime | None = None
+
+    def is_locked(self, now: datetime) -> bool:
+        """Locked by an administrator (no end), or by too many failures until ``locked_until``."""
+        return self.locked and (self.locked_until is None or now < self.locked_until)
 
     @property
     def uses_2fa(self) -> bool:

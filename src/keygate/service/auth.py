@@ -22,6 +22,8 @@ from keygate.domain.signature import is_well_formed, signature_matches
 from keygate.domain.users import User, parse_user_id
 from keygate.domain.keys import ApiKey
 from keygate.service.audit import AuditLog
+from keygate.service.clock import utcnow
+from keygate.service.guard import AbuseGuard
 from keygate.service.keys import KeyManager
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
@@ -81,9 +83,13 @@ class Authenticator:
         keys: KeyManager,
         sessions: SessionManager,
         audit: AuditLog,
+        guard: AbuseGuard,
         pending_2fa_lifetime: timedelta,
         bind_session_ip: bool = True,
+        key_max_idle_days: int = 0,
     ) -> None:
+        self._guard = guard
+        self._key_max_idle_days = key_max_idle_days
         self._users = users
         self._keys = keys
         self._sessions = sessions
@@ -96,23 +102,43 @@ class Authenticator:
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
 
-        def fail(reason: str, locked: bool = False) -> AuthenticationFailed:
+        async def fail(reason: str, *, public: str | None = None, locked: bool = False,
+                       count_key: bool = True, count_user: bool = False) -> Exception:
+            refusal = AuthenticationFailed(reason, locked=locked, public_message=public)
             self._audit.record(
-                action, "failure", reason=reason, subject_user_id=creds.user_id if user else None,
-                api_key=creds.api_key if key else None, client_ip=client_ip,
+                action, "failure", reason=reason, subject_user_id=user.user_id if user else None,
+                api_key=key.api_key if key else None, client_ip=client_ip,
             )
-            return AuthenticationFailed(reason, locked=locked)
+            return await self._guard.on_failure(
+                client_ip, key if count_key else None, user if count_user else None, refusal
+            )
 
         if key is None:
-            raise fail("unknown api key")
+            raise await fail("unknown api key")
         if user is None or key.user_id != user.user_id:
-            raise fail("api key belongs to another user")
-        if not signature_matches(self._keys.secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature):
-            raise fail("signature mismatch")
+            raise await fail("api key belongs to another user")
+        now = utcnow()
+        secret_ok = signature_matches(self._keys.secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature)
+        if not secret_ok and key.previous_secret_usable(now):
+            secret_ok = signature_matches(self._keys.previous_secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature)
+        if not secret_ok:
+            raise await fail("signature mismatch", count_user=True)
+        # From here on the caller proved it holds the secret: refusals may say exactly what is wrong.
         if not key.ip_allowlist.allows(client_ip):
-            raise fail(f"client ip {client_ip} not in allowlist")
-        if user.locked:
-            raise fail("user locked", locked=True)
+            raise await fail(f"client ip {client_ip} not in allowlist", public="This API key may not be used from your IP address")
+        if key.expired(now):
+            raise await fail("api key expired", public="This API key has expired; create a new one")
+        if key.idle_expired(now, self._key_max_idle_days):
+            raise await fail("api key without allowlist unused too long",
+                             public=f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
+        if user.is_locked(now):
+            raise await fail("user locked", locked=True, count_key=False)
+        refusal = await self._guard.claim_nonce(key, creds.nonce)
+        if refusal is not None:
+            self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
+                               api_key=key.api_key, client_ip=client_ip)
+            raise await self._guard.on_failure(client_ip, key, None, refusal)
+        await self._guard.on_success(key, user)
         self._keys.mark_used(key.api_key)
         return user, key
 
@@ -133,15 +159,19 @@ class Authenticator:
         if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_LENGTH:
             raise InvalidRequest("Password must be a non-empty string of at most 256 characters")
         user = await self._users.get_by_name(username)
+        # A throttled guesser is refused before the password is even looked at: no oracle, no CPU.
+        await self._guard.refuse_if_blocked(client_ip, user)
         # Verify even for an unknown user, so timing does not tell which usernames exist.
         ok = await asyncio.to_thread(verify_password, user.password_hash if user else DUMMY_HASH, password)
         if user is None or not ok:
-            self._audit.record("auth.password", "failure", reason="unknown user" if user is None else "wrong password",
+            reason = "unknown user" if user is None else "wrong password"
+            self._audit.record("auth.password", "failure", reason=reason,
                                subject_user_id=user.user_id if user else None, client_ip=client_ip)
-            raise AuthenticationFailed("bad password")
-        if user.locked:
+            raise await self._guard.on_failure(client_ip, None, user, AuthenticationFailed(reason))
+        if user.is_locked(utcnow()):
             self._audit.record("auth.password", "failure", reason="user locked", subject_user_id=user.user_id, client_ip=client_ip)
             raise AuthenticationFailed("user locked", locked=True)
+        await self._guard.on_success(None, user)
         if user.uses_2fa:
             token = await self._sessions.issue(user.user_id, SessionKind.PENDING_2FA, frozenset(), None, client_ip, lifetime=self._pending_lifetime)
             self._audit.record("auth.password", "pending-2fa", subject_user_id=user.user_id, client_ip=client_ip)
@@ -160,10 +190,11 @@ class Authenticator:
         except NotAuthorized:
             raise AuthenticationFailed("unknown or expired pending 2fa token") from None
         user = await self._users.require(pending.user_id)
+        await self._guard.refuse_if_blocked(client_ip, user)
         code = code.strip()
         if user.sealed_totp_secret is None or not (code.isdigit() and len(code) == 6 and pyotp.TOTP(self._users.totp_secret(user)).verify(code, valid_window=1)):
             self._audit.record("auth.2fa", "failure", reason="wrong code", subject_user_id=user.user_id, client_ip=client_ip)
-            raise AuthenticationFailed("wrong 2fa code")
+            raise await self._guard.on_failure(client_ip, None, user, AuthenticationFailed("wrong 2fa code"))
         await self._sessions.end(pending_token)  # a pending token is good for one success only
         return await self._password_session(user, client_ip, "auth.2fa")
 
@@ -185,7 +216,7 @@ class Authenticator:
                 raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
             self._keys.mark_used(key.api_key)
         user = await self._users.get(session.user_id)
-        if user is None or user.locked:
+        if user is None or user.is_locked(utcnow()):
             raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
         perms: frozenset[Permission] = session.permissions
         return Principal(user, perms, session.kind, api_key=session.api_key, token_hash=session.token_hash)

@@ -10,15 +10,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from keygate.config import Settings
+from keygate.domain.replay import parse_replay_mode
 from keygate.domain.secretbox import SecretBox
+from keygate.domain.throttle import ThrottlePolicy
 from keygate.service.audit import AuditLog
 from keygate.service.auth import Authenticator
-from keygate.service.keys import KeyManager
+from keygate.service.guard import AbuseGuard
+from keygate.service.keys import KeyManager, KeyPolicy
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager, generate_password
 from keygate.store.database import create_engine, migrate
-from keygate.store.master_key import decode_master_key, load_master_key
+from keygate.store.master_key import decode_master_key, load_master_key, read_key_file, write_key_file
+from keygate.store.redis_state import RedisState
 from keygate.store.repositories import AuditRepository, KeyRepository, SessionRepository, UserRepository
+from keygate.store.shared_state import SharedState, SqlState
 
 log = logging.getLogger("keygate")
 FLUSH_SECONDS = 1.0
@@ -34,17 +39,21 @@ class Bootstrap:
     admin_password: str | None = None
 
 
+def _env_previous_keys() -> list[bytes]:
+    return [decode_master_key(v) for v in os.environ.get("KEYGATE_PREVIOUS_MASTER_KEYS", "").split(",") if v.strip()]
+
+
 class Keygate:
-    """The service layer as one object: ``users``, ``keys``, ``sessions``, ``auth``, ``audit``."""
+    """The service layer as one object: ``users``, ``keys``, ``sessions``, ``auth``, ``audit``, ``guard``."""
 
     def __init__(self, settings: Settings, create_master_key: bool = True) -> None:
         self.settings = settings
-        master, self._master_created = load_master_key(
+        master, previous, self._master_created = load_master_key(
             settings.master_key, settings.resolved_master_key_file, create=create_master_key
         )
-        previous = [decode_master_key(v) for v in os.environ.get("KEYGATE_PREVIOUS_MASTER_KEYS", "").split(",") if v.strip()]
-        self.box = SecretBox(master, previous)
+        self.box = SecretBox(master, previous + _env_previous_keys(), loader=None if settings.master_key else self._read_keyring)
         self.engine = create_engine(settings.resolved_database_url)
+        self.state: SharedState = RedisState(settings.redis_url) if settings.redis_url else SqlState(self.engine)
         self.audit = AuditLog(AuditRepository(self.engine))
         ttl = settings.cache_ttl_seconds
         self.sessions = SessionManager(
@@ -53,15 +62,88 @@ class Keygate:
             absolute=timedelta(seconds=settings.session_max_seconds),
             cache_ttl=ttl,
         )
-        self.users = UserManager(UserRepository(self.engine), self.box, self.sessions, self.audit, ttl)
-        self.keys = KeyManager(KeyRepository(self.engine), self.box, self.users, self.sessions, self.audit, ttl)
+        self.users = UserManager(UserRepository(self.engine), self.box, self.sessions, self.audit, ttl, self.state)
+        self.keys = KeyManager(
+            KeyRepository(self.engine), self.box, self.users, self.sessions, self.audit, ttl, self.state,
+            KeyPolicy(
+                default_replay_mode=parse_replay_mode(settings.default_replay_mode),
+                require_allowlist_for_withdraw=settings.require_allowlist_for_withdraw,
+                max_idle_days_without_allowlist=settings.key_max_idle_days_without_allowlist,
+            ),
+        )
+        self.guard = AbuseGuard(
+            self.state,
+            ThrottlePolicy(
+                ip_failures=settings.throttle_ip_failures,
+                key_failures=settings.throttle_key_failures,
+                user_failures=settings.throttle_user_failures,
+                window_seconds=settings.throttle_window_seconds,
+                max_backoff_seconds=settings.throttle_max_backoff_seconds,
+                lockout_failures=settings.lockout_failures,
+                lockout_seconds=settings.lockout_seconds,
+            ),
+            self.users,
+            settings.unique_nonce_window_seconds,
+        )
         self.auth = Authenticator(
-            self.users, self.keys, self.sessions, self.audit,
+            self.users, self.keys, self.sessions, self.audit, self.guard,
             pending_2fa_lifetime=timedelta(seconds=settings.pending_2fa_seconds),
             bind_session_ip=settings.bind_session_ip,
+            key_max_idle_days=settings.key_max_idle_days_without_allowlist,
         )
         self._flusher: asyncio.Task[None] | None = None
+        self._keyring_mtime = self._keyring_stamp()
 
+    # ----- master key -------------------------------------------------------------------------
+    def _read_keyring(self) -> tuple[bytes, list[bytes]]:
+        current, previous = read_key_file(self.settings.resolved_master_key_file)
+        return current, previous + _env_previous_keys()
+
+    def _keyring_stamp(self) -> float | None:
+        if self.settings.master_key:
+            return None
+        try:
+            return self.settings.resolved_master_key_file.stat().st_mtime
+        except OSError:
+            return None
+
+    def _reload_keyring_if_changed(self) -> None:
+        stamp = self._keyring_stamp()
+        if stamp is not None and stamp != self._keyring_mtime:
+            self._keyring_mtime = stamp
+            if self.box.reload():
+                log.info("master key changed on disk; new secrets are sealed under the new key")
+
+    async def rotate_master_key(self) -> int:
+        """Make a new master key current (the old ones stay in the keyring) and re-seal every secret.
+
+        Running servers notice the new keyring within a second (the flusher checks its mtime) and
+        open values sealed under an unknown key by re-reading it, so they keep serving throughout.
+        Returns how many sealed values were rewritten.
+        """
+        if self.settings.master_key:
+            raise RuntimeError(
+                "the master key comes from KEYGATE_MASTER_KEY: set it to a new key, list the old one in "
+                "KEYGATE_PREVIOUS_MASTER_KEYS, restart, then run this command again to re-seal"
+            )
+        path = self.settings.resolved_master_key_file
+        current, previous = read_key_file(path)
+        old_box = SecretBox(current, previous + _env_previous_keys())
+        new_key = os.urandom(32)
+        write_key_file(path, new_key, [current, *previous])
+        self.box.reload()
+        new_box = SecretBox(new_key, [current, *previous] + _env_previous_keys())
+        count = 0
+        # Two passes: the second catches secrets that a server created under the old key while the
+        # first pass ran, before it noticed the new keyring.
+        for delay in (0.0, 2.5 * FLUSH_SECONDS):
+            await asyncio.sleep(delay)
+            count += await self.keys.reseal_all(new_box, old_box) + await self.users.reseal_all(new_box, old_box)
+        self.audit.record("master_key.rotate", detail=f"resealed={count}")
+        await self.audit.flush()
+        return count
+
+    # ----- lifecycle --------------------------------------------------------------------------
     async def start(self, migrate_schema: bool = True, bootstrap_admin: bool = True) -> Bootstrap:
         if migrate_schema:
             await migrate(self.engine)
@@ -83,9 +165,11 @@ class Keygate:
             await asyncio.sleep(FLUSH_SECONDS)
             ticks += 1
             try:
+                self._reload_keyring_if_changed()
                 await self.flush()
                 if ticks % PURGE_EVERY == 0:
                     await self.sessions.purge_expired()
+                    await self.state.purge()
             except Exception:  # keep flushing; the next tick retries what failed
                 log.exception("background flush failed")
 
@@ -102,4 +186,5 @@ class Keygate:
             self._flusher = None
         with suppress(Exception):
             await self.flush()
+        await self.state.close()
         await self.engine.dispose()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from keygate.domain.errors import Conflict, NotFound
+from keygate.domain.errors import Conflict, InvalidRequest, NotFound
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import ApiKey, clean_label, new_api_key, new_nonce, new_secret
 from keygate.domain.permissions import Permission, format_permissions
+from keygate.domain.replay import ReplayMode
 from keygate.domain.secretbox import SecretBox
 from keygate.service.audit import AuditLog
 from keygate.service.cache import TTLCache
@@ -17,6 +18,18 @@ from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager
 from keygate.store.repositories import KeyRepository
+from keygate.store.shared_state import SharedState
+
+MAX_GRACE_SECONDS = 30 * 86400
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """Operator options for keys (see the README's configuration table)."""
+
+    default_replay_mode: ReplayMode = ReplayMode.INCREASING
+    require_allowlist_for_withdraw: bool = False
+    max_idle_days_without_allowlist: int = 0
 
 MAX_KEYS_PER_USER = 50
 
@@ -48,7 +61,11 @@ class KeyManager:
         sessions: SessionManager,
         audit: AuditLog,
         cache_ttl: float,
+        state: SharedState,
+        policy: KeyPolicy,
     ) -> None:
+        self._state = state
+        self.policy = policy
         self._repo = repo
         self._box = box
         self._users = users
@@ -67,6 +84,10 @@ class KeyManager:
 
     def secret_of(self, key: ApiKey) -> str:
         return self._box.open(key.sealed_secret, secret_context(key.api_key))
+
+    def previous_secret_of(self, key: ApiKey) -> str:
+        assert key.sealed_previous_secret is not None
+        return self._box.open(key.sealed_previous_secret, secret_context(key.api_key))
 
     def mark_used(self, api_key: str) -> None:
         self._used[api_key] = utcnow()
@@ -98,13 +119,19 @@ class KeyManager:
         permissions: frozenset[Permission],
         ip_allowlist: IpAllowlist,
         label: str = "",
+        *,
+        replay_mode: ReplayMode | None = None,
+        expires_at: datetime | None = None,
     ) -> CreatedKey:
         actor.require_password_session()
         await self._target_user(actor, user_id)
         label = clean_label(label)
+        self._check_policy(permissions, ip_allowlist)
+        now = utcnow()
+        if expires_at is not None and expires_at <= now:
+            raise InvalidRequest("ExpiresAt must be in the future")
         if len(await self._repo.list(user_id)) >= MAX_KEYS_PER_USER:
             raise Conflict(f"A user may hold at most {MAX_KEYS_PER_USER} API keys; delete one first")
-        now = utcnow()
         api_key = new_api_key()
         secret = new_secret()
         key = ApiKey(
@@ -117,6 +144,8 @@ class KeyManager:
             nonce=new_nonce(),
             created_at=now,
             updated_at=now,
+            replay_mode=replay_mode or self.policy.default_replay_mode,
+            expires_at=expires_at,
         )
         await self._repo.insert(key)
         self._cache.evict(api_key)
@@ -146,19 +175,32 @@ class KeyManager:
         permissions: frozenset[Permission] | None = None,
         ip_allowlist: IpAllowlist | None = None,
         label: str | None = None,
+        replay_mode: ReplayMode | None = None,
+        expires_at: datetime | None | bool = False,
     ) -> tuple[ApiKey, bool]:
-        """Edit a key. Returns the key and whether its sessions were ended (rights changed)."""
+        """Edit a key. Returns the key and whether its sessions were ended (rights changed).
+
+        ``expires_at=False`` keeps the expiry; ``None`` removes it.
+        """
         actor.require_password_session()
         key = await self._owned_key(actor, user_id, api_key)
+        now = utcnow()
+        if isinstance(expires_at, datetime) and expires_at <= now:
+            raise InvalidRequest("ExpiresAt must be in the future")
         changed = replace(
             key,
             permissions=key.permissions if permissions is None else permissions,
             ip_allowlist=key.ip_allowlist if ip_allowlist is None else ip_allowlist,
             label=key.label if label is None else clean_label(label),
-            updated_at=utcnow(),
+            replay_mode=key.replay_mode if replay_mode is None else replay_mode,
+            expires_at=key.expires_at if expires_at is False else expires_at,  # type: ignore[arg-type]
+            updated_at=now,
         )
+        self._check_policy(changed.permissions, changed.ip_allowlist)
         rights_changed = changed.permissions != key.permissions or changed.ip_allowlist != key.ip_allowlist
         await self._repo.save(changed, revoke_sessions=rights_changed)
+        if changed.replay_mode is not key.replay_mode:
+            await self._state.forget_nonces(api_key)
         self._cache.evict(api_key)
         if rights_changed:
             self._sessions.forget_key(api_key)
@@ -179,17 +221,51 @@ class KeyManager:
         self._sessions.forget_key(key.api_key)
         self._audit.record("key.delete", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=key.api_key)
 
-    async def rotate_master_key(self, new_box: SecretBox) -> int:
-        """Re-seal every secret under ``new_box``; compare-and-set per row, safe while serving."""
+    async def rotate_secret(self, actor: Principal, user_id: int, api_key: str, grace_seconds: int = 0) -> CreatedKey:
+        """Issue a new secret and nonce for the key, shown once. The old secret keeps working for
+        ``grace_seconds`` (0: not at all), so clients can switch without downtime."""
+        actor.require_password_session()
+        if not isinstance(grace_seconds, int) or isinstance(grace_seconds, bool) or not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise InvalidRequest(f"GraceSeconds must be an integer from 0 to {MAX_GRACE_SECONDS}")
+        key = await self._owned_key(actor, user_id, api_key)
+        now = utcnow()
+        secret = new_secret()
+        rotated = replace(
+            key,
+            sealed_secret=self._box.seal(secret, secret_context(api_key)),
+            nonce=new_nonce(),
+            sealed_previous_secret=key.sealed_secret if grace_seconds else None,
+            previous_secret_expires_at=now + timedelta(seconds=grace_seconds) if grace_seconds else None,
+            updated_at=now,
+        )
+        await self._repo.save(rotated, revoke_sessions=grace_seconds == 0)
+        await self._state.forget_nonces(api_key)
+        self._cache.evict(api_key)
+        if grace_seconds == 0:
+            self._sessions.forget_key(api_key)
+        self._audit.record("key.rotate", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=api_key,
+                           detail=f"grace_seconds={grace_seconds}")
+        return CreatedKey(rotated, secret)
+
+    async def reseal_all(self, new_box: SecretBox, old_box: SecretBox) -> int:
+        """Re-seal every key secret (current and in-grace previous) under ``new_box``.
+
+        Compare-and-set per row, so it is safe while servers keep serving and changing keys.
+        """
         count = 0
-        for api_key, sealed in await self._repo.all_sealed():
-            if new_box.sealed_with_current(sealed):
-                continue
-            plain = new_box.open(sealed, secret_context(api_key))
-            if await self._repo.replace_sealed(api_key, sealed, new_box.seal(plain, secret_context(api_key))):
-                count += 1
-            self._cache.evict(api_key)
+        for column in ("sealed_secret", "sealed_previous_secret"):
+            for api_key, sealed in await self._repo.all_sealed(column):
+                if new_box.sealed_with_current(sealed):
+                    continue
+                plain = old_box.open(sealed, secret_context(api_key))
+                if await self._repo.replace_sealed(api_key, sealed, new_box.seal(plain, secret_context(api_key)), column):
+                    count += 1
+                self._cache.evict(api_key)
         return count
+
+    def _check_policy(self, permissions: frozenset[Permission], ip_allowlist: IpAllowlist) -> None:
+        if self.policy.require_allowlist_for_withdraw and Permission.WITHDRAW in permissions and ip_allowlist.allows_any:
+            raise InvalidRequest("Keys with the Withdraw permission must have an IP allowlist (operator policy)")
 
     def invalidate(self, api_key: str) -> None:
         self._cache.evict(api_key)
@@ -198,4 +274,5 @@ class KeyManager:
 def _describe(key: ApiKey) -> str:
     perms = ",".join(format_permissions(key.permissions)) or "read-only"
     ips = key.ip_allowlist.serialize() or "any IP"
-    return f"label={key.label!r}; permissions={perms}; ip_allowlist={ips}"
+    expiry = key.expires_at.isoformat() if key.expires_at else "never"
+    return f"label={key.label!r}; permissions={perms}; ip_allowlist={ips}; replay_mode={key.replay_mode.value}; expires={expiry}"

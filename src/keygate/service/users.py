@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import timedelta
 
 import pyotp
 
@@ -16,9 +17,12 @@ from keygate.service.cache import TTLCache
 from keygate.service.clock import utcnow
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
+from keygate.domain.throttle import consecutive_scope, user_scope
 from keygate.store.repositories import UserRepository
+from keygate.store.shared_state import SharedState
 
 TOTP_ISSUER = "keygate"
+MAX_STORED_USER_ID = 2**31 - 1  # the users.user_id column is a 32-bit integer
 
 
 def totp_context(user_id: int) -> str:
@@ -30,14 +34,18 @@ def generate_password() -> str:
 
 
 class UserManager:
-    def __init__(self, repo: UserRepository, box: SecretBox, sessions: SessionManager, audit: AuditLog, cache_ttl: float) -> None:
+    def __init__(self, repo: UserRepository, box: SecretBox, sessions: SessionManager, audit: AuditLog, cache_ttl: float,
+                 state: SharedState) -> None:
         self._repo = repo
+        self._state = state
         self._box = box
         self._sessions = sessions
         self._audit = audit
         self._cache: TTLCache[int, User] = TTLCache(cache_ttl)
 
     async def get(self, user_id: int) -> User | None:
+        if not 0 < user_id <= MAX_STORED_USER_ID:
+            return None  # a well-formed id that no user can have: simply unknown
         hit, user = self._cache.get(user_id)
         if not hit:
             user = await self._repo.get(user_id)
@@ -90,9 +98,13 @@ class UserManager:
         self._audit.record("user.password", actor_user_id=actor.user_id if actor else None, subject_user_id=user_id)
 
     async def set_locked(self, user_id: int, locked: bool, actor: Principal | None = None, reason: str | None = None) -> User:
-        user = await self._update(user_id, locked=locked)
+        """Lock (no end date: until unlocked) or unlock; unlocking also clears the failure counters."""
+        user = await self._update(user_id, locked=locked, locked_until=None)
         if locked:
             await self._sessions.end_for_user(user_id)
+        else:
+            for scope in (user_scope(user_id), consecutive_scope(user_id)):
+                await self._state.reset(scope)
         self._audit.record(
             "user.lock" if locked else "user.unlock",
             actor_user_id=actor.user_id if actor else None,
@@ -100,6 +112,15 @@ class UserManager:
             reason=reason,
         )
         return user
+
+    async def lock_after_failures(self, user_id: int, seconds: int, failures: int, client_ip: str | None) -> None:
+        """The automatic lockout: until ``seconds`` pass (0: until an administrator unlocks)."""
+        until = utcnow() + timedelta(seconds=seconds) if seconds > 0 else None
+        await self._update(user_id, locked=True, locked_until=until)
+        await self._sessions.end_for_user(user_id)
+        self._audit.record("user.lockout", "locked", subject_user_id=user_id, client_ip=client_ip,
+                           reason=f"{failures} consecutive failed authentications",
+                           detail=f"until {until.isoformat()}" if until else "until an administrator unlocks")
 
     async def begin_totp(self, user_id: int) -> tuple[str, str]:
         """Start enrolment: return the base32 secret and its otpauth:// URI. Not active until confirmed."""
@@ -133,6 +154,19 @@ class UserManager:
     def totp_secret(self, user: User) -> str:
         assert user.sealed_totp_secret is not None
         return self._box.open(user.sealed_totp_secret, totp_context(user.user_id))
+
+    async def reseal_all(self, new_box: SecretBox, old_box: SecretBox) -> int:
+        """Re-seal every TOTP seed under ``new_box`` (compare-and-set per row)."""
+        count = 0
+        for column in ("sealed_totp_secret", "sealed_pending_totp"):
+            for user_id, sealed in await self._repo.all_sealed(column):
+                if new_box.sealed_with_current(sealed):
+                    continue
+                plain = old_box.open(sealed, totp_context(user_id))
+                if await self._repo.replace_sealed(user_id, sealed, new_box.seal(plain, totp_context(user_id)), column):
+                    count += 1
+                self._cache.evict(user_id)
+        return count
 
     def invalidate(self, user_id: int) -> None:
         self._cache.evict(user_id)

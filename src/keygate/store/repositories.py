@@ -16,6 +16,7 @@ from keygate.domain.errors import Conflict
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import ApiKey
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
+from keygate.domain.replay import ReplayMode
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.users import User
 from keygate.store.tables import api_keys, audit_events, sessions, users
@@ -38,6 +39,7 @@ def _user(row: Row[Any]) -> User:
         sealed_pending_totp=m["sealed_pending_totp"],
         account_id=m["account_id"],
         created_at=m["created_at"],
+        locked_until=m["locked_until"],
     )
 
 
@@ -54,6 +56,10 @@ def _key(row: Row[Any]) -> ApiKey:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         last_used_at=m["last_used_at"],
+        replay_mode=ReplayMode(m["replay_mode"]),
+        expires_at=m["expires_at"],
+        sealed_previous_secret=bytes(m["sealed_previous_secret"]) if m["sealed_previous_secret"] is not None else None,
+        previous_secret_expires_at=m["previous_secret_expires_at"],
     )
 
 
@@ -123,6 +129,18 @@ class UserRepository:
         async with self._engine.begin() as conn:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
 
+    async def all_sealed(self, column: str) -> list[tuple[int, bytes]]:
+        col = users.c[column]
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(users.c.user_id, col).where(col.is_not(None)))).all()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    async def replace_sealed(self, user_id: int, old: bytes, new: bytes, column: str) -> bool:
+        col = users.c[column]
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(users).where(users.c.user_id == user_id, col == old).values({column: new}))
+        return result.rowcount > 0
+
 
 class KeyRepository:
     def __init__(self, engine: AsyncEngine) -> None:
@@ -142,6 +160,8 @@ class KeyRepository:
                     created_at=key.created_at,
                     updated_at=key.updated_at,
                     last_used_at=None,
+                    replay_mode=key.replay_mode.value,
+                    expires_at=key.expires_at,
                 )
             )
 
@@ -171,10 +191,16 @@ class KeyRepository:
                     sealed_secret=key.sealed_secret,
                     nonce=key.nonce,
                     updated_at=key.updated_at,
+                    replay_mode=key.replay_mode.value,
+                    expires_at=key.expires_at,
+                    sealed_previous_secret=key.sealed_previous_secret,
+                    previous_secret_expires_at=key.previous_secret_expires_at,
                 )
             )
             if revoke_sessions:
                 await conn.execute(delete(sessions).where(sessions.c.api_key == key.api_key))
+            if key.replay_mode is not ReplayMode.INCREASING:
+                await conn.execute(update(api_keys).where(api_keys.c.api_key == key.api_key).values(last_nonce=None))
         return key
 
     async def delete(self, api_key: str) -> bool:
@@ -191,18 +217,18 @@ class KeyRepository:
             for api_key, at in used.items():
                 await conn.execute(update(api_keys).where(api_keys.c.api_key == api_key).values(last_used_at=at))
 
-    async def all_sealed(self) -> list[tuple[str, bytes]]:
+    async def all_sealed(self, column: str = "sealed_secret") -> list[tuple[str, bytes]]:
+        col = api_keys.c[column]
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(api_keys.c.api_key, api_keys.c.sealed_secret))).all()
+            rows = (await conn.execute(select(api_keys.c.api_key, col).where(col.is_not(None)))).all()
         return [(r[0], bytes(r[1])) for r in rows]
 
-    async def replace_sealed(self, api_key: str, old: bytes, new: bytes) -> bool:
+    async def replace_sealed(self, api_key: str, old: bytes, new: bytes, column: str = "sealed_secret") -> bool:
         """Compare-and-set, so a rotation never overwrites a secret that changed meanwhile."""
+        col = api_keys.c[column]
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.api_key == api_key, api_keys.c.sealed_secret == old)
-                .values(sealed_secret=new)
+                update(api_keys).where(api_keys.c.api_key == api_key, col == old).values({column: new})
             )
         return result.rowcount > 0
 

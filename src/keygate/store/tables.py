@@ -50,6 +50,7 @@ users = Table(
     Column("password_hash", String(255), nullable=False),
     Column("is_admin", Boolean, nullable=False, default=False),
     Column("locked", Boolean, nullable=False, default=False),
+    Column("locked_until", UTCDateTime, nullable=True),
     Column("sealed_totp_secret", LargeBinary, nullable=True),
     Column("sealed_pending_totp", LargeBinary, nullable=True),
     Column("account_id", Integer, nullable=False),
@@ -69,6 +70,11 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime, nullable=True),
+    Column("replay_mode", String(16), nullable=False, default="compatible"),
+    Column("last_nonce", String(20), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("sealed_previous_secret", LargeBinary, nullable=True),
+    Column("previous_secret_expires_at", UTCDateTime, nullable=True),
     Index("ix_api_keys_user_id", "user_id"),
 )
 
@@ -103,4 +109,22 @@ audit_events = Table(
     Column("detail", Text, nullable=True),
     Index("ix_audit_events_at", "at"),
     Index("ix_audit_events_action", "action"),
+)
+
+used_nonces = Table(
+    "used_nonces",
+    metadata,
+    Column("api_key", String(64), primary_key=True),
+    Column("nonce", String(128), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_used_nonces_expires_at", "expires_at"),
+)
+
+throttle_counters = Table(
+    "throttle_counters",
+    metadata,
+    Column("scope", String(120), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_ends_at", UTCDateTime, nullable=False),
+    Column("blocked_until", UTCDateTime, nullable=True),
 )

@@ -1,0 +1,153 @@
+"""Shared fast state: nonce claims and failure counters.
+
+Two implementations with one contract. ``SqlState`` keeps it in the database (the default);
+``RedisState`` keeps it in Redis (``KEYGATE_REDIS_URL``), for many nodes. Every claim is a single
+atomic operation, so two workers or two nodes that receive the same nonce at the same instant accept
+it at most once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keygate.domain.replay import sortable
+from keygate.store.tables import api_keys, throttle_counters, used_nonces
+
+
+class SharedState(Protocol):
+    async def claim_increasing(self, api_key: str, nonce: int) -> bool:
+        """Accept ``nonce`` only if it exceeds the last one accepted for the key, and remember it."""
+
+    async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
+        """Accept ``nonce`` only if the key has not used it within the window, and remember it."""
+
+    async def forget_nonces(self, api_key: str) -> None:
+        """Drop the key's nonce history (after a secret rotation or a change of replay mode)."""
+
+    async def record_failure(self, scope: str, window_seconds: int) -> int:
+        """Count one failure in the scope's window; return the count in the window."""
+
+    async def block(self, scope: str, seconds: float) -> None:
+        """Refuse the scope for ``seconds``."""
+
+    async def blocked_for(self, scopes: list[str]) -> float:
+        """Seconds until every one of ``scopes`` is free again (0 if none is blocked)."""
+
+    async def reset(self, scope: str) -> None:
+        """Forget the scope's failures and block (after a success, or an administrator's unlock)."""
+
+    async def purge(self) -> None:
+        """Drop expired entries (the database needs this; Redis expires keys by itself)."""
+
+    async def close(self) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SqlState:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def claim_increasing(self, api_key: str, nonce: int) -> bool:
+        value = sortable(nonce)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.api_key == api_key)
+                .where(or_(api_keys.c.last_nonce.is_(None), api_keys.c.last_nonce < value))
+                .values(last_nonce=value)
+            )
+        return result.rowcount == 1
+
+    async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
+        now = _now()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(used_nonces).where(
+                    and_(used_nonces.c.api_key == api_key, used_nonces.c.nonce == nonce, used_nonces.c.expires_at <= now)
+                )
+            )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(used_nonces).values(api_key=api_key, nonce=nonce, expires_at=now + timedelta(seconds=window_seconds))
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def forget_nonces(self, api_key: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(used_nonces).where(used_nonces.c.api_key == api_key))
+            await conn.execute(update(api_keys).where(api_keys.c.api_key == api_key).values(last_nonce=None))
+
+    async def record_failure(self, scope: str, window_seconds: int) -> int:
+        now = _now()
+        ends = now + timedelta(seconds=window_seconds)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(throttle_counters)
+                .where(throttle_counters.c.scope == scope, throttle_counters.c.window_ends_at > now)
+                .values(failures=throttle_counters.c.failures + 1)
+            )
+            if result.rowcount == 0:
+                fresh = await conn.execute(
+                    update(throttle_counters).where(throttle_counters.c.scope == scope).values(failures=1, window_ends_at=ends)
+                )
+                if fresh.rowcount == 0:
+                    try:
+                        async with conn.begin_nested():
+                            await conn.execute(insert(throttle_counters).values(scope=scope, failures=1, window_ends_at=ends))
+                    except IntegrityError:
+                        await conn.execute(
+                            update(throttle_counters).where(throttle_counters.c.scope == scope)
+                            .values(failures=throttle_counters.c.failures + 1)
+                        )
+            count = (await conn.execute(select(throttle_counters.c.failures).where(throttle_counters.c.scope == scope))).scalar_one()
+        return int(count)
+
+    async def block(self, scope: str, seconds: float) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(throttle_counters).where(throttle_counters.c.scope == scope)
+                .values(blocked_until=_now() + timedelta(seconds=seconds))
+            )
+
+    async def blocked_for(self, scopes: list[str]) -> float:
+        if not scopes:
+            return 0.0
+        now = _now()
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(throttle_counters.c.blocked_until).where(
+                        throttle_counters.c.scope.in_(scopes), throttle_counters.c.blocked_until > now
+                    )
+                )
+            ).all()
+        return max(((r[0] - now).total_seconds() for r in rows), default=0.0)
+
+    async def reset(self, scope: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(throttle_counters).where(throttle_counters.c.scope == scope))
+
+    async def purge(self) -> None:
+        now = _now()
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(used_nonces).where(used_nonces.c.expires_at <= now))
+            await conn.execute(
+                delete(throttle_counters).where(
+                    throttle_counters.c.window_ends_at <= now,
+                    or_(throttle_counters.c.blocked_until.is_(None), throttle_counters.c.blocked_until <= now),
+                )
+            )
+
+    async def close(self) -> None:
+        return None
