@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import datetime
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,6 +19,8 @@ import typer
 from keygate.config import Settings
 from keygate.domain.errors import KeygateError
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.keys import parse_expiry
+from keygate.domain.replay import parse_replay_mode
 from keygate.domain.permissions import format_permissions, parse_permissions
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
@@ -140,7 +143,7 @@ def sign(
 ) -> None:
     """Compute the APEX signature. The secret never comes from the command line."""
     if secret_file is not None:
-        secret = sys.stdin.read() if str(secret_file) == "-" else secret_file.read_text()
+        secret = sys.stdin.read() if str(secret_file) == "-" else _read_secret_file(secret_file)
     elif os.environ.get(secret_env):
         secret = os.environ[secret_env]
     elif not sys.stdin.isatty():
@@ -157,6 +160,15 @@ def sign(
         typer.echo(f"APIKey: {api_key}\nSignature: {signature}\nUserId: {user_id}\nNonce: {nonce}")
     else:
         typer.echo(signature)
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a readable text file"
+        typer.secho(f"error: cannot read the secret file {path}: {reason}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 @user_app.command("create")
@@ -246,13 +258,18 @@ def key_create(
     permission: Annotated[list[str] | None, typer.Option("--permission", "-p", help="Trading, Withdraw or Deposit (repeat)")] = None,
     ip: Annotated[list[str] | None, typer.Option("--ip", help="Allowed address or CIDR range (repeat); none: any IP")] = None,
     label: Annotated[str, typer.Option(help="A label to tell keys apart")] = "",
+    replay_mode: Annotated[str | None, typer.Option("--replay-mode", help="compatible, increasing or unique [KEYGATE_DEFAULT_REPLAY_MODE]")] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help="Expiry as ISO 8601, e.g. 2027-01-31T00:00:00Z")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the credentials as JSON (the console's Export to JSON)")] = False,
 ) -> None:
     """Create an API key. The secret is printed this once and can never be shown again."""
 
     async def work(kg: Keygate) -> None:
         u = await _user(kg, user)
-        created = await kg.keys.create(operator_acting_as(u), u.user_id, parse_permissions(permission or []), IpAllowlist.parse(ip or []), label)
+        created = await kg.keys.create(
+            operator_acting_as(u), u.user_id, parse_permissions(permission or []), IpAllowlist.parse(ip or []), label,
+            replay_mode=parse_replay_mode(replay_mode) if replay_mode else None, expires_at=parse_expiry(expires),
+        )
         if as_json:
             typer.echo(json.dumps(created.reveal(), indent=2))
             return
@@ -260,6 +277,8 @@ def key_create(
         typer.echo(f"API KEY:    {k.api_key}\nAPI SECRET: {created.secret}\nNONCE:      {k.nonce}\nUSER ID:    {k.user_id}\n"
                    f"PERMISSIONS: {', '.join(format_permissions(k.permissions)) or 'read only'}\n"
                    f"IP ALLOWLIST: {', '.join(k.ip_allowlist.as_strings()) or 'any IP'}\n"
+                   f"REPLAY MODE: {k.replay_mode.value}\n"
+                   f"EXPIRES:    {k.expires_at.isoformat() if k.expires_at else 'never'}\n"
                    "Store the secret now: it is shown only once.")
 
     _run(work)
@@ -295,8 +314,11 @@ def key_edit(
     ip: Annotated[list[str] | None, typer.Option("--ip", help="Replace the allowlist (repeat)")] = None,
     any_ip: Annotated[bool, typer.Option("--any-ip", help="Clear the allowlist")] = False,
     label: Annotated[str | None, typer.Option(help="New label")] = None,
+    replay_mode: Annotated[str | None, typer.Option("--replay-mode", help="compatible, increasing or unique")] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help="New expiry (ISO 8601)")] = None,
+    no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Remove the expiry")] = False,
 ) -> None:
-    """Edit a key's permissions, allowlist or label. Changing rights ends the key's sessions."""
+    """Edit a key's permissions, allowlist, label, replay mode or expiry. Changing rights ends the key's sessions."""
 
     async def work(kg: Keygate) -> None:
         key = await kg.keys.lookup(api_key)
@@ -305,7 +327,11 @@ def key_edit(
         owner = await kg.users.require(key.user_id)
         perms = frozenset() if no_permissions else (parse_permissions(permission) if permission else None)
         allow = IpAllowlist() if any_ip else (IpAllowlist.parse(ip) if ip else None)
-        k, ended = await kg.keys.update(operator_acting_as(owner), owner.user_id, api_key, permissions=perms, ip_allowlist=allow, label=label)
+        expiry: datetime | None | bool = None if no_expiry else (parse_expiry(expires) if expires else False)
+        k, ended = await kg.keys.update(
+            operator_acting_as(owner), owner.user_id, api_key, permissions=perms, ip_allowlist=allow, label=label,
+            replay_mode=parse_replay_mode(replay_mode) if replay_mode else None, expires_at=expiry,
+        )
         typer.echo(f"updated {k.api_key}: permissions {', '.join(format_permissions(k.permissions)) or 'read only'}; "
                    f"IPs {', '.join(k.ip_allowlist.as_strings()) or 'any'}; label {k.label!r}"
                    + ("; its sessions were ended" if ended else ""))
@@ -324,6 +350,66 @@ def key_delete(api_key: str) -> None:
         owner = await kg.users.require(key.user_id)
         await kg.keys.delete(operator_acting_as(owner), owner.user_id, api_key)
         typer.echo(f"deleted {api_key}")
+
+    _run(work)
+
+
+@key_app.command("rotate")
+def key_rotate(
+    api_key: str,
+    grace: Annotated[int, typer.Option("--grace", help="Seconds the old secret keeps working (0: stops at once)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new credentials as JSON")] = False,
+) -> None:
+    """Issue a new secret and nonce for a key, printed this once."""
+
+    async def work(kg: Keygate) -> None:
+        key = await kg.keys.lookup(api_key)
+        if key is None:
+            raise KeygateError("API key not found")
+        owner = await kg.users.require(key.user_id)
+        created = await kg.keys.rotate_secret(operator_acting_as(owner), owner.user_id, api_key, grace)
+        if as_json:
+            typer.echo(json.dumps(created.reveal(), indent=2))
+            return
+        typer.echo(f"API KEY:    {api_key}\nAPI SECRET: {created.secret}\nNONCE:      {created.key.nonce}\n"
+                   + (f"The old secret works until {created.key.previous_secret_expires_at:%Y-%m-%d %H:%M:%S} UTC.\n" if grace else "The old secret no longer works.\n")
+                   + "Store the secret now: it is shown only once.")
+
+    _run(work)
+
+
+@app.command("rotate-master-key")
+def rotate_master_key() -> None:
+    """Re-seal every secret under a new master key, while servers keep serving."""
+
+    async def work(kg: Keygate) -> None:
+        try:
+            count = await kg.rotate_master_key()
+        except RuntimeError as exc:
+            raise KeygateError(str(exc)) from None
+        typer.echo(f"master key rotated; {count} sealed secrets re-encrypted. Back up {kg.settings.resolved_master_key_file} now.")
+
+    _run(work)
+
+
+@app.command()
+def audit(
+    action: Annotated[str | None, typer.Option(help="e.g. auth.key, auth.password, key.create, user.lockout")] = None,
+    outcome: Annotated[str | None, typer.Option(help="success, failure, locked, pending-2fa")] = None,
+    user: Annotated[str | None, typer.Option(help="Username or UserId")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="An API key")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 date-time")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 date-time")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many events, newest first")] = 100,
+) -> None:
+    """Print audit events as JSON lines (one object a line), for reading or export."""
+
+    async def work(kg: Keygate) -> None:
+        user_id = (await _user(kg, user)).user_id if user else None
+        events = await kg.audit.query(action=action, outcome=outcome, user_id=user_id, api_key=api_key,
+                                      since=parse_expiry(since), until=parse_expiry(until), limit=limit)
+        for event in events:
+            typer.echo(json.dumps(event.as_dict(), separators=(",", ":")))
 
     _run(work)
 
