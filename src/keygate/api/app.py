@@ -20,6 +20,7 @@ from keygate.api.endpoints import ENDPOINTS
 from keygate.api.middleware import BodyLimit, CanonicalPath
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.wire import ClientAddress
+from keygate.console import mount_console
 from keygate.config import Settings
 from keygate.domain.errors import KeygateError
 from keygate.service import Keygate
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
             )
 
     _install_error_handlers(app)
+    mount_console(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

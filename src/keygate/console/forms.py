@@ -1,0 +1,75 @@
+"""Reading the key form: permission checkboxes and the IP allowlist, with errors per field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from starlette.datastructures import FormData
+
+from keygate.domain.errors import InvalidRequest
+from keygate.domain.iprules import IpAllowlist
+from keygate.domain.permissions import Permission, format_permissions, parse_permissions
+
+_SPLIT = re.compile(r"[\s,;]+")
+
+
+@dataclass
+class KeyForm:
+    """What the user typed, kept to re-show the form, plus the parsed values once valid."""
+
+    label: str = ""
+    permissions: list[str] = field(default_factory=list)
+    allowlist_text: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+    parsed_permissions: frozenset[Permission] = frozenset()
+    parsed_allowlist: IpAllowlist = IpAllowlist()
+
+    @classmethod
+    def blank(cls) -> "KeyForm":
+        return cls()
+
+    @classmethod
+    def of_key(cls, label: str, permissions: frozenset[Permission], allowlist: IpAllowlist) -> "KeyForm":
+        return cls(label=label, permissions=format_permissions(permissions), allowlist_text="\n".join(allowlist.as_strings()))
+
+    @classmethod
+    def read(cls, form: FormData) -> "KeyForm":
+        label = form.get("label")
+        allow = form.get("ip_allowlist")
+        kf = cls(
+            label=label.strip() if isinstance(label, str) else "",
+            permissions=[p for p in form.getlist("permissions") if isinstance(p, str)],
+            allowlist_text=allow if isinstance(allow, str) else "",
+        )
+        try:
+            kf.parsed_permissions = parse_permissions(kf.permissions)
+        except InvalidRequest as exc:
+            kf.errors["permissions"] = exc.message
+        kf._read_allowlist()
+        return kf
+
+    def _read_allowlist(self) -> None:
+        """Check every entry, so that all bad entries are named at once, not only the first."""
+        entries = [e for e in _SPLIT.split(self.allowlist_text) if e]
+        bad = []
+        for entry in entries:
+            try:
+                IpAllowlist.parse([entry])
+            except InvalidRequest:
+                bad.append(entry if len(entry) <= 60 else entry[:60] + "...")
+        if bad:
+            names = ", ".join(f"\u201c{b}\u201d" for b in bad)
+            noun = "is not a valid IP address or CIDR range" if len(bad) == 1 else "are not valid IP addresses or CIDR ranges"
+            self.errors["ip_allowlist"] = (
+                f"{names} {noun}. Use addresses like 203.0.113.7 or 2001:db8::1 and ranges like 10.0.0.0/8."
+            )
+            return
+        try:
+            self.parsed_allowlist = IpAllowlist.parse(entries)
+        except InvalidRequest as exc:
+            self.errors["ip_allowlist"] = exc.message
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors

@@ -1,0 +1,165 @@
+"""The profile page with its API Keys section: create (secret shown once), edit, delete."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from keygate.console.forms import KeyForm
+from keygate.console.security import FORM_ID_FIELD, FormOnce
+from keygate.console.web import PageError, Signed, checked_form, keygate, redirect, render, require_user
+from keygate.domain.errors import Conflict, InvalidRequest, NotFound
+from keygate.domain.keys import ApiKey
+from keygate.domain.permissions import Permission, format_permissions
+
+PERMISSIONS = [p.value for p in Permission]
+PERMISSION_HELP = {
+    "Trading": "place and cancel orders",
+    "Withdraw": "move funds out of the account",
+    "Deposit": "see deposit addresses and deposit funds",
+}
+NOTICES = {
+    "deleted": "The API key was deleted. It and every session made with it stopped working.",
+    "closed": "Your new API key is in the list below. Its secret will not be shown again.",
+    "totp-on": "Two-factor sign-in is on. From now on you sign in with your password and a code.",
+    "totp-off": "Two-factor sign-in is off.",
+}
+SAVED = {
+    "ended": "Saved. The permissions or IP allowlist changed, so every session made with this key was ended: "
+             "apps using it must call AuthenticateUser again and get the new rights. The key and its secret stay the same.",
+    "kept": "Saved. Only the label changed, so the key's sessions continue. The key and its secret stay the same.",
+}
+DUPLICATE = PageError(
+    409, "Already submitted",
+    "This form was already submitted once and was not processed again. If you were creating an API key, it was "
+    "created by the first submission, and its secret was shown then and cannot be shown again: find the key on "
+    "your profile, and delete it if you did not store the secret.",
+)
+
+
+def form_once(request: Request) -> FormOnce:
+    return request.app.state.form_once  # type: ignore[no-any-return]
+
+
+async def _keys(request: Request, signed: Signed) -> list[ApiKey]:
+    keys = await keygate(request).keys.list(signed.principal, signed.principal.user_id)
+    return sorted(keys, key=lambda k: k.created_at, reverse=True)
+
+
+async def _own_key(request: Request, signed: Signed, api_key: str) -> ApiKey:
+    for key in await _keys(request, signed):
+        if key.api_key == api_key:
+            return key
+    raise PageError(404, "API key not found", "There is no such API key on your account. It may have been deleted already.")
+
+
+async def profile(request: Request, signed: Signed | None = None, created: object = None, status: int = 200) -> Response:
+    signed = signed or await require_user(request)
+    return render(
+        request, "profile.html", signed, status=status, keys=await _keys(request, signed), created=created,
+        notice=NOTICES.get(request.query_params.get("done", ""), ""), format_permissions=format_permissions,
+    )
+
+
+def _key_form(request: Request, signed: Signed, kf: KeyForm, status: int = 200, key: ApiKey | None = None,
+              saved: str = "") -> Response:
+    return render(request, "key_form.html", signed, status=status, form=kf, key=key, saved=saved,
+                  permissions=PERMISSIONS, permission_help=PERMISSION_HELP, form_id=FormOnce.new_id())
+
+
+async def new_key(request: Request) -> Response:
+    signed = await require_user(request)
+    return _key_form(request, signed, KeyForm.blank())
+
+
+async def create_key(request: Request) -> Response:
+    signed = await require_user(request)
+    form = await checked_form(request, signed)
+    kf = KeyForm.read(form)
+    if not kf.valid:
+        return _key_form(request, signed, kf, 400)
+    if not form_once(request).claim(signed.token, form.get(FORM_ID_FIELD)):
+        raise DUPLICATE
+    principal = signed.principal
+    try:
+        created = await keygate(request).keys.create(
+            principal, principal.user_id, kf.parsed_permissions, kf.parsed_allowlist, kf.label)
+    except (InvalidRequest, Conflict) as exc:
+        kf.errors["label" if isinstance(exc, InvalidRequest) else "form"] = exc.message
+        return _key_form(request, signed, kf, exc.http_status)
+    credentials = {
+        "APIKey": created.key.api_key,
+        "APISecret": created.secret,
+        "Nonce": created.key.nonce,
+        "UserId": created.key.user_id,
+        "Label": created.key.label,
+        "Permissions": format_permissions(created.key.permissions),
+        "IpAllowlist": created.key.ip_allowlist.as_strings(),
+        "CreatedAt": created.key.created_at.isoformat(),
+    }
+    response = await profile(request, signed, created=credentials, status=201)
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+async def edit_key(request: Request) -> Response:
+    signed = await require_user(request)
+    key = await _own_key(request, signed, request.path_params["api_key"])
+    return _key_form(request, signed, KeyForm.of_key(key.label, key.permissions, key.ip_allowlist), key=key,
+                     saved=SAVED.get(request.query_params.get("saved", ""), ""))
+
+
+async def update_key(request: Request) -> Response:
+    signed = await require_user(request)
+    form = await checked_form(request, signed)
+    key = await _own_key(request, signed, request.path_params["api_key"])
+    kf = KeyForm.read(form)
+    if not kf.valid:
+        return _key_form(request, signed, kf, 400, key=key)
+    try:
+        _, ended = await keygate(request).keys.update(
+            signed.principal, signed.principal.user_id, key.api_key,
+            permissions=kf.parsed_permissions, ip_allowlist=kf.parsed_allowlist, label=kf.label)
+    except InvalidRequest as exc:
+        kf.errors["label"] = exc.message
+        return _key_form(request, signed, kf, 400, key=key)
+    return redirect(request, f"/keys/{key.api_key}/edit?saved={'ended' if ended else 'kept'}")
+
+
+async def confirm_delete(request: Request) -> Response:
+    signed = await require_user(request)
+    key = await _own_key(request, signed, request.path_params["api_key"])
+    return render(request, "key_delete.html", signed, key=key, format_permissions=format_permissions)
+
+
+async def delete_key(request: Request) -> Response:
+    signed = await require_user(request)
+    await checked_form(request, signed)
+    api_key = request.path_params["api_key"]
+    try:
+        await keygate(request).keys.delete(signed.principal, signed.principal.user_id, api_key)
+    except NotFound:
+        raise PageError(404, "API key not found",
+                        "There is no such API key on your account: it was deleted already.") from None
+    return redirect(request, "/?done=deleted")
+
+
+async def closed_dialog(request: Request) -> Response:
+    """Where the credentials dialog's Close goes; the checkbox is required by the form itself."""
+    await require_user(request)
+    if request.query_params.get("stored") != "yes":
+        return redirect(request, "/")
+    return redirect(request, "/?done=closed")
+
+
+ROUTES = [
+    Route("/", profile, methods=["GET"]),
+    Route("/keys/new", new_key, methods=["GET"]),
+    Route("/keys", create_key, methods=["POST"]),
+    Route("/keys/closed", closed_dialog, methods=["GET"]),
+    Route("/keys/{api_key}/edit", edit_key, methods=["GET"]),
+    Route("/keys/{api_key}/edit", update_key, methods=["POST"]),
+    Route("/keys/{api_key}/delete", confirm_delete, methods=["GET"]),
+    Route("/keys/{api_key}/delete", delete_key, methods=["POST"]),
+]

@@ -1,0 +1,206 @@
+"""The console over plain HTTP: CSRF refusals, double submits, headers, cookies, admin refusals.
+
+These are the checks a browser would not let us make (forged or replayed forms), run against the real
+server process; one uses the app in-process to see the cookie served over https.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from console_support import ConsoleHttp, console_http  # noqa: F401  (fixture)
+
+from keygate.api import create_app
+from keygate.service.principal import operator_acting_as
+
+ADMIN_GETS = ["/admin/users", "/admin/keys", "/admin/sessions", "/admin/audit"]
+ADMIN_POSTS = ["/admin/users", "/admin/users/1/lock", "/admin/users/1/password", "/admin/users/1/signout",
+               "/admin/keys/" + "0" * 32 + "/revoke", "/admin/sessions/end"]
+EXPIRED_FORM = "The form could not be verified"
+
+
+async def _key_count(kg, user_id: int) -> int:  # type: ignore[no-untyped-def]
+    owner = await kg.users.require(user_id)
+    return len(await kg.keys.list(operator_acting_as(owner), user_id))
+
+
+def _create_form(http: ConsoleHttp, **overrides: object) -> dict[str, object]:
+    page = http.get("/keys/new")
+    data: dict[str, object] = {"csrf_token": http.csrf_of(page.text), "form_id": http.form_id_of(page.text),
+                               "label": "bot", "permissions": ["Trading"], "ip_allowlist": ""}
+    data.update(overrides)
+    return data
+
+
+async def test_forms_without_or_with_a_wrong_csrf_token_are_refused(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+
+    for token in (None, "", "0" * 64, "not-a-token"):
+        data = _create_form(console_http)
+        if token is None:
+            del data["csrf_token"]
+        else:
+            data["csrf_token"] = token
+        r = console_http.post("/keys", data)
+        assert r.status_code == 403, token
+        assert EXPIRED_FORM in r.text and "Nothing was changed" in r.text
+        assert r.headers["content-type"].startswith("text/html")
+    assert await _key_count(kg, user.user_id) == 0
+
+    # A token from another user's session does not work in this one.
+    other_user = await make_user()
+    other = ConsoleHttp(console_http.base.rsplit("/console", 1)[0])
+    try:
+        other.sign_in(other_user.username, other_user.password)
+        foreign = other.csrf_of(other.get("/keys/new").text)
+    finally:
+        other.close()
+    assert console_http.post("/keys", _create_form(console_http, csrf_token=foreign)).status_code == 403
+    assert await _key_count(kg, user.user_id) == 0
+
+    # Sign-out is a state change too.
+    assert console_http.post("/logout", {}).status_code == 403
+    assert console_http.get("/").status_code == 200 and "Your profile" in console_http.get("/").text
+
+    # With the right token the same request works.
+    assert console_http.post("/keys", _create_form(console_http)).status_code == 201
+    assert await _key_count(kg, user.user_id) == 1
+
+
+async def test_login_form_needs_its_own_token(console_http, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    r = console_http.post("/login", {"username": user.username, "password": user.password})
+    assert r.status_code == 403 and "sign-in page had expired" in r.text
+    assert "kg_session" not in console_http.http.cookies
+    # The reloaded page carries a fresh token, and signing in with it works.
+    r = console_http.post("/login", {"csrf_token": console_http.csrf_of(r.text), "username": user.username,
+                                     "password": user.password})
+    assert r.status_code == 200 and "Your profile" in r.text
+
+
+async def test_double_submit_creates_one_key(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    data = _create_form(console_http)
+    first = console_http.post("/keys", data)
+    assert first.status_code == 201
+    second = console_http.post("/keys", data)
+    assert second.status_code == 409 and "already submitted" in second.text
+    secret = re.search(r'id="cred-api-secret">([0-9a-f]{64})<', first.text)
+    assert secret and secret.group(1) not in second.text
+    assert await _key_count(kg, user.user_id) == 1
+
+
+async def test_bad_allowlist_entries_are_named_and_nothing_is_created(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    r = console_http.post("/keys", _create_form(console_http, ip_allowlist="192.0.2.1, 300.1.1.1\n10.0.0.0/8 fe80::/129"))
+    assert r.status_code == 400
+    message = re.search(r'id="ip_allowlist-error">([^<]*)<', r.text)
+    assert message and "300.1.1.1" in message.group(1) and "fe80::/129" in message.group(1)
+    assert "192.0.2.1" not in message.group(1)
+    assert await _key_count(kg, user.user_id) == 0
+
+
+async def test_the_secret_is_in_exactly_one_response(console_http, make_user, server) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    created = console_http.post("/keys", _create_form(console_http))
+    assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
+    api_key = re.search(r'id="cred-api-key">([0-9a-f]{32})<', created.text).group(1)  # type: ignore[union-attr]
+    secret = re.search(r'id="cred-api-secret">([0-9a-f]{64})<', created.text).group(1)  # type: ignore[union-attr]
+    assert api_key in created.text
+    for path in ("/", f"/keys/{api_key}/edit", f"/keys/{api_key}/delete", "/signature", f"/signature?api_key={api_key}",
+                 "/two-factor", "/keys/closed?stored=yes"):
+        page = console_http.get(path)
+        assert page.status_code == 200, path
+        assert secret not in page.text, path
+
+
+async def test_security_headers_and_no_inline_script(console_http, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    login = console_http.get("/login")
+    csp = login.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert login.headers["x-frame-options"] == "DENY"
+    assert login.headers["cache-control"] == "no-store"
+    console_http.sign_in(user.username, user.password)
+    pages = [console_http.get(p) for p in ("/", "/keys/new", "/two-factor", "/signature")]
+    pages.append(console_http.post("/keys", _create_form(console_http)))
+    for page in pages:
+        assert page.headers["content-security-policy"] == csp
+        # Scripts come from files; the only inline <script> is a JSON data block, which never runs.
+        for tag in re.findall(r"<script[^>]*>", page.text):
+            assert "src=" in tag or 'type="application/json"' in tag, tag
+        assert not re.search(r"\son[a-z]+=", page.text), "inline event handler"
+    static = console_http.get("/static/console.js")
+    assert static.status_code == 200 and "javascript" in static.headers["content-type"]
+
+
+async def test_session_cookie_flags(server, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    with httpx.Client(base_url=f"{server.base_url}/console") as http:
+        page = http.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        r = http.post("/login", data={"csrf_token": token, "username": user.username, "password": user.password})
+    assert r.status_code == 303
+    cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("kg_session="))
+    flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/console"} <= flags
+    assert "secure" not in flags  # plain http here: a Secure cookie would never come back
+
+
+async def test_cookie_is_secure_over_https(kg, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    transport = httpx.ASGITransport(app=create_app(keygate=kg))
+    async with httpx.AsyncClient(transport=transport, base_url="https://keygate.test/console") as http:
+        page = await http.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        r = await http.post("/login", data={"csrf_token": token, "username": user.username, "password": user.password})
+    cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("kg_session="))
+    assert "secure" in cookie.lower() and "httponly" in cookie.lower()
+
+
+async def test_admin_pages_refused_to_a_normal_user(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    csrf = console_http.csrf_of(console_http.get("/").text)
+    for path in ADMIN_GETS:
+        r = console_http.get(path)
+        assert r.status_code == 403 and "Administrators only" in r.text, path
+    for path in ADMIN_POSTS:
+        r = console_http.post(path, {"csrf_token": csrf, "action": "lock", "user_id": "1", "session": "x"})
+        assert r.status_code == 403 and "Administrators only" in r.text, path
+    first = await kg.users.get(1)
+    assert first is None or not first.locked
+
+
+async def test_signed_out_visitors(console_http) -> None:  # type: ignore[no-untyped-def]
+    r = console_http.http.get(console_http.base + "/admin/users", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].endswith("/console/login")
+    r = console_http.post("/keys", {"label": "x"})
+    assert r.status_code == 401 and "Your session has ended" in r.text
+    assert console_http.get("/no-such-page").status_code == 404
+
+
+async def test_expired_session_page_after_sign_out(console_http, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    data = _create_form(console_http)
+    old_cookie = console_http.http.cookies.get("kg_session")
+    signed_out = console_http.post("/logout", {"csrf_token": data["csrf_token"]})
+    assert "You have signed out." in signed_out.text
+    console_http.http.cookies.set("kg_session", old_cookie or "", path="/console")
+    r = console_http.post("/keys", data)
+    assert r.status_code == 401 and "Your session has ended" in r.text and "nothing was changed" in r.text
+
+
+async def test_locked_account_message(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    await kg.users.set_locked(user.user_id, True)
+    page = console_http.get("/login")
+    r = console_http.post("/login", {"csrf_token": console_http.csrf_of(page.text), "username": user.username,
+                                     "password": user.password})
+    assert r.status_code == 401 and "This account is locked" in r.text
