@@ -13,7 +13,9 @@ from keygate.api import replies
 from keygate.api.wire import basic_auth, credential_headers, header, read_payload, session_token
 from keygate.domain.errors import InvalidRequest, KeygateError, NotAuthorized
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.keys import parse_expiry
 from keygate.domain.permissions import format_permissions, parse_permissions
+from keygate.domain.replay import parse_replay_mode
 from keygate.domain.users import parse_user_id
 from keygate.service import Keygate, Principal
 from keygate.service.auth import KeyCredentials, Pending2FA, SessionGrant
@@ -175,11 +177,13 @@ async def log_out(request: Request) -> Response:
           body={"UserId": "integer|string"}, reply="User", query=(("UserId", "Optional; defaults to the caller"),))
 async def get_user_info(request: Request) -> Response:
     principal = await authenticate_request(request)
-    payload = await _payload(request)
+    kg = _kg(request)
+    payload = await read_payload(request, kg.settings.max_body_bytes)
     user_id = _target_user(payload, principal)
     if not principal.may_act_for(user_id):
         raise NotAuthorized("Not Authorized: you may only read your own user")
-    user = await _kg(request).users.require(user_id)
+    # The principal's user was read a moment ago through the same cache; another user is looked up.
+    user = principal.user if user_id == principal.user_id else await kg.users.require(user_id)
     return replies.ApexJSON(user.apex_view())
 
 
@@ -205,7 +209,8 @@ async def get_user_accounts(request: Request) -> Response:
     return replies.ApexJSON([user.account_id])
 
 
-_KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowlist": "array", "Label": "string"}
+_KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowlist": "array", "Label": "string",
+                  "ReplayMode": "string", "ExpiresAt": "string"}
 
 
 def _allowlist(payload: dict[str, Any]) -> IpAllowlist | None:
@@ -231,6 +236,8 @@ async def add_user_api_key(request: Request) -> Response:
         parse_permissions(payload.get("permissions")),
         _allowlist(payload) or IpAllowlist(),
         payload.get("label") or "",
+        replay_mode=parse_replay_mode(payload["replaymode"]) if payload.get("replaymode") is not None else None,
+        expires_at=parse_expiry(payload.get("expiresat")),
     )
     return replies.ApexJSON(created.reveal(), headers={"Cache-Control": "no-store"})
 
@@ -261,7 +268,9 @@ async def update_user_api_key(request: Request) -> Response:
     if label is not None and not isinstance(label, str):
         raise InvalidRequest("Label must be a string")
     key, ended = await _kg(request).keys.update(
-        principal, _target_user(payload, principal), api_key, permissions=perms, ip_allowlist=_allowlist(payload), label=label
+        principal, _target_user(payload, principal), api_key, permissions=perms, ip_allowlist=_allowlist(payload), label=label,
+        replay_mode=parse_replay_mode(payload["replaymode"]) if payload.get("replaymode") is not None else None,
+        expires_at=parse_expiry(payload["expiresat"]) if "expiresat" in payload else False,
     )
     return replies.ApexJSON({**key.public_view(), "SessionsEnded": ended})
 
@@ -302,4 +311,97 @@ async def disable_2fa(request: Request) -> Response:
     principal.require_password_session()
     payload = await _payload(request)
     await _kg(request).users.disable_totp(principal.user_id, payload.get("code"), actor=principal)
+    return replies.generic()
+
+
+@endpoint(
+    "RotateUserAPIKey", "Issue a new secret and nonce for a key; shown once, like creation",
+    "`GraceSeconds` (default 0, at most 30 days) keeps the old secret working that long, so clients can switch "
+    "without downtime; with 0 the old secret and the key's sessions stop at once.",
+    auth="password-session", body={"UserId": "integer|string", "APIKey": "string", "GraceSeconds": "integer|string"}, reply="CreatedKey",
+)
+async def rotate_user_api_key(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    payload = await _payload(request)
+    api_key = payload.get("apikey")
+    if not isinstance(api_key, str) or not api_key:
+        raise InvalidRequest("Missing APIKey: name the key to rotate")
+    grace = payload.get("graceseconds", 0)
+    if isinstance(grace, str) and grace.strip().isdigit():
+        grace = int(grace.strip())
+    created = await _kg(request).keys.rotate_secret(principal, _target_user(payload, principal), api_key, grace)
+    return replies.ApexJSON(created.reveal(), headers={"Cache-Control": "no-store"})
+
+
+_AUDIT_QUERY = (
+    ("Action", "e.g. auth.key, auth.password, key.create, user.lockout"), ("Outcome", "success, failure, locked, pending-2fa"),
+    ("UserId", "events about or by this user"), ("APIKey", "events about this key"),
+    ("Since", "ISO 8601 date-time"), ("Until", "ISO 8601 date-time"), ("Limit", "at most 1000, default 100"),
+)
+
+
+@endpoint(
+    "GetAuditLog", "The audit trail, newest first (administrators only)",
+    "Every authentication (with the precise internal reason, which clients never see), key and user change, "
+    "lockout and unlock. Secrets and session tokens never appear in it.",
+    auth="password-session", body={name: "string" for name, _ in _AUDIT_QUERY}, reply="AuditList", query=_AUDIT_QUERY,
+)
+async def get_audit_log(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    principal.require_admin()
+    payload = await _payload(request)
+    events = await _kg(request).audit.query(**audit_filters(payload))
+    return replies.ApexJSON([e.as_dict() for e in events])
+
+
+def audit_filters(payload: dict[str, Any]) -> dict[str, Any]:
+    """Read the audit filters of a request; each one is checked and explained when wrong."""
+    filters: dict[str, Any] = {}
+    for name in ("action", "outcome", "apikey"):
+        value = payload.get(name)
+        if value not in (None, ""):
+            if not isinstance(value, str) or len(value) > 64:
+                raise InvalidRequest(f"{name} must be a short string")
+            filters["api_key" if name == "apikey" else name] = value
+    if payload.get("userid") not in (None, ""):
+        filters["user_id"] = parse_user_id(payload["userid"])
+    for name in ("since", "until"):
+        if payload.get(name) not in (None, ""):
+            try:
+                filters[name] = parse_expiry(payload[name])
+            except InvalidRequest:
+                raise InvalidRequest(f"{name.capitalize()} must be an ISO 8601 date-time such as 2026-01-31T00:00:00Z") from None
+    limit = payload.get("limit", 100)
+    if isinstance(limit, str) and limit.strip().isdigit():
+        limit = int(limit.strip())
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+        raise InvalidRequest("Limit must be an integer from 1 to 1000")
+    filters["limit"] = limit
+    return filters
+
+
+@endpoint("UnlockUser", "Unlock a user locked by an administrator or by too many failures (administrators only)",
+          auth="password-session", body={"UserId": "integer|string"})
+async def unlock_user(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    principal.require_admin()
+    payload = await _payload(request)
+    if payload.get("userid") in (None, ""):
+        raise InvalidRequest("Missing UserId: name the user to unlock")
+    await _kg(request).users.set_locked(parse_user_id(payload["userid"]), False, actor=principal)
+    return replies.generic()
+
+
+@endpoint("LockUser", "Lock a user until an administrator unlocks them; ends their sessions (administrators only)",
+          auth="password-session", body={"UserId": "integer|string"})
+async def lock_user(request: Request) -> Response:
+    principal = await authenticate_request(request)
+    principal.require_admin()
+    payload = await _payload(request)
+    if payload.get("userid") in (None, ""):
+        raise InvalidRequest("Missing UserId: name the user to lock")
+    user_id = parse_user_id(payload["userid"])
+    if user_id == principal.user_id:
+        raise InvalidRequest("You cannot lock yourself")
+    await _kg(request).users.set_locked(user_id, True, actor=principal, reason="administrator")
     return replies.generic()

@@ -63,12 +63,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "IpAllowlist": {"type": "array", "items": {"type": "string"}}, "Nonce": {"type": "string"},
             "CreatedAt": {"type": "string", "format": "date-time"}, "UpdatedAt": {"type": "string", "format": "date-time"},
             "LastUsedAt": {"type": ["string", "null"], "format": "date-time"},
+            "ReplayMode": {"type": "string", "enum": ["compatible", "increasing", "unique"]},
+            "ExpiresAt": {"type": ["string", "null"], "format": "date-time"},
+            "PreviousSecretValidUntil": {"type": ["string", "null"], "format": "date-time"},
         },
     },
     "CreatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {"type": "object", "required": ["APIKey", "APISecret", "UserId", "Permissions", "Nonce"], "properties": {"APISecret": {"type": "string", "description": "Shown in this reply only, never again"}}}]},
     "UpdatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {"type": "object", "properties": {"SessionsEnded": {"type": "boolean"}}}]},
     "KeyList": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
     "StringList": {"type": "array", "items": {"type": "string"}},
+    "AuditEvent": {
+        "type": "object",
+        "properties": {
+            "EventId": {"type": "integer"}, "At": {"type": "string", "format": "date-time"}, "Action": {"type": "string"},
+            "Outcome": {"type": "string"}, "Reason": _NULLABLE_STR, "ActorUserId": {"type": ["integer", "null"]},
+            "SubjectUserId": {"type": ["integer", "null"]}, "APIKey": _NULLABLE_STR, "ClientIp": _NULLABLE_STR, "Detail": _NULLABLE_STR,
+        },
+    },
+    "AuditList": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEvent"}},
     "IntegerList": {"type": "array", "items": {"type": "integer"}},
     "Enable2FA": {"type": "object", "properties": {"ManualCode": {"type": "string"}, "ProvisioningUri": {"type": "string"}, "result": {"type": "boolean"}, "errormsg": _NULLABLE_STR}},
 }
@@ -118,12 +130,16 @@ def responses_for(ep: Endpoint) -> dict[int | str, dict[str, Any]]:
     if ep.auth == "credentials":
         fail = {"content": _ref("AuthFailure")}
         ok.update({400: {"description": "Malformed credentials", **fail}, 401: {"description": "Credentials refused", **fail},
-                   413: {"description": "Body too large", "content": _ref("Generic")}})
+                   413: {"description": "Body too large", "content": _ref("Generic")},
+                   429: {"description": "Too many failed attempts; see Retry-After", **fail},
+                   503: {"description": "Shared state store unreachable; authentication fails closed", **fail}})
         return ok
     err = {"content": _ref("Generic")}
     ok.update({
         400: {"description": "Invalid request", **err}, 401: {"description": "Not authorized", **err},
         403: {"description": "Not allowed for this session or key", **err}, 404: {"description": "Not found", **err},
         409: {"description": "Conflict", **err}, 413: {"description": "Body too large", **err},
+        429: {"description": "Too many failed attempts; see Retry-After", **err},
+        503: {"description": "Shared state store unreachable; authentication fails closed", **err},
     })
     return ok

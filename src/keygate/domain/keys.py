@@ -49,6 +49,24 @@ def clean_label(label: object) -> str:
     return label
 
 
+def parse_expiry(value: object) -> datetime | None:
+    """``ExpiresAt``: an ISO 8601 date-time (UTC unless it names an offset), or null for no expiry."""
+    from datetime import timezone
+
+    from keygate.domain.errors import InvalidRequest
+
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise InvalidRequest("ExpiresAt must be an ISO 8601 date-time such as 2027-01-31T00:00:00Z, or null")
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """A stored key. ``sealed_secret`` is the AES-GCM ciphertext; the plain secret never lives here."""

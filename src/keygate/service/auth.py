@@ -23,6 +23,7 @@ from keygate.domain.users import User, parse_user_id
 from keygate.domain.keys import ApiKey
 from keygate.service.audit import AuditLog
 from keygate.service.clock import utcnow
+from keygate.service.coherence import Coherence
 from keygate.service.guard import AbuseGuard
 from keygate.service.keys import KeyManager
 from keygate.service.principal import Principal
@@ -87,8 +88,10 @@ class Authenticator:
         pending_2fa_lifetime: timedelta,
         bind_session_ip: bool = True,
         key_max_idle_days: int = 0,
+        coherence: Coherence | None = None,
     ) -> None:
         self._guard = guard
+        self._healthy = (coherence or Coherence()).require_healthy
         self._key_max_idle_days = key_max_idle_days
         self._users = users
         self._keys = keys
@@ -99,6 +102,7 @@ class Authenticator:
 
     # ----- API keys ---------------------------------------------------------------------------
     async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey]:
+        self._healthy()
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
 
@@ -158,6 +162,7 @@ class Authenticator:
             raise InvalidRequest("UserName must be a non-empty string of at most 64 characters")
         if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_LENGTH:
             raise InvalidRequest("Password must be a non-empty string of at most 256 characters")
+        self._healthy()
         user = await self._users.get_by_name(username)
         # A throttled guesser is refused before the password is even looked at: no oracle, no CPU.
         await self._guard.refuse_if_blocked(client_ip, user)
@@ -185,6 +190,7 @@ class Authenticator:
             code = f"{code:06d}"
         if not isinstance(code, str) or not code.strip():
             raise InvalidRequest("Missing Code: send the 6-digit code from the authenticator app")
+        self._healthy()
         try:
             pending = await self._sessions.resolve(pending_token, kind=SessionKind.PENDING_2FA)
         except NotAuthorized:
@@ -205,6 +211,7 @@ class Authenticator:
 
     # ----- sessions ---------------------------------------------------------------------------
     async def principal_for_token(self, token: str, client_ip: str | None) -> Principal:
+        self._healthy()
         session = await self._sessions.resolve(token)
         if session.kind is SessionKind.PENDING_2FA:
             raise NotAuthorized("Not Authorized: finish two-factor sign-in with Authenticate2FA first")

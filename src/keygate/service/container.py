@@ -15,12 +15,14 @@ from keygate.domain.secretbox import SecretBox
 from keygate.domain.throttle import ThrottlePolicy
 from keygate.service.audit import AuditLog
 from keygate.service.auth import Authenticator
+from keygate.service.coherence import Coherence
 from keygate.service.guard import AbuseGuard
 from keygate.service.keys import KeyManager, KeyPolicy
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager, generate_password
 from keygate.store.database import create_engine, migrate
 from keygate.store.master_key import decode_master_key, load_master_key, read_key_file, write_key_file
+from keygate.store.redis_bus import RedisBus, RedisSessionTier
 from keygate.store.redis_state import RedisState
 from keygate.store.repositories import AuditRepository, KeyRepository, SessionRepository, UserRepository
 from keygate.store.shared_state import SharedState, SqlState
@@ -54,6 +56,14 @@ class Keygate:
         self.box = SecretBox(master, previous + _env_previous_keys(), loader=None if settings.master_key else self._read_keyring)
         self.engine = create_engine(settings.resolved_database_url)
         self.state: SharedState = RedisState(settings.redis_url) if settings.redis_url else SqlState(self.engine)
+        self.coherence = Coherence()
+        self.bus: RedisBus | None = None
+        tier: RedisSessionTier | None = None
+        if settings.redis_url:
+            self.bus = RedisBus(settings.redis_url, self.coherence.apply, self.coherence.reset)
+            self.coherence.attach(self.bus)
+            tier = RedisSessionTier(settings.redis_url)
+        self._tier = tier
         self.audit = AuditLog(AuditRepository(self.engine))
         ttl = settings.cache_ttl_seconds
         self.sessions = SessionManager(
@@ -61,8 +71,10 @@ class Keygate:
             idle=timedelta(seconds=settings.session_idle_seconds),
             absolute=timedelta(seconds=settings.session_max_seconds),
             cache_ttl=ttl,
+            coherence=self.coherence,
+            tier=tier,
         )
-        self.users = UserManager(UserRepository(self.engine), self.box, self.sessions, self.audit, ttl, self.state)
+        self.users = UserManager(UserRepository(self.engine), self.box, self.sessions, self.audit, ttl, self.state, self.coherence)
         self.keys = KeyManager(
             KeyRepository(self.engine), self.box, self.users, self.sessions, self.audit, ttl, self.state,
             KeyPolicy(
@@ -70,6 +82,7 @@ class Keygate:
                 require_allowlist_for_withdraw=settings.require_allowlist_for_withdraw,
                 max_idle_days_without_allowlist=settings.key_max_idle_days_without_allowlist,
             ),
+            self.coherence,
         )
         self.guard = AbuseGuard(
             self.state,
@@ -90,6 +103,7 @@ class Keygate:
             pending_2fa_lifetime=timedelta(seconds=settings.pending_2fa_seconds),
             bind_session_ip=settings.bind_session_ip,
             key_max_idle_days=settings.key_max_idle_days_without_allowlist,
+            coherence=self.coherence,
         )
         self._flusher: asyncio.Task[None] | None = None
         self._keyring_mtime = self._keyring_stamp()
@@ -156,6 +170,8 @@ class Keygate:
         return boot
 
     def start_background(self) -> None:
+        if self.bus is not None:
+            self.bus.start()
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="keygate-flusher")
 
@@ -187,4 +203,8 @@ class Keygate:
         with suppress(Exception):
             await self.flush()
         await self.state.close()
+        if self.bus is not None:
+            await self.bus.close()
+        if self._tier is not None:
+            await self._tier.close()
         await self.engine.dispose()

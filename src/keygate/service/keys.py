@@ -14,6 +14,7 @@ from keygate.domain.secretbox import SecretBox
 from keygate.service.audit import AuditLog
 from keygate.service.cache import TTLCache
 from keygate.service.clock import utcnow
+from keygate.service.coherence import Coherence
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager
@@ -63,8 +64,10 @@ class KeyManager:
         cache_ttl: float,
         state: SharedState,
         policy: KeyPolicy,
+        coherence: Coherence | None = None,
     ) -> None:
         self._state = state
+        self._coherence = coherence or Coherence()
         self.policy = policy
         self._repo = repo
         self._box = box
@@ -72,6 +75,7 @@ class KeyManager:
         self._sessions = sessions
         self._audit = audit
         self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl)
+        self._coherence.on("key", self._cache.evict, self._cache.clear)
         self._used: dict[str, datetime] = {}
 
     # ----- hot path -------------------------------------------------------------------------
@@ -148,7 +152,7 @@ class KeyManager:
             expires_at=expires_at,
         )
         await self._repo.insert(key)
-        self._cache.evict(api_key)
+        await self._changed(api_key, [])  # another node may remember this key as unknown
         self._audit.record(
             "key.create",
             actor_user_id=actor.user_id,
@@ -198,12 +202,10 @@ class KeyManager:
         )
         self._check_policy(changed.permissions, changed.ip_allowlist)
         rights_changed = changed.permissions != key.permissions or changed.ip_allowlist != key.ip_allowlist
-        await self._repo.save(changed, revoke_sessions=rights_changed)
+        ended = await self._repo.save(changed, revoke_sessions=rights_changed)
         if changed.replay_mode is not key.replay_mode:
             await self._state.forget_nonces(api_key)
-        self._cache.evict(api_key)
-        if rights_changed:
-            self._sessions.forget_key(api_key)
+        await self._changed(api_key, ended)
         self._audit.record(
             "key.update",
             actor_user_id=actor.user_id,
@@ -216,9 +218,9 @@ class KeyManager:
     async def delete(self, actor: Principal, user_id: int, api_key: str) -> None:
         actor.require_password_session()
         key = await self._owned_key(actor, user_id, api_key)
-        await self._repo.delete(key.api_key)
+        ended = await self._repo.delete(key.api_key)
         self._cache.put(key.api_key, None)
-        self._sessions.forget_key(key.api_key)
+        await self._changed(key.api_key, ended)
         self._audit.record("key.delete", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=key.api_key)
 
     async def rotate_secret(self, actor: Principal, user_id: int, api_key: str, grace_seconds: int = 0) -> CreatedKey:
@@ -238,11 +240,9 @@ class KeyManager:
             previous_secret_expires_at=now + timedelta(seconds=grace_seconds) if grace_seconds else None,
             updated_at=now,
         )
-        await self._repo.save(rotated, revoke_sessions=grace_seconds == 0)
+        ended = await self._repo.save(rotated, revoke_sessions=grace_seconds == 0)
         await self._state.forget_nonces(api_key)
-        self._cache.evict(api_key)
-        if grace_seconds == 0:
-            self._sessions.forget_key(api_key)
+        await self._changed(api_key, ended)
         self._audit.record("key.rotate", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=api_key,
                            detail=f"grace_seconds={grace_seconds}")
         return CreatedKey(rotated, secret)
@@ -260,15 +260,18 @@ class KeyManager:
                 plain = old_box.open(sealed, secret_context(api_key))
                 if await self._repo.replace_sealed(api_key, sealed, new_box.seal(plain, secret_context(api_key)), column):
                     count += 1
-                self._cache.evict(api_key)
+                await self._changed(api_key, [])
         return count
 
     def _check_policy(self, permissions: frozenset[Permission], ip_allowlist: IpAllowlist) -> None:
         if self.policy.require_allowlist_for_withdraw and Permission.WITHDRAW in permissions and ip_allowlist.allows_any:
             raise InvalidRequest("Keys with the Withdraw permission must have an IP allowlist (operator policy)")
 
-    def invalidate(self, api_key: str) -> None:
+    async def _changed(self, api_key: str, ended_sessions: list[str]) -> None:
+        """Evict the key here and on every node, and forget the sessions the store just ended."""
         self._cache.evict(api_key)
+        await self._sessions.forget(ended_sessions)
+        await self._coherence.changed("key", api_key)
 
 
 def _describe(key: ApiKey) -> str:

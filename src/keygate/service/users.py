@@ -15,6 +15,7 @@ from keygate.domain.users import User, check_username
 from keygate.service.audit import AuditLog
 from keygate.service.cache import TTLCache
 from keygate.service.clock import utcnow
+from keygate.service.coherence import Coherence
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
 from keygate.domain.throttle import consecutive_scope, user_scope
@@ -35,13 +36,15 @@ def generate_password() -> str:
 
 class UserManager:
     def __init__(self, repo: UserRepository, box: SecretBox, sessions: SessionManager, audit: AuditLog, cache_ttl: float,
-                 state: SharedState) -> None:
+                 state: SharedState, coherence: Coherence | None = None) -> None:
         self._repo = repo
         self._state = state
+        self._coherence = coherence or Coherence()
         self._box = box
         self._sessions = sessions
         self._audit = audit
         self._cache: TTLCache[int, User] = TTLCache(cache_ttl)
+        self._coherence.on("user", lambda ident: self._cache.evict(int(ident)), self._cache.clear)
 
     async def get(self, user_id: int) -> User | None:
         if not 0 < user_id <= MAX_STORED_USER_ID:
@@ -76,6 +79,8 @@ class UserManager:
             raise InvalidRequest("Email must be an address like name@example.com")
         pw_hash = await asyncio.to_thread(hash_password, password)
         user = await self._repo.insert(username, email, pw_hash, is_admin, utcnow())
+        self._cache.evict(user.user_id)  # this node or another may remember the id as unknown
+        await self._coherence.changed("user", str(user.user_id))
         self._audit.record(
             "user.create",
             actor_user_id=actor.user_id if actor else None,
@@ -88,6 +93,7 @@ class UserManager:
         await self.require(user_id)
         await self._repo.update(user_id, **values)
         self._cache.evict(user_id)
+        await self._coherence.changed("user", str(user_id))
         return await self.require(user_id)
 
     async def set_password(self, user_id: int, password: str, actor: Principal | None = None) -> None:
@@ -166,6 +172,7 @@ class UserManager:
                 if await self._repo.replace_sealed(user_id, sealed, new_box.seal(plain, totp_context(user_id)), column):
                     count += 1
                 self._cache.evict(user_id)
+                await self._coherence.changed("user", str(user_id))
         return count
 
     def invalidate(self, user_id: int) -> None:

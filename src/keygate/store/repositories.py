@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keygate.domain.errors import Conflict
 from keygate.domain.iprules import IpAllowlist
@@ -76,6 +76,12 @@ def _session(row: Row[Any]) -> Session:
         last_seen_at=m["last_seen_at"],
         expires_at=m["expires_at"],
     )
+
+
+async def _delete_sessions(conn: AsyncConnection, condition: Any) -> list[str]:
+    """Delete the sessions that match; return their token hashes, so caches can drop them too."""
+    result = await conn.execute(delete(sessions).where(condition).returning(sessions.c.token_hash))
+    return [row[0] for row in result.all()]
 
 
 class UserRepository:
@@ -178,8 +184,9 @@ class KeyRepository:
             rows = (await conn.execute(query)).all()
         return [_key(r) for r in rows]
 
-    async def save(self, key: ApiKey, revoke_sessions: bool) -> ApiKey:
-        """Write the editable fields; with ``revoke_sessions``, end the key's sessions in the same transaction."""
+    async def save(self, key: ApiKey, revoke_sessions: bool) -> list[str]:
+        """Write the editable fields; with ``revoke_sessions``, end the key's sessions in the same
+        transaction. Returns the token hashes of the sessions ended."""
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(api_keys)
@@ -197,18 +204,19 @@ class KeyRepository:
                     previous_secret_expires_at=key.previous_secret_expires_at,
                 )
             )
+            ended: list[str] = []
             if revoke_sessions:
-                await conn.execute(delete(sessions).where(sessions.c.api_key == key.api_key))
+                ended = await _delete_sessions(conn, sessions.c.api_key == key.api_key)
             if key.replay_mode is not ReplayMode.INCREASING:
                 await conn.execute(update(api_keys).where(api_keys.c.api_key == key.api_key).values(last_nonce=None))
-        return key
+        return ended
 
-    async def delete(self, api_key: str) -> bool:
-        """Delete the key and, in the same transaction, every session it made."""
+    async def delete(self, api_key: str) -> list[str]:
+        """Delete the key and, in the same transaction, every session it made (their hashes are returned)."""
         async with self._engine.begin() as conn:
-            await conn.execute(delete(sessions).where(sessions.c.api_key == api_key))
-            result = await conn.execute(delete(api_keys).where(api_keys.c.api_key == api_key))
-        return result.rowcount > 0
+            ended = await _delete_sessions(conn, sessions.c.api_key == api_key)
+            await conn.execute(delete(api_keys).where(api_keys.c.api_key == api_key))
+        return ended
 
     async def record_use(self, used: dict[str, datetime]) -> None:
         if not used:
@@ -272,10 +280,9 @@ class SessionRepository:
             result = await conn.execute(delete(sessions).where(sessions.c.token_hash == token_hash))
         return result.rowcount > 0
 
-    async def delete_for_user(self, user_id: int) -> int:
+    async def delete_for_user(self, user_id: int) -> list[str]:
         async with self._engine.begin() as conn:
-            result = await conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
-        return result.rowcount
+            return await _delete_sessions(conn, sessions.c.user_id == user_id)
 
     async def list(self, user_id: int | None = None) -> list[Session]:
         query = select(sessions).where(sessions.c.kind != SessionKind.PENDING_2FA.value)
