@@ -46,7 +46,7 @@ async def _sign_in_required(request: Request, exc: Exception) -> Response:
 
 async def _keygate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KeygateError)
-    status = exc.http_status if 400 <= exc.http_status < 500 else 400
+    status = exc.http_status if 400 <= exc.http_status < 600 else 400
     return render(request, "error.html", status=status, title="That did not work", message=exc.message)
 
 

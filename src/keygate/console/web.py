@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from keygate.domain.errors import KeygateError
+from keygate.domain.errors import NotAuthorized
 from keygate.domain.sessions import SessionKind
 from keygate.service import Keygate, Principal
 from keygate.console.security import CSRF_FIELD, PURPOSE_SESSION, SESSION_COOKIE, csrf_ok, csrf_token
@@ -70,8 +70,8 @@ async def optional_user(request: Request) -> Signed | None:
         return None
     try:
         principal = await keygate(request).auth.principal_for_token(token, client_ip(request))
-    except KeygateError:
-        return None
+    except NotAuthorized:
+        return None  # expired, ended, locked user or another address: sign in again
     if principal.via is not SessionKind.PASSWORD:
         return None  # a key session is for the API only; the console needs a person
     return Signed(principal, token)
