@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CLIENT_IP, count_rows, key_credentials, table_rows
+from svc_helpers import CLIENT_IP, count_rows, key_credentials, table_rows
 
 from keygate.domain.errors import AuthenticationFailed, Forbidden, InvalidRequest, KeygateError, NotAuthorized
 from keygate.domain.iprules import IpAllowlist

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 import pytest
-from conftest import CLIENT_IP, count_rows, key_credentials
+from svc_helpers import CLIENT_IP, count_rows, key_credentials
 
 from keygate.config import Settings
 from keygate.domain.errors import NotAuthorized

@@ -6,7 +6,7 @@ import time
 
 import pyotp
 import pytest
-from conftest import CLIENT_IP, key_credentials
+from svc_helpers import CLIENT_IP, key_credentials
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, NotAuthorized
 from keygate.service import Keygate

@@ -35,10 +35,15 @@ async def read_payload(request: Request, limit: int = 65536) -> dict[str, Any]:
     if body.strip():
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidRequest("Request body is not valid JSON; send a JSON object") from None
         if not isinstance(data, dict):
             raise InvalidRequest("Request body must be a JSON object")
+        try:
+            # JSON may escape lone surrogates (``"\ud800"``), which no database or reply can encode.
+            json.dumps(data, ensure_ascii=False).encode()
+        except (UnicodeEncodeError, RecursionError):
+            raise InvalidRequest("Request body holds text that is not valid Unicode") from None
         payload.update({str(k).lower(): v for k, v in data.items()})
     return payload
 

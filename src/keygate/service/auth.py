@@ -158,7 +158,7 @@ class Authenticator:
 
     # ----- passwords and TOTP -----------------------------------------------------------------
     async def authenticate_password(self, username: object, password: object, client_ip: str | None) -> SessionGrant | Pending2FA:
-        if not isinstance(username, str) or not username or len(username) > MAX_USERNAME_LENGTH:
+        if not isinstance(username, str) or not username or len(username) > MAX_USERNAME_LENGTH or not username.isprintable():
             raise InvalidRequest("UserName must be a non-empty string of at most 64 characters")
         if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_LENGTH:
             raise InvalidRequest("Password must be a non-empty string of at most 256 characters")
