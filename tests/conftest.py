@@ -8,6 +8,7 @@ reason, except under CI (``CI=true``), where a missing service is a failure.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import secrets
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def settings(database_url: str, master_key: str, tmp_path_factory: pytest.TempPa
         throttle_key_failures=1_000_000,
         throttle_user_failures=1_000_000,
         lockout_failures=100,
+        redis_namespace=f"kgtest{secrets.token_hex(4)}",  # Redis outlives the database: never share counters
     )
 
 
@@ -134,6 +136,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "KEYGATE_LOCKOUT_FAILURES": str(settings.lockout_failures),
         "KEYGATE_LOCKOUT_SECONDS": str(settings.lockout_seconds),
         "KEYGATE_REDIS_URL": settings.redis_url or "",
+        "KEYGATE_REDIS_NAMESPACE": settings.redis_namespace,
     }
 
 
@@ -235,3 +238,48 @@ def server(settings: Settings, kg: Keygate) -> Iterator[Server]:
 def bootstrap_password(log: str) -> str | None:
     m = re.search(r"password: (\S+)", log)
     return m.group(1) if m else None
+
+
+# ----- abuse-resistance fixtures (tests/security) ------------------------------------------
+
+
+@pytest.fixture(params=["database", "redis"])
+def shared_state(request: pytest.FixtureRequest) -> str | None:
+    """Where nonce claims and failure counters live: the database, or Redis."""
+    if request.param == "redis":
+        need(redis_available(), "Redis at 127.0.0.1:6379")
+        return REDIS_URL
+    return None
+
+
+StrictFactory = Callable[..., Awaitable[Keygate]]
+
+
+@pytest.fixture
+async def strict_kg(settings: Settings, shared_state: str | None) -> AsyncIterator[StrictFactory]:
+    """Build services on the session database with strict abuse settings (overridable per test)."""
+    made: list[Keygate] = []
+
+    async def make(**overrides: object) -> Keygate:
+        values: dict[str, object] = dict(
+            redis_url=shared_state,
+            default_replay_mode="increasing",
+            throttle_ip_failures=3,
+            throttle_key_failures=3,
+            throttle_user_failures=3,
+            throttle_window_seconds=60,
+            lockout_failures=6,
+            lockout_seconds=3600,
+        )
+        values.update(overrides)
+        kg = Keygate(dataclasses.replace(settings, **values))  # type: ignore[arg-type]
+        await kg.start(bootstrap_admin=False)
+        kg.start_background()
+        if kg.bus is not None:
+            assert await kg.bus.wait_connected(), "the Redis invalidation channel did not connect"
+        made.append(kg)
+        return kg
+
+    yield make
+    for kg in made:
+        await kg.close()

@@ -37,6 +37,7 @@ class Settings:
     pending_2fa_seconds: int = 300
     cache_ttl_seconds: float = 2.0
     redis_url: str | None = None
+    redis_namespace: str = "kg"  # prefix of every Redis key and channel: one per deployment sharing a Redis
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = 65536
     bind_session_ip: bool = True
@@ -77,6 +78,7 @@ class Settings:
             pending_2fa_seconds=_int("KEYGATE_PENDING_2FA_SECONDS", 300),
             cache_ttl_seconds=float(env.get("KEYGATE_CACHE_TTL_SECONDS") or 2.0),
             redis_url=env.get("KEYGATE_REDIS_URL") or None,
+            redis_namespace=env.get("KEYGATE_REDIS_NAMESPACE") or "kg",
             trusted_proxies=tuple(p for p in (env.get("KEYGATE_TRUSTED_PROXIES") or "").replace(",", " ").split() if p),
             max_body_bytes=_int("KEYGATE_MAX_BODY_BYTES", 65536),
             bind_session_ip=_bool("KEYGATE_BIND_SESSION_IP", True),

@@ -36,8 +36,8 @@ class ThrottlePolicy:
         return {"ip": self.ip_failures, "key": self.key_failures, "user": self.user_failures}[kind]
 
     def backoff(self, scope: str, failures: int) -> float:
-        """Seconds to refuse this scope after its ``failures``-th failure (0 below the threshold)."""
-        excess = failures - self.threshold(scope)
+        """Seconds to refuse this scope after its ``failures``-th failure (0 up to the threshold)."""
+        excess = failures - self.threshold(scope) - 1
         if excess < 0:
             return 0.0
         return min(self.base_backoff_seconds * (2 ** min(excess, 32)), self.max_backoff_seconds)

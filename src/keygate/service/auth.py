@@ -106,16 +106,13 @@ class Authenticator:
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
 
-        async def fail(reason: str, *, public: str | None = None, locked: bool = False,
-                       count_key: bool = True, count_user: bool = False) -> Exception:
-            refusal = AuthenticationFailed(reason, locked=locked, public_message=public)
+        async def fail(reason: str, *, public: str | None = None, count_user: bool = False) -> Exception:
+            refusal = AuthenticationFailed(reason, public_message=public)
             self._audit.record(
                 action, "failure", reason=reason, subject_user_id=user.user_id if user else None,
                 api_key=key.api_key if key else None, client_ip=client_ip,
             )
-            return await self._guard.on_failure(
-                client_ip, key if count_key else None, user if count_user else None, refusal
-            )
+            return await self._guard.on_failure(client_ip, key, user if count_user else None, refusal)
 
         if key is None:
             raise await fail("unknown api key")
@@ -136,7 +133,10 @@ class Authenticator:
             raise await fail("api key without allowlist unused too long",
                              public=f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
         if user.is_locked(now):
-            raise await fail("user locked", locked=True, count_key=False)
+            # Not a guess (the signature was right): tell the caller, count nothing.
+            self._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id,
+                               api_key=key.api_key, client_ip=client_ip)
+            raise AuthenticationFailed("user locked", locked=True)
         refusal = await self._guard.claim_nonce(key, creds.nonce)
         if refusal is not None:
             self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,

@@ -55,14 +55,14 @@ class Keygate:
         )
         self.box = SecretBox(master, previous + _env_previous_keys(), loader=None if settings.master_key else self._read_keyring)
         self.engine = create_engine(settings.resolved_database_url)
-        self.state: SharedState = RedisState(settings.redis_url) if settings.redis_url else SqlState(self.engine)
+        self.state: SharedState = RedisState(settings.redis_url, settings.redis_namespace) if settings.redis_url else SqlState(self.engine)
         self.coherence = Coherence()
         self.bus: RedisBus | None = None
         tier: RedisSessionTier | None = None
         if settings.redis_url:
-            self.bus = RedisBus(settings.redis_url, self.coherence.apply, self.coherence.reset)
+            self.bus = RedisBus(settings.redis_url, self.coherence.apply, self.coherence.reset, settings.redis_namespace)
             self.coherence.attach(self.bus)
-            tier = RedisSessionTier(settings.redis_url)
+            tier = RedisSessionTier(settings.redis_url, settings.redis_namespace)
         self._tier = tier
         self.audit = AuditLog(AuditRepository(self.engine))
         ttl = settings.cache_ttl_seconds

@@ -1,7 +1,7 @@
 """Cache coherence between nodes over Redis pub/sub, and the shared session tier.
 
 Every node caches keys, users and sessions in memory. When one node changes or revokes one of them
-it evicts its own entry and publishes ``kind|id`` on ``keygate:invalidate``; every other node evicts
+it evicts its own entry and publishes ``node|kind|id`` on ``<namespace>:invalidate``; every other node evicts
 the same entry. A node whose subscription drops cannot know what it missed, so it reports itself
 unhealthy (authentication answers 503) until it has resubscribed and cleared all its caches.
 """
@@ -24,11 +24,11 @@ from keygate.domain.sessions import Session, SessionKind
 from keygate.store.redis_state import UNAVAILABLE
 
 log = logging.getLogger("keygate.redis")
-CHANNEL = "keygate:invalidate"
 
 
 class RedisBus:
-    def __init__(self, url: str, on_message: Callable[[str, str], None], on_reset: Callable[[], None]) -> None:
+    def __init__(self, url: str, on_message: Callable[[str, str], None], on_reset: Callable[[], None], namespace: str = "kg") -> None:
+        self._channel = f"{namespace}:invalidate"
         self._redis = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0, decode_responses=True)
         self._listen = aioredis.from_url(url, socket_connect_timeout=1.0, decode_responses=True)
         self._node = secrets.token_hex(6)
@@ -49,7 +49,7 @@ class RedisBus:
 
     async def publish(self, kind: str, ident: str) -> None:
         try:
-            await self._redis.publish(CHANNEL, f"{self._node}|{kind}|{ident}")
+            await self._redis.publish(self._channel, f"{self._node}|{kind}|{ident}")
         except (RedisError, OSError):
             self.connected = False
             raise ServiceUnavailable(UNAVAILABLE) from None
@@ -58,7 +58,7 @@ class RedisBus:
         while True:
             pubsub = self._listen.pubsub()
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self._channel)
                 self._on_reset()  # whatever happened while we were away is forgotten
                 self.connected = True
                 while True:
@@ -112,12 +112,13 @@ def _decode(token_hash: str, raw: str) -> Session:
 class RedisSessionTier:
     """Sessions shared by all nodes in Redis, in front of the database (which stays the record)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str = "kg") -> None:
+        self._ns = namespace
         self._redis = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0, decode_responses=True)
 
     async def get(self, token_hash: str) -> Session | None:
         try:
-            raw = await self._redis.get(f"kg:s:{token_hash}")
+            raw = await self._redis.get(f"{self._ns}:s:{token_hash}")
         except (RedisError, OSError):
             raise ServiceUnavailable(UNAVAILABLE) from None
         return _decode(token_hash, raw) if raw else None
@@ -125,7 +126,7 @@ class RedisSessionTier:
     async def put(self, session: Session, idle: timedelta) -> None:
         ttl = max(1, int(min((session.expires_at - session.last_seen_at), idle).total_seconds()))
         try:
-            await self._redis.set(f"kg:s:{session.token_hash}", _encode(session), ex=ttl)
+            await self._redis.set(f"{self._ns}:s:{session.token_hash}", _encode(session), ex=ttl)
         except (RedisError, OSError):
             raise ServiceUnavailable(UNAVAILABLE) from None
 
@@ -133,7 +134,7 @@ class RedisSessionTier:
         if not token_hashes:
             return
         try:
-            await self._redis.delete(*[f"kg:s:{h}" for h in token_hashes])
+            await self._redis.delete(*[f"{self._ns}:s:{h}" for h in token_hashes])
         except (RedisError, OSError):
             raise ServiceUnavailable(UNAVAILABLE) from None
 

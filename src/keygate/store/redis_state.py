@@ -1,6 +1,6 @@
 """``SharedState`` in Redis. Each operation is one atomic command or Lua script.
 
-Keys: ``kg:n:<api_key>`` (last increasing nonce, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
+Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (last increasing nonce, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
 unique nonce, expiring with its window), ``kg:f:<scope>`` (failure count, expiring with its window),
 ``kg:b:<scope>`` (a block, expiring when it ends). Any Redis error becomes ``ServiceUnavailable``, so
 authentication fails closed (503) and recovers by itself when Redis answers again.
@@ -36,7 +36,8 @@ UNAVAILABLE = "Authentication is temporarily unavailable: the shared state store
 
 
 class RedisState:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str = "kg") -> None:
+        self._ns = namespace
         self._redis = aioredis.from_url(
             url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=10, decode_responses=True
         )
@@ -51,24 +52,24 @@ class RedisState:
             raise ServiceUnavailable(UNAVAILABLE) from None
 
     async def claim_increasing(self, api_key: str, nonce: int) -> bool:
-        return bool(await self._guard(lambda: self._claim(keys=[f"kg:n:{api_key}"], args=[sortable(nonce)])))
+        return bool(await self._guard(lambda: self._claim(keys=[f"{self._ns}:n:{api_key}"], args=[sortable(nonce)])))
 
     async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
-        return bool(await self._guard(lambda: self._redis.set(f"kg:u:{api_key}:{nonce}", "1", nx=True, ex=window_seconds)))
+        return bool(await self._guard(lambda: self._redis.set(f"{self._ns}:u:{api_key}:{nonce}", "1", nx=True, ex=window_seconds)))
 
     async def forget_nonces(self, api_key: str) -> None:
         async def op() -> None:
-            await self._redis.delete(f"kg:n:{api_key}")
-            async for name in self._redis.scan_iter(match=f"kg:u:{api_key}:*", count=500):
+            await self._redis.delete(f"{self._ns}:n:{api_key}")
+            async for name in self._redis.scan_iter(match=f"{self._ns}:u:{api_key}:*", count=500):
                 await self._redis.delete(name)
 
         await self._guard(op)
 
     async def record_failure(self, scope: str, window_seconds: int) -> int:
-        return int(await self._guard(lambda: self._fail(keys=[f"kg:f:{scope}"], args=[window_seconds])))
+        return int(await self._guard(lambda: self._fail(keys=[f"{self._ns}:f:{scope}"], args=[window_seconds])))
 
     async def block(self, scope: str, seconds: float) -> None:
-        await self._guard(lambda: self._redis.set(f"kg:b:{scope}", "1", px=max(1, int(seconds * 1000))))
+        await self._guard(lambda: self._redis.set(f"{self._ns}:b:{scope}", "1", px=max(1, int(seconds * 1000))))
 
     async def blocked_for(self, scopes: list[str]) -> float:
         if not scopes:
@@ -77,14 +78,14 @@ class RedisState:
         async def op() -> float:
             pipe = self._redis.pipeline(transaction=False)
             for scope in scopes:
-                pipe.pttl(f"kg:b:{scope}")
+                pipe.pttl(f"{self._ns}:b:{scope}")
             ttls = await pipe.execute()
             return max((t / 1000 for t in ttls if t and t > 0), default=0.0)
 
         return await self._guard(op)
 
     async def reset(self, scope: str) -> None:
-        await self._guard(lambda: self._redis.delete(f"kg:f:{scope}", f"kg:b:{scope}"))
+        await self._guard(lambda: self._redis.delete(f"{self._ns}:f:{scope}", f"{self._ns}:b:{scope}"))
 
     async def purge(self) -> None:
         return None
