@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from keygate.api import replies
 from keygate.api.wire import basic_auth, credential_headers, header, read_payload, session_token
-from keygate.domain.errors import InvalidRequest, KeygateError, NotAuthorized
+from keygate.domain.errors import Forbidden, InvalidRequest, KeygateError, NotAuthorized
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
 from keygate.domain.permissions import format_permissions, parse_permissions
@@ -181,7 +181,7 @@ async def get_user_info(request: Request) -> Response:
     payload = await read_payload(request, kg.settings.max_body_bytes)
     user_id = _target_user(payload, principal)
     if not principal.may_act_for(user_id):
-        raise NotAuthorized("Not Authorized: you may only read your own user")
+        raise Forbidden("Not Authorized: you may only read your own user")
     # The principal's user was read a moment ago through the same cache; another user is looked up.
     user = principal.user if user_id == principal.user_id else await kg.users.require(user_id)
     return replies.ApexJSON(user.apex_view())
@@ -193,7 +193,7 @@ async def get_user_permissions(request: Request) -> Response:
     principal = await authenticate_request(request)
     payload = await _payload(request)
     if _target_user(payload, principal) != principal.user_id:
-        raise NotAuthorized("Not Authorized: you may only read your own permissions")
+        raise Forbidden("Not Authorized: you may only read your own permissions")
     return replies.ApexJSON(format_permissions(principal.permissions))
 
 
@@ -204,7 +204,7 @@ async def get_user_accounts(request: Request) -> Response:
     payload = await _payload(request)
     user_id = _target_user(payload, principal)
     if not principal.may_act_for(user_id):
-        raise NotAuthorized("Not Authorized: you may only read your own accounts")
+        raise Forbidden("Not Authorized: you may only read your own accounts")
     user = await _kg(request).users.require(user_id)
     return replies.ApexJSON([user.account_id])
 

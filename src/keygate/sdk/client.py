@@ -28,8 +28,18 @@ class KeygateAPIError(Exception):
         super().__init__(f"HTTP {status}: {self.errormsg or body!r}")
 
 
-def _nonce() -> str:
-    return str(time.time_ns() // 1_000_000)
+class _NonceClock:
+    """Millisecond timestamps that never repeat or go back, even for calls in the same millisecond.
+
+    A server that checks nonces per key (keygate's ``increasing`` replay mode) accepts every one.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> str:
+        self._last = max(time.time_ns() // 1_000_000, self._last + 1)
+        return str(self._last)
 
 
 class _Base:
@@ -40,12 +50,14 @@ class _Base:
         self._secret = secret
         self.prefix = prefix
         self.session_token: str | None = None
+        self._nonces = _NonceClock()
 
     def __repr__(self) -> str:  # never show the secret
         return f"{type(self).__name__}({self.base_url!r}, user_id={self.user_id!r}, api_key={self.api_key!r})"
 
     def signed_headers(self, nonce: str | None = None) -> dict[str, str]:
-        nonce = nonce or _nonce()
+        """The four APEX signing headers; ``nonce`` defaults to a fresh, increasing millisecond timestamp."""
+        nonce = nonce or self._nonces.next()
         return {
             "APIKey": self.api_key,
             "Signature": compute_signature(self._secret, nonce, self.user_id, self.api_key),

@@ -1,0 +1,36 @@
+"""Helpers for end-to-end tests: the protocol test vector, the CLI as a subprocess, raw APEX calls."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+
+TEST_VECTOR = {
+    "secret": "4b3e7c0a9f1d2e8b6a5c4d3e2f1a0b9c",
+    "nonce": "2277045681",
+    "user_id": "42",
+    "api_key": "8d4f1a2b3c5e6f708192a3b4c5d6e7f8",
+    "signature": "d49473077df88f71cbae6e0e59c560542afd01bc9feb2520dcf24fd33c1209fa",
+}
+
+
+def keygate_cli(*args: str, env: dict[str, str], input: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m keygate ARGS`` against the database and master key named in ``env``."""
+    return subprocess.run([sys.executable, "-m", "keygate", *args], env=env, input=input, capture_output=True, text=True, timeout=60)
+
+
+def cli_create_key(env: dict[str, str], user: str, *options: str) -> dict[str, Any]:
+    result = keygate_cli("key", "create", "--user", user, "--json", *options, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def password_session(base_url: str, username: str, password: str) -> str:
+    """Sign in with username and password (the session kind that may manage keys)."""
+    reply = httpx.post(f"{base_url}/AP/AuthenticateUser", json={"UserName": username, "Password": password})
+    assert reply.status_code == 200, reply.text
+    return reply.json()["SessionToken"]  # type: ignore[no-any-return]
