@@ -104,6 +104,16 @@ async def test_bad_allowlist_entries_are_named_and_nothing_is_created(console_ht
     assert await _key_count(kg, user.user_id) == 0
 
 
+async def test_a_refusal_from_the_service_is_shown_at_its_field(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    r = console_http.post("/keys", _create_form(console_http, label="x" * 101))
+    assert r.status_code == 400
+    message = re.search(r'id="label-error">([^<]*)<', r.text)
+    assert message and "longer than 100 characters" in message.group(1)
+    assert await _key_count(kg, user.user_id) == 0
+
+
 async def test_the_secret_is_in_exactly_one_response(console_http, make_user, server) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
     console_http.sign_in(user.username, user.password)

@@ -20,11 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keygate.console import routes_admin, routes_auth, routes_keys, routes_tools, routes_totp
 from keygate.console.security import SESSION_COOKIE, FormOnce, SecurityHeaders, clear_cookie
-from keygate.console.web import PageError, SignInRequired, redirect, render
+from keygate.console.web import MOUNT, PageError, SignInRequired, redirect, render
 from keygate.domain.errors import KeygateError
 
 log = logging.getLogger("keygate.console")
-MOUNT = "/console"
 STATIC = Path(__file__).parent / "static"
 
 

@@ -73,3 +73,19 @@ class KeyForm:
     @property
     def valid(self) -> bool:
         return not self.errors
+
+    def refused(self, message: str) -> None:
+        """Put a refusal from the service next to the field it is about, or on the form."""
+        lower = message.lower()
+        if lower.startswith("label"):
+            self.errors["label"] = message
+        elif "allowlist" in lower:
+            self.errors["ip_allowlist"] = message
+        elif "permission" in lower:
+            self.errors["permissions"] = message
+        else:
+            self.errors["form"] = message
+
+    @property
+    def field_errors(self) -> bool:
+        return any(name != "form" for name in self.errors)

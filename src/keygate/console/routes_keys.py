@@ -86,7 +86,7 @@ async def create_key(request: Request) -> Response:
         created = await keygate(request).keys.create(
             principal, principal.user_id, kf.parsed_permissions, kf.parsed_allowlist, kf.label)
     except (InvalidRequest, Conflict) as exc:
-        kf.errors["label" if isinstance(exc, InvalidRequest) else "form"] = exc.message
+        kf.refused(exc.message)
         return _key_form(request, signed, kf, exc.http_status)
     credentials = {
         "APIKey": created.key.api_key,
@@ -122,7 +122,7 @@ async def update_key(request: Request) -> Response:
             signed.principal, signed.principal.user_id, key.api_key,
             permissions=kf.parsed_permissions, ip_allowlist=kf.parsed_allowlist, label=kf.label)
     except InvalidRequest as exc:
-        kf.errors["label"] = exc.message
+        kf.refused(exc.message)
         return _key_form(request, signed, kf, 400, key=key)
     return redirect(request, f"/keys/{key.api_key}/edit?saved={'ended' if ended else 'kept'}")
 

@@ -6,10 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keygate.console.web import base, keygate, optional_user, render
+from keygate.console.web import MOUNT, base, keygate, optional_user, render
 from keygate.domain.keys import looks_like_api_key
-
-MOUNT = "/console"
 
 
 async def signature_helper(request: Request) -> Response:

@@ -17,6 +17,7 @@ from keygate.domain.sessions import SessionKind
 from keygate.service import Keygate, Principal
 from keygate.console.security import CSRF_FIELD, PURPOSE_SESSION, SESSION_COOKIE, csrf_ok, csrf_token
 
+MOUNT = "/console"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 MAX_FORM_FIELDS = 200
 
