@@ -11,7 +11,7 @@ import re
 
 import pytest
 from cli_support import assert_clean_refusal, clean_env, keygate
-from conftest import unique_name
+from conftest import settings_env, unique_name
 
 from keygate.config import Settings
 from keygate.domain.signature import compute_signature
@@ -24,11 +24,7 @@ PASSWORD = "a long enough password"
 
 @pytest.fixture
 def cli_env(kg: Keygate, settings: Settings) -> dict[str, str]:
-    return clean_env(
-        KEYGATE_DATA_DIR=str(settings.data_dir),
-        KEYGATE_DATABASE_URL=settings.resolved_database_url,
-        KEYGATE_MASTER_KEY=settings.master_key or "",
-    )
+    return clean_env(**settings_env(settings))
 
 
 def create_user(env: dict[str, str], *extra: str) -> str:
