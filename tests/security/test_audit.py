@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from abuse_helpers import client_for, random_ip, signed
-from conftest import settings_env
 from sqlalchemy import select
+from support import settings_env
 
 from keygate.store.tables import audit_events
 

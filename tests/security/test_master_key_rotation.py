@@ -16,8 +16,8 @@ import httpx
 import pyotp
 import pytest
 from abuse_helpers import signed
-from conftest import _psql, settings_env, start_server, stop_server
 from sqlalchemy import select
+from support import _psql, settings_env, start_server, stop_server
 
 from keygate.config import Settings
 from keygate.domain.iprules import IpAllowlist

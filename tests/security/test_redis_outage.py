@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from abuse_helpers import signed
-from conftest import free_port, need, start_server, stop_server
+from support import free_port, need, start_server, stop_server
 
 from keygate.config import Settings
 

@@ -8,13 +8,11 @@ import time
 
 import httpx
 import pytest
+from abuse_helpers import client_for, random_ip, signed
+from support import Server, start_server, stop_server
 
 from keygate.domain.replay import ReplayMode
 from keygate.service.principal import operator_acting_as
-
-from abuse_helpers import client_for, random_ip, signed
-from conftest import Server, start_server, stop_server
-
 
 # Replay tests fail on purpose many times; throttling has its own tests.
 LENIENT = {"throttle_ip_failures": 1000, "throttle_key_failures": 1000, "throttle_user_failures": 1000}
