@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import clean_env, keygate
-from conftest import _psql, need, pg_available
+from cli_support import clean_env, create_pg_database, keygate, need, pg_available
 
 from keygate.config import Settings
 from keygate.service import Keygate
@@ -28,12 +27,12 @@ def fresh_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[s
         return
     need(pg_available(), "PostgreSQL at 127.0.0.1:5432")
     name = f"keygate_init_{uuid.uuid4().hex[:12]}"
-    _psql(f'CREATE DATABASE "{name}"')
+    create_pg_database(f'CREATE DATABASE "{name}"')
     try:
         # A plain postgresql:// URL, as an operator would write it; keygate picks the async driver.
         yield clean_env(KEYGATE_DATA_DIR=str(data_dir), KEYGATE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{name}")
     finally:
-        _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        create_pg_database(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_init_sets_everything_up_and_shows_the_password_once(fresh_env: dict[str, str]) -> None:

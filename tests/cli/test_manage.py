@@ -10,8 +10,7 @@ import json
 import re
 
 import pytest
-from cli_support import assert_clean_refusal, clean_env, keygate
-from conftest import settings_env, unique_name
+from cli_support import assert_clean_refusal, clean_env, keygate, settings_env, unique_name
 
 from keygate.config import Settings
 from keygate.domain.signature import compute_signature

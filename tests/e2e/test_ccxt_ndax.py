@@ -11,7 +11,7 @@ from typing import Any
 
 import pyotp
 import pytest
-from conftest import Server
+from e2e_support import Server
 
 from keygate.service import Keygate
 

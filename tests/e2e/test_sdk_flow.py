@@ -7,9 +7,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import Server, start_server, stop_server
 from e2e_support import TEST_VECTOR as V
-from e2e_support import password_session
+from e2e_support import password_session, Server, start_server, stop_server
 
 import keygate
 from keygate.config import Settings

@@ -8,9 +8,8 @@ and ``keygate sign`` computes the vector itself.
 from __future__ import annotations
 
 import httpx
-from conftest import Server, unique_name
 from e2e_support import TEST_VECTOR as V
-from e2e_support import cli_create_key, keygate_cli
+from e2e_support import cli_create_key, keygate_cli, Server, unique_name
 
 import keygate
 from keygate.domain.signature import compute_signature
