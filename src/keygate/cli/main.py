@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -23,9 +23,10 @@ from keygate.domain.keys import parse_expiry
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.permissions import format_permissions, parse_permissions
 from keygate.domain.signature import compute_signature
-from keygate.service import Keygate
-from keygate.service.principal import operator_acting_as
-from keygate.store.master_key import MasterKeyError
+
+if TYPE_CHECKING:
+    from keygate.domain.users import User
+    from keygate.service import Keygate, Principal
 
 app = typer.Typer(help="keygate: APEX-compatible API-key authentication.", no_args_is_help=True, add_completion=False)
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -37,7 +38,12 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = False) -> T:
-    """Open the service, run one use case, close. Known refusals print a message, not a trace."""
+    """Open the service, run one use case, close. Known refusals print a message, not a trace.
+
+    The service layer is imported here, not at the top, so that ``keygate sign`` and ``--help``
+    start in a fraction of the time.
+    """
+    from keygate.service import Keygate, MasterKeyError
 
     async def main() -> T:
         kg = Keygate(Settings.from_env(), create_master_key=create_master_key)
@@ -52,6 +58,12 @@ def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = F
     except (KeygateError, MasterKeyError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+def operator_acting_as(user: User) -> Principal:
+    from keygate.service.principal import operator_acting_as as acting_as
+
+    return acting_as(user)
 
 
 async def _user(kg: Keygate, who: str):  # type: ignore[no-untyped-def]
@@ -102,6 +114,7 @@ def serve(
     import uvicorn
 
     from keygate.api import create_app
+    from keygate.service import Keygate, MasterKeyError
 
     overrides: dict[str, Any] = {}
     if host:

@@ -2,5 +2,6 @@
 
 from keygate.service.container import Keygate
 from keygate.service.principal import Principal
+from keygate.store.master_key import MasterKeyError
 
-__all__ = ["Keygate", "Principal"]
+__all__ = ["Keygate", "MasterKeyError", "Principal"]
