@@ -177,3 +177,19 @@ async def test_unbound_key_session_moves_within_its_allowlist(unbound: Keygate, 
     async with client_at(app, "192.0.2.1") as first, client_at(app, "192.0.2.200") as second:
         token = (await sign_in(first, created)).json()["SessionToken"]
         assert (await second.get("/AP/GetUserInfo", headers={"aptoken": token})).status_code == 200
+
+
+async def test_null_allowlist_in_an_edit_keeps_the_allowlist(kg: Keygate, make_user, make_key) -> None:
+    """A client that sends ``"IpAllowlist": null`` while renaming a key must not open it to every IP."""
+    user = await make_user()
+    created = await make_key(user.user_id, ["Trading"], [ALLOWED])
+    app = create_app(keygate=kg)
+    async with client_at(app, ALLOWED) as owner:
+        r = await owner.post("/AP/AuthenticateUser", json={"UserName": user.username, "Password": user.password})
+        token = r.json()["SessionToken"]
+        r = await owner.post("/AP/UpdateUserAPIKey", headers={"aptoken": token},
+                             json={"APIKey": created.key.api_key, "Label": "renamed", "IpAllowlist": None, "Permissions": None})
+        assert r.status_code == 200, r.text
+        assert r.json()["IpAllowlist"] == [ALLOWED] and r.json()["Permissions"] == ["Trading"] and r.json()["SessionsEnded"] is False
+    async with client_at(app, ATTACKER) as attacker:
+        assert refused_for_address(await sign_in(attacker, created))

@@ -103,7 +103,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             name = request.url.path.rsplit("/", 1)[-1][:64]
             return replies.generic(False, f"Unknown endpoint {name!r}; see /openapi.json for the list", 104, status=404)
         if exc.status_code == 405:
-            return replies.generic(False, "Method not allowed; use GET or POST", 106, status=405)
+            reply = replies.generic(False, "Method not allowed; use GET or POST", 106, status=405)
+            reply.headers["Allow"] = "GET, POST"  # every APEX endpoint takes both; RFC 9110 requires the header
+            return reply
         return replies.generic(False, str(exc.detail), 100, status=exc.status_code if 400 <= exc.status_code < 500 else 400)
 
     @app.exception_handler(RequestValidationError)

@@ -215,7 +215,7 @@ _KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowli
 
 def _allowlist(payload: dict[str, Any]) -> IpAllowlist | None:
     for name in ("ipallowlist", "ipaddresses"):
-        if name in payload:
+        if payload.get(name) is not None:  # null means "not given", never "allow any IP"
             return IpAllowlist.parse(payload[name])
     return None
 
@@ -235,7 +235,7 @@ async def add_user_api_key(request: Request) -> Response:
         _target_user(payload, principal),
         parse_permissions(payload.get("permissions")),
         _allowlist(payload) or IpAllowlist(),
-        payload.get("label") or "",
+        payload.get("label"),  # null: no label; any other non-string is refused
         replay_mode=parse_replay_mode(payload["replaymode"]) if payload.get("replaymode") is not None else None,
         expires_at=parse_expiry(payload.get("expiresat")),
     )
@@ -263,7 +263,7 @@ async def update_user_api_key(request: Request) -> Response:
     api_key = payload.get("apikey")
     if not isinstance(api_key, str) or not api_key:
         raise InvalidRequest("Missing APIKey: name the key to edit")
-    perms = parse_permissions(payload["permissions"]) if "permissions" in payload else None
+    perms = parse_permissions(payload["permissions"]) if payload.get("permissions") is not None else None
     label = payload.get("label")
     if label is not None and not isinstance(label, str):
         raise InvalidRequest("Label must be a string")

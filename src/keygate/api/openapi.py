@@ -9,7 +9,7 @@ from keygate.api.endpoints import Endpoint
 _TYPES: dict[str, dict[str, Any]] = {
     "string": {"type": "string"},
     "integer|string": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
-    "array": {"type": "array", "items": {"type": "string"}},
+    "array": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string", "description": "entries separated by commas"}]},
 }
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -103,6 +103,22 @@ def _ref(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
 
 
+_NULL_MEANS_ABSENT = frozenset({"UserId", "Permissions", "IpAllowlist", "Label", "ReplayMode", "ExpiresAt"})
+
+
+def _nullable(ep: Endpoint, name: str) -> bool:
+    """Whether the handler reads JSON ``null`` in this body field as if the field were left out."""
+    if ep.auth not in ("session", "password-session") or ep.name in ("LockUser", "UnlockUser"):
+        return False
+    if ep.name == "GetAuditLog":
+        return name != "Limit"
+    return name in _NULL_MEANS_ABSENT
+
+
+def _property(ep: Endpoint, name: str, kind: str) -> dict[str, Any]:
+    return {"anyOf": [_TYPES[kind], {"type": "null"}]} if _nullable(ep, name) else _TYPES[kind]
+
+
 def operation_extra(ep: Endpoint, method: str) -> dict[str, Any]:
     params: list[dict[str, Any]] = []
     if ep.auth == "credentials":
@@ -118,7 +134,7 @@ def operation_extra(ep: Endpoint, method: str) -> dict[str, Any]:
     if method == "POST" and ep.body:
         extra["requestBody"] = {
             "required": False,
-            "content": {"application/json": {"schema": {"type": "object", "properties": {k: _TYPES[v] for k, v in ep.body.items()}}}},
+            "content": {"application/json": {"schema": {"type": "object", "properties": {k: _property(ep, k, v) for k, v in ep.body.items()}}}},
         }
     return extra
 

@@ -27,7 +27,7 @@ def parse_permissions(values: Iterable[object] | str | None) -> frozenset[Permis
         return frozenset()
     if isinstance(values, str):
         values = [v for v in values.replace(";", ",").split(",")]
-    if not isinstance(values, Iterable):
+    if not isinstance(values, (list, tuple, set, frozenset)):  # a JSON object is not a list of names
         raise InvalidRequest("Permissions must be a list of names")
     result: set[Permission] = set()
     for value in values:
