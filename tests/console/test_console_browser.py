@@ -350,3 +350,43 @@ async def test_narrow_screen(server, make_user, make_key, browser, db) -> None: 
         await shot(page, "16-profile-narrow", db)
     finally:
         await ctx.close()
+
+
+async def _tab_to(page, name: str, limit: int = 40) -> None:  # type: ignore[no-untyped-def]
+    """Press Tab until the focused element's accessible text is ``name``."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate(
+            "() => { const e = document.activeElement; return (e.labels && e.labels[0] ? e.labels[0].textContent : e.textContent || '').trim(); }")
+        if focused.startswith(name):
+            return
+    raise AssertionError(f"could not reach {name!r} with the Tab key")
+
+
+async def test_keyboard_only_sign_in_create_and_close(server, make_user, page) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    await page.goto(f"{server.base_url}/console/login")
+    await page.keyboard.type(user.username)  # the username field has the focus on arrival
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(user.password)
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"{server.base_url}/console/")
+
+    await _tab_to(page, "Create your API Key")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"{server.base_url}/console/keys/new")
+    await _tab_to(page, "Label")
+    await page.keyboard.type("keyboard")
+    await _tab_to(page, "Trading")
+    await page.keyboard.press("Space")
+    await _tab_to(page, "Create API Key")
+    await page.keyboard.press("Enter")
+
+    dialog = page.get_by_role("dialog", name="Your new API key")
+    await dialog.wait_for()
+    await _tab_to(page, "I have stored my credentials securely")
+    await page.keyboard.press("Space")
+    await _tab_to(page, "Close")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"{server.base_url}/console/?done=closed")
+    assert "keyboard" in await page.locator("table.keys").inner_text()
