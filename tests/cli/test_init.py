@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import secrets
 import stat
 import uuid
 from collections.abc import Iterator
@@ -86,3 +88,19 @@ def test_init_refuses_a_world_readable_master_key(tmp_path: Path) -> None:
     assert result.returncode == 2, output
     assert "Traceback" not in output
     assert "chmod 600" in output
+
+
+@pytest.mark.parametrize("command", [("init",), ("user", "list"), ("key", "list", "--user", "admin")])
+def test_an_unreachable_database_is_a_clear_error(tmp_path: Path, command: tuple[str, ...]) -> None:
+    env = clean_env(
+        KEYGATE_DATA_DIR=str(tmp_path / "var"),
+        KEYGATE_DATABASE_URL="postgresql://keygate:pw-not-to-echo@127.0.0.1:1/keygate",
+        KEYGATE_MASTER_KEY=base64.b64encode(secrets.token_bytes(32)).decode(),
+    )
+    result = keygate(*command, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    assert "cannot open the database" in output
+    assert "pw-not-to-echo" not in output
+    assert "password:" not in output  # no admin was made

@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -43,6 +43,8 @@ def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = F
     The service layer is imported here, not at the top, so that ``keygate sign`` and ``--help``
     start in a fraction of the time.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from keygate.service import Keygate, MasterKeyError
 
     async def main() -> T:
@@ -58,6 +60,17 @@ def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = F
     except (KeygateError, MasterKeyError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except (OSError, SQLAlchemyError) as exc:
+        _database_unavailable(exc)
+
+
+def _database_unavailable(exc: BaseException) -> NoReturn:
+    """The database could not be opened: say so in one line (never echoing the URL, which may hold a password)."""
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    typer.secho(f"error: cannot open the database named by KEYGATE_DATABASE_URL (or the SQLite file in "
+                f"KEYGATE_DATA_DIR): {type(cause).__name__}: {reason}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
 
 
 def operator_acting_as(user: User) -> Principal:
@@ -113,6 +126,8 @@ def serve(
     """Set up on first start (as `init`), then serve the API."""
     import uvicorn
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from keygate.api import create_app
     from keygate.service import Keygate, MasterKeyError
 
@@ -135,6 +150,8 @@ def serve(
     except MasterKeyError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except (OSError, SQLAlchemyError) as exc:
+        _database_unavailable(exc)
     typer.echo(f"keygate listening on http://{settings.host}:{settings.port} (docs: /docs, console: /console)")
     if workers > 1:
         os.environ.setdefault("KEYGATE_HOST", settings.host)
