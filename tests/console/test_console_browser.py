@@ -162,6 +162,13 @@ async def test_edit_changes_rights_and_ends_the_key_sessions(server, make_user, 
     await page.goto(f"{server.base_url}/console/")
     row_text = await page.locator(f"tr[data-key='{api_key}']").inner_text()
     assert "withdrawals" in row_text and "Withdraw" in row_text and "127.0.0.1" in row_text
+    # "Last used" follows the key's use (written behind, within a few seconds).
+    last_used = page.locator(f"tr[data-key='{api_key}'] td[data-label='Last used']")
+    deadline = time.monotonic() + 6
+    while (await last_used.inner_text()).strip() == "Never" and time.monotonic() < deadline:
+        await page.wait_for_timeout(500)
+        await page.reload()
+    assert (await last_used.inner_text()).strip().endswith("UTC")
 
     # A label-only edit keeps sessions, and says so.
     await page.goto(f"{server.base_url}/console/keys/{api_key}/edit")

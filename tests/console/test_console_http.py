@@ -188,11 +188,29 @@ async def test_admin_pages_refused_to_a_normal_user(console_http, make_user, kg)
 
 
 async def test_signed_out_visitors(console_http) -> None:  # type: ignore[no-untyped-def]
+    r = console_http.http.get(console_http.base + "/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/login"
     r = console_http.http.get(console_http.base + "/admin/users", follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"].endswith("/console/login")
+    assert r.status_code == 303 and r.headers["location"] == "/console/login?next=%2Fadmin%2Fusers"
     r = console_http.post("/keys", {"label": "x"})
     assert r.status_code == 401 and "Your session has ended" in r.text
     assert console_http.get("/no-such-page").status_code == 404
+
+
+async def test_sign_in_returns_to_the_page_asked_for_and_nowhere_else(console_http, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    asked = console_http.get("/keys/new")  # signed out: the sign-in page, remembering where we were going
+    assert str(asked.url).endswith("/console/login?next=%2Fkeys%2Fnew")
+    r = console_http.post("/login", {"csrf_token": console_http.csrf_of(asked.text), "next": "/keys/new",
+                                     "username": user.username, "password": user.password})
+    assert str(r.url).endswith("/console/keys/new") and "Create your API Key" in r.text
+    console_http.post("/logout", {"csrf_token": console_http.csrf_of(r.text)})
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        page = console_http.get("/login")
+        r = console_http.post("/login", {"csrf_token": console_http.csrf_of(page.text), "next": target,
+                                         "username": user.username, "password": user.password})
+        assert str(r.url) == console_http.base + "/", target
+        console_http.post("/logout", {"csrf_token": console_http.csrf_of(r.text)})
 
 
 async def test_expired_session_page_after_sign_out(console_http, make_user) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keygate.console import routes_admin, routes_auth, routes_keys, routes_tools, routes_totp
+from keygate.console.routes_auth import safe_next
 from keygate.console.security import SESSION_COOKIE, FormOnce, SecurityHeaders, clear_cookie
 from keygate.console.web import MOUNT, PageError, SignInRequired, redirect, render
 from keygate.domain.errors import KeygateError
@@ -34,7 +36,13 @@ async def _page_error(request: Request, exc: Exception) -> Response:
 
 async def _sign_in_required(request: Request, exc: Exception) -> Response:
     if request.method in ("GET", "HEAD"):
-        response = redirect(request, "/login?m=expired" if request.cookies.get(SESSION_COOKIE) else "/login")
+        here = request.url.path[len(request.scope.get("root_path", "")):] or "/"
+        if request.url.query:
+            here += "?" + request.url.query
+        params = {"m": "expired"} if request.cookies.get(SESSION_COOKIE) else {}
+        if safe_next(here) != "/":
+            params["next"] = here
+        response = redirect(request, "/login" + ("?" + urlencode(params) if params else ""))
     else:
         response = render(request, "error.html", status=401, title="Your session has ended",
                           message="You are not signed in any more, so nothing was changed. Sign in again, then repeat "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,12 +22,26 @@ NOTICES = {
     "code-expired": "The two-factor step took too long. Sign in again.",
 }
 PRE_COOKIE_SECONDS = 3600
+MAX_NEXT = 500
 
 
-def _login_page(request: Request, status: int = 200, error: str = "", username: str = "") -> Response:
+def safe_next(value: object) -> str:
+    """A console path to return to after sign-in; anything else (another site, odd schemes) is ``/``."""
+    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//") or len(value) > MAX_NEXT:
+        return "/"
+    if any(c in value for c in "\\\r\n\t") or value.startswith(("/login", "/logout")):
+        return "/"
+    return value
+
+
+def _with_next(path: str, next_path: str) -> str:
+    return path if next_path == "/" else f"{path}{'&' if '?' in path else '?'}{urlencode({'next': next_path})}"
+
+
+def _login_page(request: Request, status: int = 200, error: str = "", username: str = "", next_path: str = "/") -> Response:
     pre = request.cookies.get(PRE_COOKIE) or new_secret()
     response = render(
-        request, "login.html", status=status, error=error, username=username,
+        request, "login.html", status=status, error=error, username=username, next_path=next_path,
         login_csrf=csrf_token(pre, PURPOSE_LOGIN), notice=NOTICES.get(request.query_params.get("m", ""), ""),
     )
     set_cookie(request, response, PRE_COOKIE, pre, max_age=PRE_COOKIE_SECONDS)
@@ -33,49 +49,53 @@ def _login_page(request: Request, status: int = 200, error: str = "", username: 
 
 
 async def login_form(request: Request) -> Response:
+    next_path = safe_next(request.query_params.get("next"))
     if await optional_user(request) is not None:
-        return redirect(request, "/")
-    return _login_page(request)
+        return redirect(request, next_path)
+    return _login_page(request, next_path=next_path)
 
 
 async def login(request: Request) -> Response:
     form = await request.form(max_fields=10)
     username, password = field(form, "username").strip(), field(form, "password")
+    next_path = safe_next(form.get("next"))
     if not csrf_ok(request.cookies.get(PRE_COOKIE), PURPOSE_LOGIN, form.get(CSRF_FIELD)):
         request.cookies.pop(PRE_COOKIE, None)
-        return _login_page(request, 403, "This sign-in page had expired, so it was reloaded. Sign in again.", username)
+        return _login_page(request, 403, "This sign-in page had expired, so it was reloaded. Sign in again.", username,
+                           next_path)
     if not username or not password:
-        return _login_page(request, 400, "Enter your username and your password.", username)
+        return _login_page(request, 400, "Enter your username and your password.", username, next_path)
     kg = keygate(request)
     try:
         result = await kg.auth.authenticate_password(username, password, client_ip(request))
     except AuthenticationFailed as exc:
         message = ("This account is locked. Ask an administrator to unlock it." if exc.locked
                    else "Wrong username or password.")
-        return _login_page(request, 401, message, username)
+        return _login_page(request, 401, message, username, next_path)
     except InvalidRequest as exc:
-        return _login_page(request, 400, exc.message, username)
+        return _login_page(request, 400, exc.message, username, next_path)
     except KeygateError as exc:
-        return _login_page(request, exc.http_status, exc.message, username)
+        return _login_page(request, exc.http_status, exc.message, username, next_path)
     if isinstance(result, Pending2FA):
-        response = redirect(request, "/login/code")
+        response = redirect(request, _with_next("/login/code", next_path))
         set_cookie(request, response, PENDING_COOKIE, result.token, max_age=kg.settings.pending_2fa_seconds)
         return response
-    response = redirect(request, "/")
+    response = redirect(request, next_path)
     set_cookie(request, response, SESSION_COOKIE, result.token)
     clear_cookie(request, response, PRE_COOKIE)
     return response
 
 
-def _code_page(request: Request, pending: str, status: int = 200, error: str = "") -> Response:
-    return render(request, "code.html", status=status, error=error, code_csrf=csrf_token(pending, PURPOSE_2FA))
+def _code_page(request: Request, pending: str, status: int = 200, error: str = "", next_path: str = "/") -> Response:
+    return render(request, "code.html", status=status, error=error, code_csrf=csrf_token(pending, PURPOSE_2FA),
+                  next_path=next_path)
 
 
 async def code_form(request: Request) -> Response:
     pending = request.cookies.get(PENDING_COOKIE)
     if not pending:
         return redirect(request, "/login?m=code-expired")
-    return _code_page(request, pending)
+    return _code_page(request, pending, next_path=safe_next(request.query_params.get("next")))
 
 
 async def submit_code(request: Request) -> Response:
@@ -83,11 +103,13 @@ async def submit_code(request: Request) -> Response:
     if not pending:
         return redirect(request, "/login?m=code-expired")
     form = await request.form(max_fields=10)
+    next_path = safe_next(form.get("next"))
     if not csrf_ok(pending, PURPOSE_2FA, form.get(CSRF_FIELD)):
-        return _code_page(request, pending, 403, "This page had expired, so it was reloaded. Enter the current code.")
+        return _code_page(request, pending, 403, "This page had expired, so it was reloaded. Enter the current code.",
+                          next_path)
     code = field(form, "code").replace(" ", "")
     if not (len(code) == 6 and code.isdigit()):
-        return _code_page(request, pending, 400, "Enter the 6-digit code from your authenticator app.")
+        return _code_page(request, pending, 400, "Enter the 6-digit code from your authenticator app.", next_path)
     try:
         grant = await keygate(request).auth.complete_2fa(pending, code, client_ip(request))
     except AuthenticationFailed as exc:
@@ -95,10 +117,10 @@ async def submit_code(request: Request) -> Response:
             response = redirect(request, "/login?m=code-expired")
             clear_cookie(request, response, PENDING_COOKIE)
             return response
-        return _code_page(request, pending, 401, "That code is wrong or has expired. Enter the current code.")
+        return _code_page(request, pending, 401, "That code is wrong or has expired. Enter the current code.", next_path)
     except KeygateError as exc:
-        return _code_page(request, pending, exc.http_status, exc.message)
-    response = redirect(request, "/")
+        return _code_page(request, pending, exc.http_status, exc.message, next_path)
+    response = redirect(request, next_path)
     set_cookie(request, response, SESSION_COOKIE, grant.token)
     clear_cookie(request, response, PENDING_COOKIE)
     clear_cookie(request, response, PRE_COOKIE)
