@@ -32,7 +32,7 @@ PURPOSE_LOGIN = "keygate-console-login"
 PURPOSE_2FA = "keygate-console-2fa"
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'none'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 
