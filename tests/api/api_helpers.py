@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,6 +15,13 @@ from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 
 GENERIC_KEYS = {"result", "errormsg", "errorcode", "detail"}
+
+
+@dataclass(frozen=True)
+class SharedUser:
+    user_id: int
+    username: str
+    password: str
 
 
 def signed_headers(created: CreatedKey, nonce: str | None = None, user_id: object = None) -> dict[str, str]:

@@ -26,8 +26,8 @@ def assert_authenticated(r: httpx.Response, user_id: int, username: str) -> str:
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize("endpoint", ["AuthenticateUser", "Authenticate"])
-async def test_four_headers(client: httpx.AsyncClient, make_user, make_key, method: str, endpoint: str) -> None:
-    user = await make_user()
+async def test_four_headers(client: httpx.AsyncClient, reader, make_key, method: str, endpoint: str) -> None:
+    user = reader
     created = await make_key(user.user_id, ["Trading"])
     r = await client.request(method, f"/AP/{endpoint}", headers=signed_headers(created))
     token = assert_authenticated(r, user.user_id, user.username)
@@ -39,14 +39,14 @@ async def test_four_headers(client: httpx.AsyncClient, make_user, make_key, meth
     "path",
     ["/AP/AuthenticateUser", "/ap/AuthenticateUser", "/ap/authenticateuser", "/Ap/AUTHENTICATEUSER", "/aP/aUtHeNtIcAtEuSeR"],
 )
-async def test_path_prefix_and_endpoint_case(client: httpx.AsyncClient, make_user, make_key, path: str) -> None:
-    user = await make_user()
+async def test_path_prefix_and_endpoint_case(client: httpx.AsyncClient, reader, make_key, path: str) -> None:
+    user = reader
     created = await make_key(user.user_id)
     assert_authenticated(await client.post(path, headers=signed_headers(created)), user.user_id, user.username)
 
 
-async def test_uppercase_signature_and_header_name_case(client: httpx.AsyncClient, make_user, make_key) -> None:
-    user = await make_user()
+async def test_uppercase_signature_and_header_name_case(client: httpx.AsyncClient, reader, make_key) -> None:
+    user = reader
     created = await make_key(user.user_id)
     h = signed_headers(created)
     headers = {"apikey": h["APIKey"], "SIGNATURE": h["Signature"].upper(), "userid": h["UserId"], "NONCE": h["Nonce"]}
@@ -55,16 +55,16 @@ async def test_uppercase_signature_and_header_name_case(client: httpx.AsyncClien
 
 @pytest.mark.parametrize("as_number", [True, False], ids=["number", "string"])
 @pytest.mark.parametrize("endpoint", ["AuthenticateUser", "Authenticate"])
-async def test_json_body_with_user_id_as_string_or_number(client: httpx.AsyncClient, make_user, make_key, as_number: bool, endpoint: str) -> None:
-    user = await make_user()
+async def test_json_body_with_user_id_as_string_or_number(client: httpx.AsyncClient, reader, make_key, as_number: bool, endpoint: str) -> None:
+    user = reader
     created = await make_key(user.user_id)
     h = signed_headers(created)
     body = {"APIKey": h["APIKey"], "Signature": h["Signature"], "UserId": user.user_id if as_number else str(user.user_id), "Nonce": h["Nonce"]}
     assert_authenticated(await client.post(f"/AP/{endpoint}", json=body), user.user_id, user.username)
 
 
-async def test_json_body_keys_ignore_case(client: httpx.AsyncClient, make_user, make_key) -> None:
-    user = await make_user()
+async def test_json_body_keys_ignore_case(client: httpx.AsyncClient, reader, make_key) -> None:
+    user = reader
     created = await make_key(user.user_id)
     h = signed_headers(created)
     body = {"apikey": h["APIKey"], "SIGNATURE": h["Signature"], "userId": user.user_id, "nonce": int(h["Nonce"])}
@@ -72,15 +72,15 @@ async def test_json_body_keys_ignore_case(client: httpx.AsyncClient, make_user, 
 
 
 @pytest.mark.parametrize("endpoint", ["AuthenticateUser", "WebAuthenticateUser", "Authenticate"])
-async def test_username_and_password_json(client: httpx.AsyncClient, make_user, endpoint: str) -> None:
-    user = await make_user()
+async def test_username_and_password_json(client: httpx.AsyncClient, reader, endpoint: str) -> None:
+    user = reader
     r = await client.post(f"/AP/{endpoint}", json={"UserName": user.username, "Password": user.password})
     assert_authenticated(r, user.user_id, user.username)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-async def test_basic_authorization_on_authenticate(client: httpx.AsyncClient, make_user, method: str) -> None:
-    user = await make_user()
+async def test_basic_authorization_on_authenticate(client: httpx.AsyncClient, reader, method: str) -> None:
+    user = reader
     basic = base64.b64encode(f"{user.username}:{user.password}".encode()).decode()
     r = await client.request(method, "/AP/Authenticate", headers={"Authorization": f"Basic {basic}"})
     assert_authenticated(r, user.user_id, user.username)
@@ -89,8 +89,8 @@ async def test_basic_authorization_on_authenticate(client: httpx.AsyncClient, ma
     assert body["Authenticated"] is False and body["Locked"] is False
 
 
-async def test_web_authenticate_user_resumes_by_session_token(client: httpx.AsyncClient, make_user) -> None:
-    user = await make_user()
+async def test_web_authenticate_user_resumes_by_session_token(client: httpx.AsyncClient, reader) -> None:
+    user = reader
     token = await password_token(client, user.username, user.password)
     r = await client.post("/AP/WebAuthenticateUser", json={"SessionToken": token})
     assert assert_authenticated(r, user.user_id, user.username) == token
@@ -99,16 +99,16 @@ async def test_web_authenticate_user_resumes_by_session_token(client: httpx.Asyn
 
 
 @pytest.mark.parametrize("spelling", ["aptoken", "APToken", "APTOKEN"])
-async def test_token_header_spelling(client: httpx.AsyncClient, make_user, make_key, spelling: str) -> None:
-    user = await make_user()
+async def test_token_header_spelling(client: httpx.AsyncClient, reader, make_key, spelling: str) -> None:
+    user = reader
     token = await key_token(client, await make_key(user.user_id))
     r = await client.get("/AP/GetUserInfo", headers={spelling: token})
     assert r.status_code == 200 and r.json()["UserName"] == user.username
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-async def test_log_out_then_token_refused(client: httpx.AsyncClient, make_user, make_key, method: str) -> None:
-    user = await make_user()
+async def test_log_out_then_token_refused(client: httpx.AsyncClient, reader, make_key, method: str) -> None:
+    user = reader
     created = await make_key(user.user_id)
     token = await key_token(client, created)
     other = await key_token(client, created)
@@ -121,8 +121,8 @@ async def test_log_out_then_token_refused(client: httpx.AsyncClient, make_user, 
     assert (await client.get("/AP/GetUserInfo", headers={"aptoken": other})).status_code == 200
 
 
-async def test_failure_reply_is_identical_for_key_user_and_signature(client: httpx.AsyncClient, make_user, make_key) -> None:
-    user, other = await make_user(), await make_user()
+async def test_failure_reply_is_identical_for_key_user_and_signature(client: httpx.AsyncClient, reader, bystander, make_key) -> None:
+    user, other = reader, bystander
     created = await make_key(user.user_id)
     good = signed_headers(created)
     cases = {
@@ -165,9 +165,9 @@ async def test_locked_user_told_only_with_right_credentials(client: httpx.AsyncC
         await kg.users.set_locked(user.user_id, False)
 
 
-async def test_client_address_is_the_socket_peer(api_app, make_user, make_key) -> None:
+async def test_client_address_is_the_socket_peer(api_app, reader, make_key) -> None:
     """ASGITransport's default peer is 127.0.0.1; an allowlist is checked against it."""
-    user = await make_user()
+    user = reader
     allowed = await make_key(user.user_id, ips=["127.0.0.1"])
     elsewhere = await make_key(user.user_id, ips=["10.0.0.1"])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://127.0.0.1") as c:
@@ -178,8 +178,8 @@ async def test_client_address_is_the_socket_peer(api_app, make_user, make_key) -
         assert_apex_error(spoofed, 401)
 
 
-async def test_session_is_bound_to_the_client_address(api_app, make_user, make_key) -> None:
-    user = await make_user()
+async def test_session_is_bound_to_the_client_address(api_app, reader, make_key) -> None:
+    user = reader
     created = await make_key(user.user_id)
     a = httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app, client=("198.51.100.1", 1)), base_url="http://127.0.0.1")
     b = httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app, client=("198.51.100.2", 1)), base_url="http://127.0.0.1")
@@ -197,3 +197,10 @@ async def test_ping(client: httpx.AsyncClient) -> None:
 
 def test_create_app_without_keygate_is_possible(settings) -> None:
     assert create_app(settings) is not None
+
+
+async def test_web_authenticate_user_by_get(client: httpx.AsyncClient, reader) -> None:
+    r = await client.request("GET", "/AP/WebAuthenticateUser", json={"UserName": reader.username, "Password": reader.password})
+    token = assert_authenticated(r, reader.user_id, reader.username)
+    r = await client.request("GET", "/AP/WebAuthenticateUser", json={"SessionToken": token})
+    assert assert_authenticated(r, reader.user_id, reader.username) == token

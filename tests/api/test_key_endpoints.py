@@ -117,3 +117,14 @@ def _owner(user):  # type: ignore[no-untyped-def]
     from keygate.service.principal import operator_acting_as
 
     return operator_acting_as(user)
+
+
+async def test_update_and_remove_by_get_with_a_json_body(client: httpx.AsyncClient, make_user, make_key) -> None:
+    user = await make_user()
+    created = await make_key(user.user_id, ["Trading"])
+    pw = {"aptoken": await password_token(client, user.username, user.password)}
+    r = await client.request("GET", "/ap/updateuserapikey", headers=pw, json={"APIKey": created.key.api_key, "Label": "via GET"})
+    assert r.status_code == 200 and r.json()["Label"] == "via GET"
+    r = await client.request("GET", f"/AP/RemoveUserAPIKey?APIKey={created.key.api_key}", headers=pw)
+    assert r.status_code == 200 and r.json()["result"] is True
+    assert (await client.get("/AP/GetUserAPIKeys", headers=pw)).json() == []

@@ -38,6 +38,12 @@ async def test_openapi_lists_every_endpoint_with_headers_and_replies(client: htt
                         assert _resolve(doc, resp["content"]["application/json"]["schema"]).get("properties"), (name, code)
 
 
+async def test_apex_operation_ids_are_unique(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    ids = [op["operationId"] for path, item in doc["paths"].items() if path.startswith("/AP/") for op in item.values()]
+    assert len(ids) == len(set(ids)) == 2 * len(ENDPOINTS)
+
+
 async def test_authenticate_user_documents_the_four_headers(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
     for method in ("get", "post"):
