@@ -232,3 +232,25 @@ async def test_locked_account_message(console_http, make_user, kg) -> None:  # t
     r = console_http.post("/login", {"csrf_token": console_http.csrf_of(page.text), "username": user.username,
                                      "password": user.password})
     assert r.status_code == 401 and "This account is locked" in r.text
+
+
+async def test_replay_mode_and_expiry_are_chosen_at_creation_and_shown(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    form = console_http.get("/keys/new").text
+    assert 'name="replay_mode" value="compatible" checked' in form, "the operator's default is preselected"
+    r = console_http.post("/keys", _create_form(console_http, replay_mode="unique", expires_at="2099-01-31T12:00"))
+    assert r.status_code == 201
+    assert "nonces: unique" in r.text and "expires" in r.text
+    owner = await kg.users.require(user.user_id)
+    (key,) = await kg.keys.list(operator_acting_as(owner), user.user_id)
+    assert key.replay_mode.value == "unique" and key.expires_at is not None and key.expires_at.year == 2099
+    edit = console_http.get(f"/keys/{key.api_key}/edit").text
+    assert 'value="unique" checked' in edit and 'value="2099-01-31T12:00"' in edit
+    bad = console_http.post("/keys", _create_form(console_http, replay_mode="sometimes", expires_at="soon"))
+    assert bad.status_code == 400
+    assert re.search(r'id="replay_mode-error">[^<]*compatible, increasing, unique', bad.text)
+    assert re.search(r'id="expires_at-error">[^<]*date and time', bad.text)
+    past = console_http.post("/keys", _create_form(console_http, expires_at="2001-01-01T00:00"))
+    assert past.status_code == 400 and re.search(r'id="expires_at-error">[^<]*future', past.text)
+    assert await _key_count(kg, user.user_id) == 1

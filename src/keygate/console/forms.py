@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from starlette.datastructures import FormData
 
 from keygate.domain.errors import InvalidRequest
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.keys import parse_expiry
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
+from keygate.domain.replay import ReplayMode, parse_replay_mode
 
 _SPLIT = re.compile(r"[\s,;]+")
 
@@ -21,27 +24,46 @@ class KeyForm:
     label: str = ""
     permissions: list[str] = field(default_factory=list)
     allowlist_text: str = ""
+    replay_mode: str = ""  # "": the operator's default (new keys) or unchanged (edits)
+    expires_text: str = ""  # HTML datetime-local value, read as UTC; "": never
     errors: dict[str, str] = field(default_factory=dict)
     parsed_permissions: frozenset[Permission] = frozenset()
     parsed_allowlist: IpAllowlist = IpAllowlist()
+    parsed_replay_mode: ReplayMode | None = None
+    parsed_expiry: datetime | None = None
 
     @classmethod
     def blank(cls) -> "KeyForm":
         return cls()
 
     @classmethod
-    def of_key(cls, label: str, permissions: frozenset[Permission], allowlist: IpAllowlist) -> "KeyForm":
-        return cls(label=label, permissions=format_permissions(permissions), allowlist_text="\n".join(allowlist.as_strings()))
+    def of_key(cls, label: str, permissions: frozenset[Permission], allowlist: IpAllowlist,
+               replay_mode: ReplayMode | None = None, expires_at: datetime | None = None) -> "KeyForm":
+        return cls(label=label, permissions=format_permissions(permissions), allowlist_text="\n".join(allowlist.as_strings()),
+                   replay_mode=replay_mode.value if replay_mode else "",
+                   expires_text=expires_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M") if expires_at else "")
 
     @classmethod
     def read(cls, form: FormData) -> "KeyForm":
         label = form.get("label")
         allow = form.get("ip_allowlist")
+        mode = form.get("replay_mode")
+        expires = form.get("expires_at")
         kf = cls(
             label=label.strip() if isinstance(label, str) else "",
             permissions=[p for p in form.getlist("permissions") if isinstance(p, str)],
             allowlist_text=allow if isinstance(allow, str) else "",
+            replay_mode=mode.strip() if isinstance(mode, str) else "",
+            expires_text=expires.strip() if isinstance(expires, str) else "",
         )
+        try:
+            kf.parsed_replay_mode = parse_replay_mode(kf.replay_mode) if kf.replay_mode else None
+        except InvalidRequest as exc:
+            kf.errors["replay_mode"] = exc.message
+        try:
+            kf.parsed_expiry = parse_expiry(kf.expires_text)
+        except InvalidRequest:
+            kf.errors["expires_at"] = "Expiry must be a date and time, e.g. 2027-01-31 00:00 (UTC), or empty for never"
         try:
             kf.parsed_permissions = parse_permissions(kf.permissions)
         except InvalidRequest as exc:
@@ -77,7 +99,9 @@ class KeyForm:
     def refused(self, message: str) -> None:
         """Put a refusal from the service next to the field it is about, or on the form."""
         lower = message.lower()
-        if lower.startswith("label"):
+        if lower.startswith("expiresat"):
+            self.errors["expires_at"] = message.replace("ExpiresAt", "Expiry", 1)
+        elif lower.startswith("label"):
             self.errors["label"] = message
         elif "allowlist" in lower:
             self.errors["ip_allowlist"] = message

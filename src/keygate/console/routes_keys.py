@@ -65,7 +65,15 @@ async def profile(request: Request, signed: Signed | None = None, created: objec
 def _key_form(request: Request, signed: Signed, kf: KeyForm, status: int = 200, key: ApiKey | None = None,
               saved: str = "") -> Response:
     return render(request, "key_form.html", signed, status=status, form=kf, key=key, saved=saved,
-                  permissions=PERMISSIONS, permission_help=PERMISSION_HELP, form_id=FormOnce.new_id())
+                  permissions=PERMISSIONS, permission_help=PERMISSION_HELP, form_id=FormOnce.new_id(),
+                  replay_modes=REPLAY_MODES, default_replay_mode=keygate(request).keys.policy.default_replay_mode.value)
+
+
+REPLAY_MODES = {
+    "increasing": "Increasing: each nonce must be a larger number than the last (millisecond timestamps; ccxt, the keygate SDK)",
+    "unique": "Unique: each nonce may be used once (clients that send random nonces)",
+    "compatible": "Compatible: any nonce, as APEX accepts (needed to reuse the nonce shown below every time; weakest)",
+}
 
 
 async def new_key(request: Request) -> Response:
@@ -84,7 +92,8 @@ async def create_key(request: Request) -> Response:
     principal = signed.principal
     try:
         created = await keygate(request).keys.create(
-            principal, principal.user_id, kf.parsed_permissions, kf.parsed_allowlist, kf.label)
+            principal, principal.user_id, kf.parsed_permissions, kf.parsed_allowlist, kf.label,
+            replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry)
     except (InvalidRequest, Conflict) as exc:
         kf.refused(exc.message)
         return _key_form(request, signed, kf, exc.http_status)
@@ -96,6 +105,8 @@ async def create_key(request: Request) -> Response:
         "Label": created.key.label,
         "Permissions": format_permissions(created.key.permissions),
         "IpAllowlist": created.key.ip_allowlist.as_strings(),
+        "ReplayMode": created.key.replay_mode.value,
+        "ExpiresAt": created.key.expires_at.isoformat() if created.key.expires_at else None,
         "CreatedAt": created.key.created_at.isoformat(),
     }
     response = await profile(request, signed, created=credentials, status=201)
@@ -106,7 +117,7 @@ async def create_key(request: Request) -> Response:
 async def edit_key(request: Request) -> Response:
     signed = await require_user(request)
     key = await _own_key(request, signed, request.path_params["api_key"])
-    return _key_form(request, signed, KeyForm.of_key(key.label, key.permissions, key.ip_allowlist), key=key,
+    return _key_form(request, signed, KeyForm.of_key(key.label, key.permissions, key.ip_allowlist, key.replay_mode, key.expires_at), key=key,
                      saved=SAVED.get(request.query_params.get("saved", ""), ""))
 
 
@@ -120,7 +131,8 @@ async def update_key(request: Request) -> Response:
     try:
         _, ended = await keygate(request).keys.update(
             signed.principal, signed.principal.user_id, key.api_key,
-            permissions=kf.parsed_permissions, ip_allowlist=kf.parsed_allowlist, label=kf.label)
+            permissions=kf.parsed_permissions, ip_allowlist=kf.parsed_allowlist, label=kf.label,
+            replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry)
     except InvalidRequest as exc:
         kf.refused(exc.message)
         return _key_form(request, signed, kf, 400, key=key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ def render(request: Request, template: str, signed: Signed | None = None, status
         "is_admin": bool(principal and principal.is_admin),
         "csrf": signed.csrf if signed else "",
         "csrf_field": CSRF_FIELD,
+        "now": datetime.now(timezone.utc),
         **context,
     }
     return TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)

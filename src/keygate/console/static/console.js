@@ -94,6 +94,8 @@ function setUpCredentialsDialog() {
       Nonce: data.Nonce,
       UserId: data.UserId,
       Permissions: data.Permissions,
+      ReplayMode: data.ReplayMode,
+      ExpiresAt: data.ExpiresAt,
       IpAllowlist: data.IpAllowlist,
       Label: data.Label,
       CreatedAt: data.CreatedAt,
