@@ -6,11 +6,13 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
+import pyotp
 
 
 def _root_conftest() -> ModuleType:
@@ -60,3 +62,9 @@ def password_session(base_url: str, username: str, password: str) -> str:
     reply = httpx.post(f"{base_url}/AP/AuthenticateUser", json={"UserName": username, "Password": password})
     assert reply.status_code == 200, reply.text
     return reply.json()["SessionToken"]  # type: ignore[no-any-return]
+
+
+def previous_totp_code(base32_secret: str) -> str:
+    """The code of the previous 30-second step: still accepted (one step of drift), and never the one
+    a client computes right after, so enrolment does not spend the code that sign-in will send."""
+    return pyotp.TOTP(base32_secret).at(int(time.time()) - 30)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyotp
 import pytest
-from e2e_support import Server
+from e2e_support import Server, previous_totp_code
 
 from keygate.service import Keygate
 
@@ -83,7 +83,7 @@ async def test_sign_in_with_totp_then_calls_with_the_session(server: Server, kg:
     user = await make_user()
     created = await make_key(user.user_id, ["Trading"])
     totp_secret, _ = await kg.users.begin_totp(user.user_id)
-    await kg.users.confirm_totp(user.user_id, pyotp.TOTP(totp_secret).now())
+    await kg.users.confirm_totp(user.user_id, previous_totp_code(totp_secret))
     account_id = (await kg.users.require(user.user_id)).account_id
 
     exchange = ndax(server, user.user_id, created.key.api_key, created.secret, user.username, user.password)
@@ -111,7 +111,7 @@ async def test_sign_in_with_a_wrong_totp_secret_is_refused(server: Server, kg: K
     user = await make_user()
     created = await make_key(user.user_id)
     totp_secret, _ = await kg.users.begin_totp(user.user_id)
-    await kg.users.confirm_totp(user.user_id, pyotp.TOTP(totp_secret).now())
+    await kg.users.confirm_totp(user.user_id, previous_totp_code(totp_secret))
     exchange = ndax(server, user.user_id, created.key.api_key, created.secret, user.username, user.password)
     exchange.twofa = pyotp.random_base32()
     with pytest.raises(ccxt.ExchangeError):

@@ -15,9 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pyotp
 import pytest
-from e2e_support import Server
+from e2e_support import Server, previous_totp_code
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 BASE_LINE = 'BASE_URL = "http://127.0.0.1:8000"'
@@ -43,7 +42,7 @@ async def reader(server: Server, kg, make_user, make_key) -> dict[str, Any]:  # 
     user = await make_user()
     created = await make_key(user.user_id, ["Trading"])
     totp_secret, _ = await kg.users.begin_totp(user.user_id)
-    await kg.users.confirm_totp(user.user_id, pyotp.TOTP(totp_secret).now())
+    await kg.users.confirm_totp(user.user_id, previous_totp_code(totp_secret))
     return {
         "USER_ID": user.user_id, "API_KEY": created.key.api_key, "SECRET": created.secret,
         "USERNAME": user.username, "PASSWORD": user.password, "TOTP_SECRET": totp_secret,
