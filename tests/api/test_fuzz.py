@@ -102,6 +102,12 @@ def sign_in_bodies(world: "World") -> st.SearchStrategy[bytes]:
     return st.one_of(key_form, password_form, resume_form).map(lambda d: json.dumps(d).encode())
 
 
+def query_params() -> st.SearchStrategy[dict[str, str]]:
+    """Query strings: APEX merges them into the payload, so they are input too (no surrogates: URLs are UTF-8)."""
+    text = st.one_of(st.text(st.characters(exclude_categories=("Cs",)), max_size=30), st.sampled_from(["\x00", "-1", "0" * 40, "\u00b2"]))
+    return st.dictionaries(st.sampled_from(FIELD_NAMES), text, max_size=3)
+
+
 def assert_apex_reply(r: httpx.Response) -> None:
     assert r.status_code != 500 and r.status_code < 500, (r.status_code, r.text)
     assert "Traceback" not in r.text
@@ -120,8 +126,9 @@ async def test_authenticate_user_fuzz(client: httpx.AsyncClient, kg: Keygate, wo
     body = data.draw(st.one_of(sign_in_bodies(world), bodies(st.sampled_from([world.own.key.api_key, world.user_id, world.username]))), label="body")
     method = data.draw(st.sampled_from(["GET", "POST"]), label="method")
     path = data.draw(st.sampled_from(["/AP/AuthenticateUser", "/ap/authenticateuser", "/AP/Authenticate", "/AP/WebAuthenticateUser"]), label="path")
+    query = data.draw(query_params(), label="query")
     before = await snapshot(kg)
-    r = await client.request(method, path, headers=headers, content=body)
+    r = await client.request(method, path, headers=headers, content=body, params=query)
     assert_apex_reply(r)
     # Random input never holds a valid signature or password.
     assert r.status_code != 200, r.text
@@ -164,8 +171,9 @@ async def test_key_endpoints_fuzz(client: httpx.AsyncClient, kg: Keygate, world:
     extra = data.draw(st.dictionaries(st.sampled_from(CREDENTIAL_NAMES + OTHER_NAMES), header_values(world.own.key.api_key, world.user_id), max_size=3), label="extra headers")
     method = data.draw(st.sampled_from(["GET", "POST"]), label="method")
 
+    query = data.draw(query_params(), label="query")
     before = await snapshot(kg)
-    r = await client.request(method, f"/AP/{endpoint}", headers={**extra, "aptoken": world.token}, content=payload)
+    r = await client.request(method, f"/AP/{endpoint}", headers={**extra, "aptoken": world.token}, content=payload, params=query)
     event(f"{endpoint} -> {r.status_code}")
     assert_apex_reply(r)
     after = await snapshot(kg)
