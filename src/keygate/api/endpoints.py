@@ -184,7 +184,7 @@ async def get_user_info(request: Request) -> Response:
         raise Forbidden("Not Authorized: you may only read your own user")
     # The principal's user was read a moment ago through the same cache; another user is looked up.
     user = principal.user if user_id == principal.user_id else await kg.users.require(user_id)
-    return replies.ApexJSON(user.apex_view())
+    return replies.user_info(user)
 
 
 @endpoint("GetUserPermissions", "The permissions of this session: a key session has exactly its key's",

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from keygate.domain.errors import AuthenticationFailed, KeygateError, TooManyRequests
 from keygate.domain.users import User
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class ApexJSON(JSONResponse):
     """Compact JSON, the way APEX servers write it."""
 
     def render(self, content: Any) -> bytes:
-        import json
+        return _ENCODER.encode(content).encode()
 
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+_USER_BODIES: dict[int, tuple[User, bytes]] = {}
+_USER_BODIES_MAX = 1024
+
+
+def user_info(user: User) -> Response:
+    """The ``GetUserInfo`` reply. Its body depends only on the (immutable) ``User``, and the user
+    cache hands out one object until the user changes, so the body is kept per object: an entry
+    holds its object, whose identity therefore cannot be reused while the entry lives."""
+    return Response(_user_body(user), media_type=ApexJSON.media_type)
+
+
+def _user_body(user: User) -> bytes:
+    entry = _USER_BODIES.get(id(user))
+    if entry is None or entry[0] is not user:
+        if len(_USER_BODIES) >= _USER_BODIES_MAX:
+            _USER_BODIES.clear()
+        entry = _USER_BODIES[id(user)] = (user, _ENCODER.encode(user.apex_view()).encode())
+    return entry[1]
 
 
 def generic(result: bool = True, errormsg: str | None = None, errorcode: int = 0, detail: str | None = None, status: int = 200) -> ApexJSON:
@@ -32,20 +54,15 @@ def error(exc: KeygateError) -> ApexJSON:
     return ApexJSON(body, status_code=exc.http_status, headers=headers)
 
 
-def auth_success(token: str, user: User) -> ApexJSON:
-    return ApexJSON(
-        {
-            "Authenticated": True,
-            "SessionToken": token,
-            "User": user.apex_view(),
-            "Locked": False,
-            "Requires2FA": False,
-            "EnforceEnable2FA": False,
-            "TwoFAType": None,
-            "TwoFAToken": None,
-            "errormsg": None,
-        }
-    )
+_AUTH_SUCCESS_TAIL = b',"Locked":false,"Requires2FA":false,"EnforceEnable2FA":false,"TwoFAType":null,"TwoFAToken":null,"errormsg":null}'
+
+
+def auth_success(token: str, user: User) -> Response:
+    """``{"Authenticated": true, "SessionToken", "User", "Locked": false, ...}``, assembled around the
+    user's remembered body (see ``user_info``); byte for byte what encoding the whole dict gives."""
+    body = b"".join((b'{"Authenticated":true,"SessionToken":', _ENCODER.encode(token).encode(), b',"User":',
+                     _user_body(user), _AUTH_SUCCESS_TAIL))
+    return Response(body, media_type=ApexJSON.media_type)
 
 
 def auth_pending_2fa(token: str) -> ApexJSON:

@@ -28,9 +28,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def may_have_body(request: Request) -> bool:
+    """Whether the request announces a body: HTTP/1.1 has none without Content-Length or Transfer-Encoding."""
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            return value.strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 async def read_payload(request: Request, limit: int = 65536) -> dict[str, Any]:
     """Merge query parameters and a JSON object body; keys lower-cased (APEX ignores key case)."""
-    payload: dict[str, Any] = {k.lower(): v for k, v in request.query_params.items()}
+    payload: dict[str, Any] = (
+        {k.lower(): v for k, v in request.query_params.items()} if request.scope.get("query_string") else {}
+    )
+    if not may_have_body(request):
+        return payload
     body = await read_body(request, limit)
     if body.strip():
         try:
@@ -48,10 +62,21 @@ async def read_payload(request: Request, limit: int = 65536) -> dict[str, Any]:
     return payload
 
 
+def _header_map(request: Request) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name, the first of repeated ones winning as in
+    ``request.headers.get``; built once per request, since the auth path reads up to five."""
+    scope = request.scope
+    found: dict[bytes, bytes] | None = scope.get("keygate.headers")
+    if found is None:
+        found = scope["keygate.headers"] = dict(reversed(scope["headers"]))
+    return found
+
+
 def header(request: Request, name: str) -> str | None:
-    value = request.headers.get(name)
-    if value is None:
+    raw = _header_map(request).get(name.lower().encode("latin-1"))
+    if raw is None:
         return None
+    value = raw.decode("latin-1")
     if len(value) > MAX_HEADER_VALUE:
         raise InvalidRequest(f"Header {name} is too long")
     return value.strip()
@@ -98,7 +123,8 @@ class ClientAddress:
         return ip is not None and any(ip.version == n.version and ip in n for n in self._trusted)
 
     def __call__(self, request: Request) -> str | None:
-        peer = request.client.host if request.client else None
+        client = request.scope.get("client")
+        peer = client[0] if client else None
         if peer is None or not self._trusted or not self._is_trusted(peer):
             return peer
         forwarded = request.headers.get("x-forwarded-for", "")

@@ -73,6 +73,8 @@ class KeyManager:
         self._box = box
         self._users = users
         self._sessions = sessions
+        self._opened: dict[str, tuple[bytes, str]] = {}  # api_key -> (sealed secret, its plain text)
+        sessions.fence_with(repo.get)  # new key sessions are checked against the stored key once written
         self._audit = audit
         self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl)
         self._coherence.on("key", self._cache.evict, self._cache.clear)
@@ -87,7 +89,15 @@ class KeyManager:
         return key
 
     def secret_of(self, key: ApiKey) -> str:
-        return self._box.open(key.sealed_secret, secret_context(key.api_key))
+        # Opened once per sealed value: the cache hands out one ApiKey object until the key changes
+        # (a new secret, a re-seal or a reload brings new bytes), so the entry is exact by identity.
+        # The plain secret then stays in memory as long as the master key that opens it does.
+        opened = self._opened.get(key.api_key)
+        if opened is None or opened[0] is not key.sealed_secret:
+            if len(self._opened) >= 10_000:
+                self._opened.clear()
+            opened = self._opened[key.api_key] = (key.sealed_secret, self._box.open(key.sealed_secret, secret_context(key.api_key)))
+        return opened[1]
 
     def previous_secret_of(self, key: ApiKey) -> str:
         assert key.sealed_previous_secret is not None
@@ -203,6 +213,8 @@ class KeyManager:
         self._check_policy(changed.permissions, changed.ip_allowlist)
         rights_changed = changed.permissions != key.permissions or changed.ip_allowlist != key.ip_allowlist
         ended = await self._repo.save(changed, revoke_sessions=rights_changed)
+        if rights_changed:
+            self._sessions.forget_key(api_key)  # also the sessions not written yet
         if changed.replay_mode is not key.replay_mode:
             await self._state.forget_nonces(api_key)
         await self._changed(api_key, ended)
@@ -219,6 +231,7 @@ class KeyManager:
         actor.require_password_session()
         key = await self._owned_key(actor, user_id, api_key)
         ended = await self._repo.delete(key.api_key)
+        self._sessions.forget_key(key.api_key)  # also the sessions not written yet
         self._cache.put(key.api_key, None)
         await self._changed(key.api_key, ended)
         self._audit.record("key.delete", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=key.api_key)
@@ -241,6 +254,8 @@ class KeyManager:
             updated_at=now,
         )
         ended = await self._repo.save(rotated, revoke_sessions=grace_seconds == 0)
+        if grace_seconds == 0:
+            self._sessions.forget_key(api_key)  # also the sessions not written yet
         await self._state.forget_nonces(api_key)
         await self._changed(api_key, ended)
         self._audit.record("key.rotate", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=api_key,
@@ -270,6 +285,7 @@ class KeyManager:
     async def _changed(self, api_key: str, ended_sessions: list[str]) -> None:
         """Evict the key here and on every node, and forget the sessions the store just ended."""
         self._cache.evict(api_key)
+        self._opened.pop(api_key, None)
         await self._sessions.forget(ended_sessions)
         await self._coherence.changed("key", api_key)
 
