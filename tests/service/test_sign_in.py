@@ -6,6 +6,8 @@ import time
 
 import pyotp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from svc_helpers import CLIENT_IP, key_credentials
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, NotAuthorized
@@ -152,3 +154,17 @@ async def test_locking_ends_the_users_sessions(kg: Keygate, make_user, make_key,
     await kg.users.set_locked(user.user_id, False)
     with pytest.raises(NotAuthorized):
         await kg.auth.principal_for_token(token, CLIENT_IP)
+
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(st.characters(exclude_categories=()), max_size=80),
+                 st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@given(st.fixed_dictionaries({}, optional={"apikey": _ANY, "signature": st.one_of(_ANY, st.text("0123456789abcdefABCDEF", min_size=64, max_size=64)),
+                                           "userid": _ANY, "nonce": _ANY}))
+def test_credential_parsing_only_ever_refuses_with_invalid_request(values: dict[str, object]) -> None:
+    try:
+        creds = KeyCredentials.parse(values)
+    except InvalidRequest:
+        return
+    assert creds.api_key.isascii() and creds.nonce.isascii() and 0 < creds.user_id < 2**31
