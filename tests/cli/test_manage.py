@@ -102,10 +102,11 @@ async def test_key_create_json(kg: Keygate, cli_env: dict[str, str], make_user) 
     assert await signs_in(kg, data["APIKey"], data["APISecret"], user.user_id, ip="203.0.113.9")
 
 
-async def test_key_list_never_shows_the_secret(cli_env: dict[str, str], make_user) -> None:  # type: ignore[no-untyped-def]
-    name = (await make_user()).username
-    first = json.loads(keygate("key", "create", "--user", name, "--label", "one", "--json", env=cli_env).stdout)
-    second = json.loads(keygate("key", "create", "--user", name, "-p", "Trading", "--ip", "10.0.0.0/8", "--json", env=cli_env).stdout)
+async def test_key_list_never_shows_the_secret(cli_env: dict[str, str], make_user, make_key) -> None:  # type: ignore[no-untyped-def]
+    made = await make_user()
+    name = made.username
+    first = (await make_key(made.user_id, label="one")).reveal()
+    second = (await make_key(made.user_id, ["Trading"], ["10.0.0.0/8"])).reveal()
 
     text = keygate("key", "list", "--user", name, env=cli_env)
     assert text.returncode == 0, text.stderr
@@ -125,10 +126,10 @@ async def test_key_list_never_shows_the_secret(cli_env: dict[str, str], make_use
     assert all("APISecret" not in k for k in listed)
 
 
-async def test_key_edit(kg: Keygate, cli_env: dict[str, str], make_user) -> None:  # type: ignore[no-untyped-def]
+async def test_key_edit(kg: Keygate, cli_env: dict[str, str], make_user, make_key) -> None:  # type: ignore[no-untyped-def]
     made = await make_user()
-    name, user = made.username, await kg.users.require(made.user_id)
-    created = json.loads(keygate("key", "create", "--user", name, "-p", "Trading", "--json", env=cli_env).stdout)
+    user = await kg.users.require(made.user_id)
+    created = (await make_key(made.user_id, ["Trading"])).reveal()
     api_key = created["APIKey"]
 
     edited = keygate("key", "edit", api_key, "-p", "Withdraw", "-p", "Deposit", "--ip", "192.0.2.0/24", "--label", "renamed", env=cli_env)
@@ -152,10 +153,10 @@ async def test_key_edit(kg: Keygate, cli_env: dict[str, str], make_user) -> None
     assert created["APISecret"] not in edited.stdout + label_only.stdout + cleared.stdout
 
 
-async def test_key_delete(kg: Keygate, cli_env: dict[str, str], make_user) -> None:  # type: ignore[no-untyped-def]
+async def test_key_delete(kg: Keygate, cli_env: dict[str, str], make_user, make_key) -> None:  # type: ignore[no-untyped-def]
     made = await make_user()
-    name, user = made.username, await kg.users.require(made.user_id)
-    created = json.loads(keygate("key", "create", "--user", name, "--json", env=cli_env).stdout)
+    user = await kg.users.require(made.user_id)
+    created = (await make_key(made.user_id)).reveal()
     deleted = keygate("key", "delete", created["APIKey"], env=cli_env)
     assert deleted.returncode == 0, deleted.stderr
     assert f"deleted {created['APIKey']}" in deleted.stdout
