@@ -55,8 +55,14 @@ def install_forward_auth(app: FastAPI) -> None:
          "style": "form", "explode": True, "description": "A permission the caller must hold"},
     ]
     generic = {"application/json": {"schema": {"$ref": "#/components/schemas/Generic"}}}
+    for method in ("GET", "POST"):
+        _route(app, method, params, generic)
+
+
+def _route(app: FastAPI, method: str, params: list[dict[str, object]], generic: dict[str, object]) -> None:
     app.add_api_route(
-        PATH, authorize, methods=["GET", "POST"], name="keygate_authorize", operation_id="keygate_authorize",
+        PATH, authorize, methods=[method], name=f"keygate_authorize_{method.lower()}",
+        operation_id=f"keygate_authorize_{method.lower()}",
         summary="Forward authentication for the operator's own API", description=DESCRIPTION, tags=["Forward auth"],
         response_class=replies.ApexJSON, openapi_extra={"parameters": params},
         responses={
