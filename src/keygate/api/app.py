@@ -19,6 +19,7 @@ from keygate.api import replies
 from keygate.api.endpoints import ENDPOINTS
 from keygate.api.middleware import BodyLimit, CanonicalPath
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
+from keygate.api.routing import index_routes
 from keygate.api.wire import ClientAddress
 from keygate.console import mount_console
 from keygate.config import Settings
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
                 openapi_extra=operation_extra(ep, method),
                 response_class=replies.ApexJSON,
             )
+    index_routes(app)
 
     _install_error_handlers(app)
     mount_console(app)

@@ -4,17 +4,23 @@ Invalidation rule, for every cache built on this: the service that changes a rec
 entry in the same call (so one node is always exact), and every entry expires after ``ttl`` seconds
 (so another node that changed the record is seen within ``ttl``). ``ttl`` is
 ``KEYGATE_CACHE_TTL_SECONDS``.
+
+``load`` reads through the cache with one load per key at a time: when an entry expires under load,
+the requests that miss together share one database read instead of each making its own. A load
+that an ``evict``, ``put`` or ``clear`` overtakes still answers its callers but is not stored, so an
+invalidation is never undone by a read that started before it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
-_MISSING = object()
 
 
 class TTLCache(Generic[K, V]):
@@ -22,6 +28,7 @@ class TTLCache(Generic[K, V]):
         self._ttl = ttl
         self._max = max_entries
         self._data: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
+        self._loading: dict[K, asyncio.Future[V | None]] = {}
 
     def get(self, key: K) -> tuple[bool, V | None]:
         """Return ``(hit, value)``; a hit may carry ``None`` (a remembered absence)."""
@@ -34,18 +41,44 @@ class TTLCache(Generic[K, V]):
             return False, None
         return True, value
 
+    async def load(self, key: K, loader: Callable[[K], Awaitable[V | None]]) -> V | None:
+        """The cached value, or ``loader(key)`` (shared by concurrent misses) remembered for ``ttl``."""
+        hit, value = self.get(key)
+        if hit:
+            return value
+        pending = self._loading.get(key)
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            pending = self._loading[key] = asyncio.ensure_future(self._load(key, loader))
+        return await asyncio.shield(pending)
+
+    async def _load(self, key: K, loader: Callable[[K], Awaitable[V | None]]) -> V | None:
+        this = asyncio.current_task()
+        try:
+            value = await loader(key)
+        finally:
+            current = self._loading.get(key)
+            if current is this:
+                del self._loading[key]
+        if current is this:  # not overtaken by an invalidation
+            self.put(key, value)
+        return value
+
     def put(self, key: K, value: V | None) -> None:
+        self._loading.pop(key, None)
         self._data[key] = (time.monotonic() + self._ttl, value)
         self._data.move_to_end(key)
         while len(self._data) > self._max:
             self._data.popitem(last=False)
 
     def evict(self, key: K) -> None:
+        self._loading.pop(key, None)
         self._data.pop(key, None)
 
     def evict_where(self, predicate: "callable[[V], bool]") -> None:  # type: ignore[valid-type]
+        self._loading.clear()
         for k in [k for k, (_, v) in self._data.items() if v is not None and predicate(v)]:
             self._data.pop(k, None)
 
     def clear(self) -> None:
+        self._loading.clear()
         self._data.clear()

@@ -78,6 +78,8 @@ class AbuseGuard:
             await self._users.lock_after_failures(user.user_id, self.policy.lockout_seconds, count, ip)
 
     async def on_success(self, key: ApiKey | None, user: User) -> None:
+        if not self._dirty:  # the common case: nothing failed here lately, so nothing to reset
+            return
         for scope in (key_scope(key.api_key) if key else None, user_scope(user.user_id), consecutive_scope(user.user_id)):
             if scope and scope in self._dirty:
                 await self.state.reset(scope)

@@ -82,11 +82,7 @@ class KeyManager:
 
     # ----- hot path -------------------------------------------------------------------------
     async def lookup(self, api_key: str) -> ApiKey | None:
-        hit, key = self._cache.get(api_key)
-        if not hit:
-            key = await self._repo.get(api_key)
-            self._cache.put(api_key, key)
-        return key
+        return await self._cache.load(api_key, self._repo.get)
 
     def secret_of(self, key: ApiKey) -> str:
         # Opened once per sealed value: the cache hands out one ApiKey object until the key changes

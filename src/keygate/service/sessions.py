@@ -98,7 +98,10 @@ class SessionManager:
         if kind is not SessionKind.KEY or self._read_key is None:
             await self._repo.insert(session)
         else:
-            await self._remember_unsaved(session)
+            if len(self._unsaved) >= MAX_UNSAVED:
+                await self._save_unsaved()
+            self._unsaved[session.token_hash] = session
+            self._start_writer()
         if self._tier is not None:
             await self._tier.put(session, self.idle)
         self._cache.put(session.token_hash, session)
@@ -110,12 +113,6 @@ class SessionManager:
         Key sessions are written behind only once this is set (see the module docstring).
         """
         self._read_key = read_key
-
-    async def _remember_unsaved(self, session: Session) -> None:
-        if len(self._unsaved) >= MAX_UNSAVED:
-            await self._save_unsaved()
-        self._unsaved[session.token_hash] = session
-        self._start_writer()
 
     def _start_writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -131,6 +128,11 @@ class SessionManager:
                 log.exception("writing new sessions failed")
 
     async def _save_unsaved(self) -> None:
+        """Write the unsaved sessions. The work runs in a task of its own, shielded: a caller cancelled
+        meanwhile (the flusher, at shutdown) must not leave rows written yet still marked unsaved."""
+        await asyncio.shield(asyncio.ensure_future(self._write_unsaved()))
+
+    async def _write_unsaved(self) -> None:
         async with self._write_lock:
             batch = dict(self._unsaved)
             if batch:
@@ -201,12 +203,12 @@ class SessionManager:
         token_hash = hash_token(token)
         hit, session = self._cache.get(token_hash)
         if not hit:
-            session = self._unsaved.get(token_hash) or await self._lookup(token_hash)
+            session = self._unsaved.get(token_hash) or await self._cache.load(token_hash, self._lookup)
             if session is None and self._tier is None and _ISSUED_SHAPE.fullmatch(token):
                 # Perhaps another worker issued it a moment ago and has not written it yet.
                 await asyncio.sleep(RECHECK_SECONDS)
-                session = await self._lookup(token_hash)
-            self._cache.put(token_hash, session)
+                self._cache.evict(token_hash)
+                session = await self._cache.load(token_hash, self._lookup)
         now = utcnow()
         if session is None or not hmac.compare_digest(session.token_hash, token_hash):
             raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")

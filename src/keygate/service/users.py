@@ -49,11 +49,7 @@ class UserManager:
     async def get(self, user_id: int) -> User | None:
         if not 0 < user_id <= MAX_STORED_USER_ID:
             return None  # a well-formed id that no user can have: simply unknown
-        hit, user = self._cache.get(user_id)
-        if not hit:
-            user = await self._repo.get(user_id)
-            self._cache.put(user_id, user)
-        return user
+        return await self._cache.load(user_id, self._repo.get)
 
     async def require(self, user_id: int) -> User:
         user = await self.get(user_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
@@ -241,6 +241,16 @@ class KeyRepository:
         return result.rowcount > 0
 
 
+_SESSION_COLUMNS = ("token_hash", "user_id", "kind", "permissions", "api_key", "client_ip", "created_at", "last_seen_at", "expires_at")
+
+
+def _plain_time(value: datetime, sqlite: bool) -> datetime | str:
+    """What ``UTCDateTime`` binds: naive UTC; on SQLite, as the text SQLAlchemy's DATETIME stores."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds") if sqlite else value
+
+
 class SessionRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -250,6 +260,20 @@ class SessionRepository:
 
     async def insert_many(self, items: Sequence[Session]) -> None:
         if not items:
+            return
+        style = self._engine.dialect.paramstyle
+        if style in ("qmark", "numeric_dollar"):
+            # New sessions are written in batches of hundreds: plain values through the driver's
+            # executemany skip the per-row work of a compiled insert (about a third of the cost).
+            sqlite = self._engine.dialect.name == "sqlite"
+            marks = ", ".join("?" if style == "qmark" else f"${i}" for i in range(1, len(_SESSION_COLUMNS) + 1))
+            rows = [
+                (s.token_hash, s.user_id, s.kind.value, _perms_to_db(s.permissions), s.api_key, s.client_ip,
+                 _plain_time(s.created_at, sqlite), _plain_time(s.last_seen_at, sqlite), _plain_time(s.expires_at, sqlite))
+                for s in items
+            ]
+            async with self._engine.begin() as conn:
+                await conn.exec_driver_sql(f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ({marks})", rows)
             return
         async with self._engine.begin() as conn:
             await conn.execute(

@@ -1,0 +1,100 @@
+"""Key sessions are written behind (see service/sessions.py): usable at once, durable after a flush,
+and never revived once ended, here or by a change made on another node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from svc_helpers import CLIENT_IP, count_rows, key_credentials
+
+from keygate.config import Settings
+from keygate.domain.errors import NotAuthorized
+from keygate.domain.permissions import parse_permissions
+from keygate.domain.sessions import hash_token, new_token
+from keygate.service import Keygate
+from keygate.service.principal import operator_acting_as
+from keygate.service.sessions import RECHECK_SECONDS
+
+
+def fresh(created):  # type: ignore[no-untyped-def]
+    return key_credentials(created, nonce=str(time.time_ns() // 1000))
+
+
+async def sessions_in_db(kg: Keygate, token: str) -> int:
+    return await count_rows(kg, "sessions", "token_hash = :h", h=hash_token(token))
+
+
+async def test_a_new_key_session_works_at_once_and_is_stored_by_the_next_flush(kg: Keygate, make_user, make_key) -> None:
+    user = await make_user()
+    created = await make_key(user.user_id)
+    token = (await kg.auth.authenticate_key(fresh(created), CLIENT_IP)).token
+    principal = await kg.auth.principal_for_token(token, CLIENT_IP)
+    assert principal.user_id == user.user_id
+    await kg.flush()
+    assert await sessions_in_db(kg, token) == 1
+
+
+async def test_the_writer_stores_new_sessions_without_a_flush(kg: Keygate, make_user, make_key) -> None:
+    user = await make_user()
+    created = await make_key(user.user_id)
+    token = (await kg.auth.authenticate_key(fresh(created), CLIENT_IP)).token
+    deadline = time.monotonic() + 5
+    while await sessions_in_db(kg, token) == 0:
+        assert time.monotonic() < deadline, "the session was not written within 5 s"
+        await asyncio.sleep(0.05)
+
+
+async def test_logout_before_the_write_is_final(kg: Keygate, make_user, make_key) -> None:
+    user = await make_user()
+    created = await make_key(user.user_id)
+    token = (await kg.auth.authenticate_key(fresh(created), CLIENT_IP)).token
+    principal = await kg.auth.principal_for_token(token, CLIENT_IP)
+    await kg.auth.logout(principal, CLIENT_IP)
+    await kg.flush()
+    assert await sessions_in_db(kg, token) == 0
+    with pytest.raises(NotAuthorized):
+        await kg.auth.principal_for_token(token, CLIENT_IP)
+
+
+async def test_changed_rights_end_sessions_not_written_yet(kg: Keygate, make_user, make_key) -> None:
+    user = await make_user()
+    created = await make_key(user.user_id, ["Trading"])
+    token = (await kg.auth.authenticate_key(fresh(created), CLIENT_IP)).token
+    owner = await kg.users.require(user.user_id)
+    _, ended = await kg.keys.update(operator_acting_as(owner), user.user_id, created.key.api_key, permissions=parse_permissions([]))
+    assert ended
+    await kg.flush()
+    assert await sessions_in_db(kg, token) == 0
+    with pytest.raises(NotAuthorized):
+        await kg.auth.principal_for_token(token, CLIENT_IP)
+
+
+async def test_a_key_changed_on_another_node_ends_the_sessions_waiting_here(
+    kg: Keygate, settings: Settings, make_user, make_key
+) -> None:
+    user = await make_user()
+    created = await make_key(user.user_id, ["Trading"])
+    token = (await kg.auth.authenticate_key(fresh(created), CLIENT_IP)).token
+    other = Keygate(settings)  # another node on the same database, without Redis: nobody tells us
+    try:
+        owner = await other.users.require(user.user_id)
+        await other.keys.update(operator_acting_as(owner), user.user_id, created.key.api_key, permissions=parse_permissions([]))
+    finally:
+        await other.close()
+    await kg.flush()  # writes the session, reads the key back, finds it changed since
+    assert await sessions_in_db(kg, token) == 0
+    with pytest.raises(NotAuthorized):
+        await kg.auth.principal_for_token(token, CLIENT_IP)
+
+
+async def test_an_unknown_token_is_refused_after_one_more_look(kg: Keygate) -> None:
+    started = time.monotonic()
+    with pytest.raises(NotAuthorized):
+        await kg.sessions.resolve(new_token())
+    assert time.monotonic() - started >= RECHECK_SECONDS * 0.9
+    started = time.monotonic()
+    with pytest.raises(NotAuthorized):
+        await kg.sessions.resolve("not-a-token-keygate-issues")
+    assert time.monotonic() - started < RECHECK_SECONDS
