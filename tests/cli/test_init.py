@@ -49,6 +49,8 @@ async def test_init_sets_everything_up_and_shows_the_password_once(fresh_env: di
     assert "master key" in first.stdout.lower()
     if "KEYGATE_DATABASE_URL" not in fresh_env:
         assert (data_dir / "keygate.db").is_file()
+        assert stat.S_IMODE((data_dir / "keygate.db").stat().st_mode) == 0o600, "password hashes are for the service only"
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
 
     passwords = PASSWORD_LINE.findall(first.stdout)
     assert len(passwords) == 1, first.stdout

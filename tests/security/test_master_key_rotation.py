@@ -108,3 +108,33 @@ async def test_rotation_under_load_keeps_every_key_working(own_deployment: Setti
         stop.set()
         stop_server(server)
     await asyncio.sleep(0)
+
+
+async def test_with_the_key_in_the_environment_old_values_are_resealed_under_the_new_one(own_deployment: Settings, monkeypatch):
+    import base64
+
+    old_key, new_key = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    first = Keygate(dataclasses.replace(own_deployment, master_key=old_key))
+    await first.start(bootstrap_admin=False)
+    user = await first.users.create("env-rotator", "rotator-password-3")
+    created = await first.keys.create(operator_acting_as(user), user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE)
+    await first.close()
+
+    monkeypatch.delenv("KEYGATE_PREVIOUS_MASTER_KEYS", raising=False)
+    refused = Keygate(dataclasses.replace(own_deployment, master_key=new_key))
+    with pytest.raises(RuntimeError, match="KEYGATE_PREVIOUS_MASTER_KEYS"):
+        await refused.rotate_master_key()
+    await refused.close()
+
+    monkeypatch.setenv("KEYGATE_PREVIOUS_MASTER_KEYS", old_key)
+    second = Keygate(dataclasses.replace(own_deployment, master_key=new_key))
+    await second.start(bootstrap_admin=False)
+    assert await second.rotate_master_key() == 1
+    await second.close()
+
+    monkeypatch.delenv("KEYGATE_PREVIOUS_MASTER_KEYS")
+    third = Keygate(dataclasses.replace(own_deployment, master_key=new_key))
+    await third.start(bootstrap_admin=False)
+    key = await third.keys.lookup(created.key.api_key)
+    assert key is not None and third.keys.secret_of(key) == created.secret, "the new key alone opens it now"
+    await third.close()

@@ -417,7 +417,12 @@ def rotate_master_key() -> None:
             count = await kg.rotate_master_key()
         except RuntimeError as exc:
             raise KeygateError(str(exc)) from None
-        typer.echo(f"master key rotated; {count} sealed secrets re-encrypted. Back up {kg.settings.resolved_master_key_file} now.")
+        if kg.settings.master_key:
+            typer.echo(f"{count} sealed secrets re-encrypted under KEYGATE_MASTER_KEY; "
+                       "the old keys may now leave KEYGATE_PREVIOUS_MASTER_KEYS.")
+        else:
+            typer.echo(f"master key rotated; {count} sealed secrets re-encrypted. "
+                       f"Back up {kg.settings.resolved_master_key_file} now.")
 
     _run(work)
 

@@ -136,10 +136,7 @@ class Keygate:
         Returns how many sealed values were rewritten.
         """
         if self.settings.master_key:
-            raise RuntimeError(
-                "the master key comes from KEYGATE_MASTER_KEY: set it to a new key, list the old one in "
-                "KEYGATE_PREVIOUS_MASTER_KEYS, restart, then run this command again to re-seal"
-            )
+            return await self._reseal_under_env_key()
         path = self.settings.resolved_master_key_file
         current, previous = read_key_file(path)
         old_box = SecretBox(current, previous + _env_previous_keys())
@@ -154,6 +151,19 @@ class Keygate:
             await asyncio.sleep(delay)
             count += await self.keys.reseal_all(new_box, old_box) + await self.users.reseal_all(new_box, old_box)
         self.audit.record("master_key.rotate", detail=f"resealed={count}")
+        await self.audit.flush()
+        return count
+
+    async def _reseal_under_env_key(self) -> int:
+        """With ``KEYGATE_MASTER_KEY``, the operator chooses the new key: set it there, list the old one in
+        ``KEYGATE_PREVIOUS_MASTER_KEYS``, restart, and this re-seals every value still under an old key."""
+        if not _env_previous_keys():
+            raise RuntimeError(
+                "the master key comes from KEYGATE_MASTER_KEY: set it to a new key, list the old one in "
+                "KEYGATE_PREVIOUS_MASTER_KEYS, restart the servers, then run this command to re-seal"
+            )
+        count = await self.keys.reseal_all(self.box, self.box) + await self.users.reseal_all(self.box, self.box)
+        self.audit.record("master_key.rotate", detail=f"resealed={count}; key from environment")
         await self.audit.flush()
         return count
 

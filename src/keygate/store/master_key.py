@@ -34,7 +34,7 @@ def encode_master_key(raw: bytes) -> str:
 
 def write_key_file(path: Path, raw: bytes, previous: list[bytes] | None = None) -> None:
     """Write the keyring atomically, with mode 0600 from the start, so the key is never world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
