@@ -22,6 +22,15 @@ import pytest
 from keygate.config import Settings
 from keygate.service import Keygate
 
+# The protocol reference's test vector (shared/reference/apex-protocol.md).
+TEST_VECTOR = {
+    "secret": "4b3e7c0a9f1d2e8b6a5c4d3e2f1a0b9c",
+    "nonce": "2277045681",
+    "user_id": "42",
+    "api_key": "8d4f1a2b3c5e6f708192a3b4c5d6e7f8",
+    "signature": "d49473077df88f71cbae6e0e59c560542afd01bc9feb2520dcf24fd33c1209fa",
+}
+
 PG_ADMIN_DSN = os.environ.get("KEYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

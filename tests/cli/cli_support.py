@@ -2,44 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py itself: several folders have a conftest.py, so ``import conftest`` depends on
-    collection order."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    for name in ("conftest", "keygate_tests_root_conftest"):
-        loaded = sys.modules.get(name)
-        if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
-            return loaded
-    spec = importlib.util.spec_from_file_location("keygate_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-settings_env = _root.settings_env
-unique_name = _root.unique_name
-need = _root.need
-pg_available = _root.pg_available
-create_pg_database = _root._psql
-
-TEST_VECTOR = {
-    "secret": "4b3e7c0a9f1d2e8b6a5c4d3e2f1a0b9c",
-    "nonce": "2277045681",
-    "user_id": "42",
-    "api_key": "8d4f1a2b3c5e6f708192a3b4c5d6e7f8",
-    "signature": "d49473077df88f71cbae6e0e59c560542afd01bc9feb2520dcf24fd33c1209fa",
-}
+from support import TEST_VECTOR, need, pg_available, settings_env, unique_name  # noqa: F401  (re-exported)
+from support import _psql as create_pg_database  # noqa: F401
 
 
 def clean_env(**values: str) -> dict[str, str]:

@@ -5,41 +5,14 @@ Test modules import the fixtures they use from here (``from console_support impo
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
-
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py, whatever other ``conftest`` module the name points at in this run.
-
-    Several directories have a conftest.py, so ``import conftest`` depends on collection order.
-    """
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    loaded = sys.modules.get("conftest")
-    if loaded is not None and Path(getattr(loaded, "__file__", "") or ".").resolve() == path:
-        return loaded
-    spec = importlib.util.spec_from_file_location("keygate_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-ARTIFACTS: Path = _root.ARTIFACTS
-CHROMIUM: str = _root.CHROMIUM
-need = _root.need
+from support import ARTIFACTS, CHROMIUM, need
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
