@@ -17,9 +17,11 @@ from starlette.responses import Response
 from keygate import __version__
 from keygate.api import replies
 from keygate.api.endpoints import ENDPOINTS
+from keygate.api.forward_auth import install_forward_auth
 from keygate.api.middleware import BodyLimit, CanonicalPath
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.routing import index_routes
+from keygate.api.websocket import install_websocket
 from keygate.api.wire import ClientAddress
 from keygate.console import mount_console
 from keygate.config import Settings
@@ -77,6 +79,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
                 response_class=replies.ApexJSON,
             )
     index_routes(app)
+    install_forward_auth(app)
+    install_websocket(app)
 
     _install_error_handlers(app)
     mount_console(app)
