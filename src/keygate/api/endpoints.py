@@ -213,6 +213,18 @@ _KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowli
                   "ReplayMode": "string", "ExpiresAt": "string"}
 
 
+def _require_user_id(payload: dict[str, Any], action: str) -> None:
+    if payload.get("userid") in (None, ""):
+        raise InvalidRequest(f"Missing UserId: name the user to {action}")
+
+
+def _api_key_field(payload: dict[str, Any], action: str) -> str:
+    api_key = payload.get("apikey")
+    if not isinstance(api_key, str) or not api_key:
+        raise InvalidRequest(f"Missing APIKey: name the key to {action}")
+    return api_key
+
+
 def _allowlist(payload: dict[str, Any]) -> IpAllowlist | None:
     for name in ("ipallowlist", "ipaddresses"):
         if payload.get(name) is not None:  # null means "not given", never "allow any IP"
@@ -260,9 +272,7 @@ async def get_user_api_keys(request: Request) -> Response:
 async def update_user_api_key(request: Request) -> Response:
     principal = await authenticate_request(request)
     payload = await _payload(request)
-    api_key = payload.get("apikey")
-    if not isinstance(api_key, str) or not api_key:
-        raise InvalidRequest("Missing APIKey: name the key to edit")
+    api_key = _api_key_field(payload, "edit")
     perms = parse_permissions(payload["permissions"]) if payload.get("permissions") is not None else None
     label = payload.get("label")
     if label is not None and not isinstance(label, str):
@@ -280,9 +290,7 @@ async def update_user_api_key(request: Request) -> Response:
 async def remove_user_api_key(request: Request) -> Response:
     principal = await authenticate_request(request)
     payload = await _payload(request)
-    api_key = payload.get("apikey")
-    if not isinstance(api_key, str) or not api_key:
-        raise InvalidRequest("Missing APIKey: name the key to delete")
+    api_key = _api_key_field(payload, "delete")
     await _kg(request).keys.delete(principal, _target_user(payload, principal), api_key)
     return replies.generic()
 
@@ -323,9 +331,7 @@ async def disable_2fa(request: Request) -> Response:
 async def rotate_user_api_key(request: Request) -> Response:
     principal = await authenticate_request(request)
     payload = await _payload(request)
-    api_key = payload.get("apikey")
-    if not isinstance(api_key, str) or not api_key:
-        raise InvalidRequest("Missing APIKey: name the key to rotate")
+    api_key = _api_key_field(payload, "rotate")
     grace = payload.get("graceseconds", 0)
     if isinstance(grace, str) and grace.strip().isdigit():
         grace = int(grace.strip())
@@ -386,8 +392,7 @@ async def unlock_user(request: Request) -> Response:
     principal = await authenticate_request(request)
     principal.require_admin()
     payload = await _payload(request)
-    if payload.get("userid") in (None, ""):
-        raise InvalidRequest("Missing UserId: name the user to unlock")
+    _require_user_id(payload, "unlock")
     await _kg(request).users.set_locked(parse_user_id(payload["userid"]), False, actor=principal)
     return replies.generic()
 
@@ -398,8 +403,7 @@ async def lock_user(request: Request) -> Response:
     principal = await authenticate_request(request)
     principal.require_admin()
     payload = await _payload(request)
-    if payload.get("userid") in (None, ""):
-        raise InvalidRequest("Missing UserId: name the user to lock")
+    _require_user_id(payload, "lock")
     user_id = parse_user_id(payload["userid"])
     if user_id == principal.user_id:
         raise InvalidRequest("You cannot lock yourself")

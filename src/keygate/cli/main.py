@@ -86,6 +86,14 @@ async def _user(kg: Keygate, who: str):  # type: ignore[no-untyped-def]
     return user
 
 
+async def _key_owner(kg: Keygate, api_key: str):  # type: ignore[no-untyped-def]
+    """The user who owns ``api_key``; the CLI acts on keys by key alone."""
+    key = await kg.keys.lookup(api_key)
+    if key is None:
+        raise KeygateError("API key not found")
+    return await kg.users.require(key.user_id)
+
+
 def _read_password(prompt: bool, stdin: bool) -> str:
     if stdin:
         return sys.stdin.readline().rstrip("\n")
@@ -351,10 +359,7 @@ def key_edit(
     """Edit a key's permissions, allowlist, label, replay mode or expiry. Changing rights ends the key's sessions."""
 
     async def work(kg: Keygate) -> None:
-        key = await kg.keys.lookup(api_key)
-        if key is None:
-            raise KeygateError("API key not found")
-        owner = await kg.users.require(key.user_id)
+        owner = await _key_owner(kg, api_key)
         perms = frozenset() if no_permissions else (parse_permissions(permission) if permission else None)
         allow = IpAllowlist() if any_ip else (IpAllowlist.parse(ip) if ip else None)
         expiry: datetime | None | bool = None if no_expiry else (parse_expiry(expires) if expires else False)
@@ -374,10 +379,7 @@ def key_delete(api_key: str) -> None:
     """Delete a key; it stops working at once."""
 
     async def work(kg: Keygate) -> None:
-        key = await kg.keys.lookup(api_key)
-        if key is None:
-            raise KeygateError("API key not found")
-        owner = await kg.users.require(key.user_id)
+        owner = await _key_owner(kg, api_key)
         await kg.keys.delete(operator_acting_as(owner), owner.user_id, api_key)
         typer.echo(f"deleted {api_key}")
 
@@ -393,10 +395,7 @@ def key_rotate(
     """Issue a new secret and nonce for a key, printed this once."""
 
     async def work(kg: Keygate) -> None:
-        key = await kg.keys.lookup(api_key)
-        if key is None:
-            raise KeygateError("API key not found")
-        owner = await kg.users.require(key.user_id)
+        owner = await _key_owner(kg, api_key)
         created = await kg.keys.rotate_secret(operator_acting_as(owner), owner.user_id, api_key, grace)
         if as_json:
             typer.echo(json.dumps(created.reveal(), indent=2))
