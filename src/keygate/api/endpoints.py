@@ -48,7 +48,11 @@ def endpoint(name: str, summary: str, description: str = "", *, auth: str, body:
 
 
 def _kg(request: Request) -> Keygate:
-    return request.app.state.keygate  # type: ignore[no-any-return]
+    scope = request.scope  # handlers ask more than once per request; app.state is a slow lookup
+    kg = scope.get("keygate.service")
+    if kg is None:
+        kg = scope["keygate.service"] = request.app.state.keygate
+    return kg  # type: ignore[no-any-return]
 
 
 def _ip(request: Request) -> str | None:

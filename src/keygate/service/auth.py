@@ -223,7 +223,7 @@ class Authenticator:
                 raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
             self._keys.mark_used(key.api_key)
         user = await self._users.get(session.user_id)
-        if user is None or user.is_locked(utcnow()):
+        if user is None or (user.locked and user.is_locked(utcnow())):
             raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
         perms: frozenset[Permission] = session.permissions
         return Principal(user, perms, session.kind, api_key=session.api_key, token_hash=session.token_hash)
