@@ -82,12 +82,20 @@ def header(request: Request, name: str) -> str | None:
     return value.strip()
 
 
+_CREDENTIAL_NAMES = tuple((name.encode(), name) for name in CREDENTIAL_HEADERS)
+
+
 def credential_headers(request: Request) -> dict[str, str] | None:
     """The four signing headers, if the request carries any of them."""
-    values = {name: header(request, name) for name in CREDENTIAL_HEADERS}
-    if not any(values.values()):
-        return None
-    return {k: v for k, v in values.items() if v is not None}
+    found = _header_map(request)
+    values: dict[str, str] = {}
+    for raw_name, name in _CREDENTIAL_NAMES:
+        raw = found.get(raw_name)
+        if raw is not None:
+            if len(raw) > MAX_HEADER_VALUE:
+                raise InvalidRequest(f"Header {name} is too long")
+            values[name] = raw.decode("latin-1").strip()
+    return values if any(values.values()) else None
 
 
 def basic_auth(request: Request) -> tuple[str, str] | None:

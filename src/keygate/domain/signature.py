@@ -6,7 +6,6 @@ concatenated with nothing between them; either hex case is accepted on the way i
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 
@@ -19,7 +18,7 @@ def signing_message(nonce: str, user_id: str | int, api_key: str) -> bytes:
 
 def compute_signature(secret: str, nonce: str, user_id: str | int, api_key: str) -> str:
     """Return the lowercase hex signature a client sends."""
-    return hmac.new(secret.encode(), signing_message(nonce, user_id, api_key), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode(), signing_message(nonce, user_id, api_key), "sha256").hex()
 
 
 def is_well_formed(signature: str) -> bool:
@@ -28,5 +27,9 @@ def is_well_formed(signature: str) -> bool:
 
 def signature_matches(secret: str, nonce: str, user_id: str | int, api_key: str, signature: str) -> bool:
     """Constant-time check of a client's signature; malformed input simply does not match."""
-    expected = compute_signature(secret, nonce, user_id, api_key)
-    return hmac.compare_digest(expected.encode(), signature.lower().encode())
+    expected = hmac.digest(secret.encode(), signing_message(nonce, user_id, api_key), "sha256")
+    try:
+        given = bytes.fromhex(signature)
+    except ValueError:
+        return False
+    return hmac.compare_digest(expected, given)
