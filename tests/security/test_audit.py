@@ -82,3 +82,19 @@ async def test_the_cli_exports_json_lines(kg, settings, make_user, make_key):
     assert {"key.create", "auth.key"} <= {line["Action"] for line in lines}
     assert all(set(line) >= {"At", "Action", "Outcome", "ClientIp", "APIKey"} for line in lines)
     assert created.secret not in out.stdout
+
+
+async def test_signed_requests_are_tallied_per_key_and_address(kg, make_user, make_key):
+    user = await make_user()
+    created = await make_key(user.user_id)
+    ip = random_ip()
+    async with client_for(kg, ip) as client:
+        for nonce in ("1", "2", "3"):
+            assert (await client.get("/AP/GetUserInfo", headers=signed(created, user.user_id, nonce))).status_code == 200
+        await client.get("/AP/GetUserInfo", headers={**signed(created, user.user_id, "4"), "Signature": "3" * 64})
+    events = await kg.audit.query(api_key=created.key.api_key, action="auth.signed_request")
+    successes = [e for e in events if e.outcome == "success"]
+    failures = [e for e in events if e.outcome == "failure"]
+    assert len(successes) == 1 and successes[0].detail.startswith("count=3; last=")
+    assert successes[0].client_ip == ip and successes[0].subject_user_id == user.user_id
+    assert len(failures) == 1 and failures[0].reason == "signature mismatch"

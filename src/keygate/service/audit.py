@@ -3,9 +3,16 @@
 Events are buffered and written in batches by the background flusher (and on shutdown), so that a
 successful authentication does not wait on an extra database write. Secrets and tokens never enter
 an event: callers pass the API key (a public identifier) and never a secret or a session token.
+
+Successful per-request signed calls are the one high-volume case: they are tallied, and each flush
+writes one row per (action, user, key, client IP) with the count and the first and last time, so
+every authentication is accounted for without a row per API call.
 """
 
 from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
 
 from keygate.service.clock import utcnow
 from keygate.store.repositories import AuditEvent, AuditRepository
@@ -17,6 +24,7 @@ class AuditLog:
     def __init__(self, repo: AuditRepository) -> None:
         self._repo = repo
         self._buffer: list[AuditEvent] = []
+        self._tallies: dict[tuple[str, int, str | None, str | None], list[float]] = {}
 
     def record(
         self,
@@ -44,11 +52,32 @@ class AuditLog:
             )
         )
 
+    def tally(self, action: str, *, subject_user_id: int, api_key: str | None, client_ip: str | None) -> None:
+        """Count one success of a high-volume kind; written as one row per flush (see the module doc)."""
+        now = time.time()
+        entry = self._tallies.get((action, subject_user_id, api_key, client_ip))
+        if entry is None:
+            self._tallies[(action, subject_user_id, api_key, client_ip)] = [now, now, 1.0]
+        else:
+            entry[1] = now
+            entry[2] += 1
+
+    def _drain_tallies(self) -> None:
+        tallies, self._tallies = self._tallies, {}
+        for (action, user_id, api_key, client_ip), (first, last, count) in tallies.items():
+            last_at = datetime.fromtimestamp(last, timezone.utc).isoformat()
+            self._buffer.append(AuditEvent(
+                at=datetime.fromtimestamp(first, timezone.utc), action=action, outcome="success",
+                subject_user_id=user_id, api_key=api_key, client_ip=client_ip,
+                detail=f"count={int(count)}; last={last_at}",
+            ))
+
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + len(self._tallies)
 
     async def flush(self) -> None:
+        self._drain_tallies()
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []

@@ -154,6 +154,7 @@ class Authenticator:
 
     async def principal_for_signature(self, creds: KeyCredentials, client_ip: str | None) -> Principal:
         user, key = await self._verify_key(creds, client_ip, "auth.signed_request")
+        self._audit.tally("auth.signed_request", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
         return Principal(user, key.permissions, SessionKind.KEY, api_key=key.api_key)
 
     # ----- passwords and TOTP -----------------------------------------------------------------
