@@ -90,8 +90,24 @@ async def kg(settings: Settings) -> AsyncIterator[Keygate]:
     """The service layer on the session's database (migrated, no bootstrap admin)."""
     service = Keygate(settings)
     await service.start(bootstrap_admin=False)
+    _LIVE_SERVICES.append(service)
     yield service
+    _LIVE_SERVICES.remove(service)
     await service.close()
+
+
+# Key sessions issued in this process are written behind, by a task that holds an SQLite write
+# transaction across an await. A test that then blocks the event loop (a subprocess, a synchronous
+# HTTP call to the server) would hold that lock for as long, and the server or CLI it waits for
+# would time out on "database is locked". So every test ends with those writes settled.
+_LIVE_SERVICES: list[Keygate] = []
+
+
+@pytest.fixture(autouse=True)
+async def _settle_background_writes() -> AsyncIterator[None]:
+    yield
+    for service in list(_LIVE_SERVICES):
+        await service.sessions.flush()
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ async def signs_in(kg: Keygate, api_key: str, secret: str, user_id: int, ip: str
         {"apikey": api_key, "signature": compute_signature(secret, nonce, user_id, api_key), "userid": str(user_id), "nonce": nonce}
     )
     grant = await kg.auth.authenticate_key(creds, ip)
+    await kg.flush()  # settle the session's write before the test blocks on a CLI process
     return grant.user.user_id == user_id
 
 

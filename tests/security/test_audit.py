@@ -73,7 +73,7 @@ async def test_the_cli_exports_json_lines(kg, settings, make_user, make_key):
     created = await make_key(user.user_id)
     async with client_for(kg, random_ip()) as client:
         await client.post("/AP/AuthenticateUser", headers=signed(created, user.user_id, "1"))
-    await kg.audit.flush()
+    await kg.flush()  # the audit rows, and the session's write, settled before the CLI process runs
     env = {**os.environ, **settings_env(settings)}
     out = subprocess.run([sys.executable, "-m", "keygate", "audit", "--user", user.username, "--limit", "50"],
                          env=env, capture_output=True, text=True, timeout=60)
