@@ -11,6 +11,7 @@ every authentication is accounted for without a row per API call.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timezone
 
@@ -25,6 +26,8 @@ class AuditLog:
         self._repo = repo
         self._buffer: list[AuditEvent] = []
         self._tallies: dict[tuple[str, int, str | None, str | None], list[float]] = {}
+        # One flush at a time: a query waits for a batch another task is still writing.
+        self._flushing = asyncio.Lock()
 
     def record(
         self,
@@ -77,16 +80,17 @@ class AuditLog:
         return len(self._buffer) + len(self._tallies)
 
     async def flush(self) -> None:
-        self._drain_tallies()
-        if not self._buffer:
-            return
-        batch, self._buffer = self._buffer, []
-        try:
-            await self._repo.append_many(batch)
-        except Exception:
-            # Keep the events for the next flush rather than lose them; bound the memory they hold.
-            self._buffer = (batch + self._buffer)[-MAX_BUFFER:]
-            raise
+        async with self._flushing:
+            self._drain_tallies()
+            if not self._buffer:
+                return
+            batch, self._buffer = self._buffer, []
+            try:
+                await self._repo.append_many(batch)
+            except Exception:
+                # Keep the events for the next flush rather than lose them; bound the memory they hold.
+                self._buffer = (batch + self._buffer)[-MAX_BUFFER:]
+                raise
 
     async def query(self, **filters: object) -> list[AuditEvent]:
         await self.flush()
