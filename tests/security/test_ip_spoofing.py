@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from abuse_helpers import client_at
+from abuse_helpers import fresh_signed as signed
 
 from keygate.api import create_app
 from keygate.config import Settings
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
-from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 from keygate.service.principal import operator_acting_as
@@ -31,17 +31,6 @@ ALLOWED = "198.51.100.9"
 ATTACKER = "203.0.113.7"
 PROXY = "10.0.0.1"
 REFUSED_BY_ALLOWLIST = "This API key may not be used from your IP address"
-
-
-def client_at(app: FastAPI, ip: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://testserver")
-
-
-def signed(created: CreatedKey) -> dict[str, str]:
-    nonce = str(secrets.randbelow(10**12) + 10**12)
-    uid = created.key.user_id
-    return {"APIKey": created.key.api_key, "Signature": compute_signature(created.secret, nonce, uid, created.key.api_key),
-            "UserId": str(uid), "Nonce": nonce}
 
 
 async def started(settings: Settings, **changes: object) -> Keygate:

@@ -8,19 +8,18 @@ tell that B's key is real, and nothing of B's changes. An administrator's passwo
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from abuse_helpers import fresh_signed as signed
+from abuse_helpers import password_token
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from keygate.api import create_app
-from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
-from keygate.service.keys import CreatedKey
 from keygate.store.tables import api_keys, sessions
 
 CLIENT_IP = "203.0.113.7"
@@ -38,19 +37,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=(CLIENT_IP, 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
-
-
-def signed(created: CreatedKey) -> dict[str, str]:
-    nonce = str(secrets.randbelow(10**12) + 10**12)
-    uid = created.key.user_id
-    return {"APIKey": created.key.api_key, "Signature": compute_signature(created.secret, nonce, uid, created.key.api_key),
-            "UserId": str(uid), "Nonce": nonce}
-
-
-async def password_token(client: httpx.AsyncClient, username: str, password: str) -> str:
-    r = await client.post("/AP/AuthenticateUser", json={"UserName": username, "Password": password})
-    assert r.status_code == 200, r.text
-    return str(r.json()["SessionToken"])
 
 
 async def keys_of(kg: Keygate, user_id: int) -> list[tuple[Any, ...]]:

@@ -9,18 +9,18 @@ session has exactly its key's permissions.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from abuse_helpers import fresh_signed as signed
+from abuse_helpers import key_token
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from keygate.api import create_app
 from keygate.domain.permissions import format_permissions
-from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 from keygate.store.tables import api_keys, sessions, users
@@ -39,19 +39,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=(ATTACKER_IP, 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
-
-
-def signed(created: CreatedKey) -> dict[str, str]:
-    nonce = str(secrets.randbelow(10**12) + 10**12)
-    uid = created.key.user_id
-    return {"APIKey": created.key.api_key, "Signature": compute_signature(created.secret, nonce, uid, created.key.api_key),
-            "UserId": str(uid), "Nonce": nonce}
-
-
-async def key_token(client: httpx.AsyncClient, created: CreatedKey) -> str:
-    r = await client.post("/AP/AuthenticateUser", headers=signed(created))
-    assert r.status_code == 200, r.text
-    return str(r.json()["SessionToken"])
 
 
 async def state_of(kg: Keygate, *user_ids: int) -> dict[str, Any]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pyotp
 import pytest
+from abuse_helpers import client_at, key_token, password_token
+from abuse_helpers import fresh_signed as signed
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -25,9 +26,7 @@ from keygate.api import create_app
 from keygate.config import Settings
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
-from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
-from keygate.service.keys import CreatedKey
 from keygate.service.principal import operator_acting_as
 from keygate.store.tables import audit_events, sessions
 
@@ -41,33 +40,10 @@ def app(kg: Keygate) -> FastAPI:
     return create_app(keygate=kg)
 
 
-def client_at(app: FastAPI, ip: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://testserver")
-
-
 @pytest.fixture
 async def owner(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with client_at(app, OWNER_IP) as c:
         yield c
-
-
-def signed(created: CreatedKey) -> dict[str, str]:
-    nonce = str(secrets.randbelow(10**12) + 10**12)
-    uid = created.key.user_id
-    return {"APIKey": created.key.api_key, "Signature": compute_signature(created.secret, nonce, uid, created.key.api_key),
-            "UserId": str(uid), "Nonce": nonce}
-
-
-async def key_token(client: httpx.AsyncClient, created: CreatedKey) -> str:
-    r = await client.post("/AP/AuthenticateUser", headers=signed(created))
-    assert r.status_code == 200, r.text
-    return str(r.json()["SessionToken"])
-
-
-async def password_token(client: httpx.AsyncClient, username: str, password: str) -> str:
-    r = await client.post("/AP/AuthenticateUser", json={"UserName": username, "Password": password})
-    assert r.status_code == 200 and r.json()["Authenticated"] is True, r.text
-    return str(r.json()["SessionToken"])
 
 
 async def works(client: httpx.AsyncClient, headers: dict[str, str]) -> bool:
