@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from abuse_helpers import client_at
 from fastapi import FastAPI
 from sqlalchemy import update
 
@@ -38,8 +39,7 @@ def app(kg: Keygate) -> FastAPI:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ATTACKER_IP, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with client_at(app, ATTACKER_IP) as c:
         yield c
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from abuse_helpers import client_at, password_token
 from abuse_helpers import fresh_signed as signed
-from abuse_helpers import password_token
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -34,8 +34,7 @@ def app(kg: Keygate) -> FastAPI:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(CLIENT_IP, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with client_at(app, CLIENT_IP) as c:
         yield c
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from abuse_helpers import client_at, key_token
 from abuse_helpers import fresh_signed as signed
-from abuse_helpers import key_token
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -36,8 +36,7 @@ def app(kg: Keygate) -> FastAPI:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ATTACKER_IP, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with client_at(app, ATTACKER_IP) as c:
         yield c
 
 

@@ -10,7 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from keygate.api import replies
-from keygate.api.wire import basic_auth, credential_headers, header, read_payload, session_token
+from keygate.api.wire import (
+    basic_auth,
+    credential_headers,
+    header,
+    read_payload,
+    session_token,
+)
 from keygate.domain.errors import Forbidden, InvalidRequest, KeygateError, NotAuthorized
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
@@ -217,11 +223,6 @@ _KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowli
                   "ReplayMode": "string", "ExpiresAt": "string"}
 
 
-def _require_user_id(payload: dict[str, Any], action: str) -> None:
-    if payload.get("userid") in (None, ""):
-        raise InvalidRequest(f"Missing UserId: name the user to {action}")
-
-
 def _api_key_field(payload: dict[str, Any], action: str) -> str:
     api_key = payload.get("apikey")
     if not isinstance(api_key, str) or not api_key:
@@ -390,25 +391,28 @@ def audit_filters(payload: dict[str, Any]) -> dict[str, Any]:
     return filters
 
 
-@endpoint("UnlockUser", "Unlock a user locked by an administrator or by too many failures (administrators only)",
-          auth="password-session", body={"UserId": "integer|string"})
-async def unlock_user(request: Request) -> Response:
+async def _admin_and_target(request: Request, action: str) -> tuple[Principal, int]:
+    """An administrator's call naming the user it acts on, in ``UserId``."""
     principal = await authenticate_request(request)
     principal.require_admin()
     payload = await _payload(request)
-    _require_user_id(payload, "unlock")
-    await _kg(request).users.set_locked(parse_user_id(payload["userid"]), False, actor=principal)
+    if payload.get("userid") in (None, ""):
+        raise InvalidRequest(f"Missing UserId: name the user to {action}")
+    return principal, parse_user_id(payload["userid"])
+
+
+@endpoint("UnlockUser", "Unlock a user locked by an administrator or by too many failures (administrators only)",
+          auth="password-session", body={"UserId": "integer|string"})
+async def unlock_user(request: Request) -> Response:
+    principal, user_id = await _admin_and_target(request, "unlock")
+    await _kg(request).users.set_locked(user_id, False, actor=principal)
     return replies.generic()
 
 
 @endpoint("LockUser", "Lock a user until an administrator unlocks them; ends their sessions (administrators only)",
           auth="password-session", body={"UserId": "integer|string"})
 async def lock_user(request: Request) -> Response:
-    principal = await authenticate_request(request)
-    principal.require_admin()
-    payload = await _payload(request)
-    _require_user_id(payload, "lock")
-    user_id = parse_user_id(payload["userid"])
+    principal, user_id = await _admin_and_target(request, "lock")
     if user_id == principal.user_id:
         raise InvalidRequest("You cannot lock yourself")
     await _kg(request).users.set_locked(user_id, True, actor=principal, reason="administrator")
