@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from support import (  # noqa: F401  (re-exported for modules that import them from conftest)
     ARTIFACTS,
     CHROMIUM,
@@ -37,6 +38,10 @@ from support import (  # noqa: F401  (re-exported for modules that import them f
 )
 
 from keygate.config import Settings
+
+# Property tests judge behaviour, not speed: a loaded CI machine must not fail one by its clock.
+hypothesis_settings.register_profile("keygate", deadline=None)
+hypothesis_settings.load_profile("keygate")
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
 from keygate.service import Keygate

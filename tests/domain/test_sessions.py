@@ -13,24 +13,39 @@ def _session(created: datetime = T0, max_age: timedelta = timedelta(hours=24)) -
     return Session(hash_token("t"), 1, SessionKind.KEY, frozenset(), "k", "127.0.0.1", created, created, created + max_age)
 
 
-def test_token_carries_at_least_128_random_bits() -> None:
-    tokens = {new_token() for _ in range(2000)}
+def test_token_carries_at_least_128_random_bits_after_its_issue_time() -> None:
+    tokens = {new_token(T0.timestamp()) for _ in range(2000)}
     assert len(tokens) == 2000
     for token in list(tokens)[:50]:
-        digits = token.replace("-", "")
-        assert re.fullmatch(r"[0-9a-f]{32}", digits), token
-        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", token)
-    # Every hex position varies: no fixed version nibble eating into the 128 bits.
+        prefix, guid = token.split("-", 1)
+        assert prefix == f"{int(T0.timestamp()):08x}"
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", guid), token
+    # Every hex position of the GUID varies: no fixed version nibble eating into the 128 bits.
     for i in range(36):
         if i in (8, 13, 18, 23):
             continue
-        assert len({t[i] for t in tokens}) > 8, i
+        assert len({t[9 + i] for t in tokens}) > 8, i
 
 
-def test_stored_form_is_the_sha256_not_the_token() -> None:
-    token = new_token()
-    assert hash_token(token) == hashlib.sha256(token.encode()).hexdigest()
-    assert token not in hash_token(token)
+def test_stored_form_is_a_hash_not_the_token() -> None:
+    token = new_token(T0.timestamp())
+    stored = hash_token(token)
+    assert len(stored) == 64
+    assert stored == token[:8] + hashlib.sha256(token.encode()).hexdigest()[:56]
+    assert token[9:] not in stored and token[9:].replace("-", "") not in stored
+
+
+def test_stored_forms_sort_by_issue_time() -> None:
+    """New rows go to the end of the session index, not to a random page of it."""
+    times = [T0.timestamp() + n for n in (0, 1, 59, 3600, 86400 * 400)]
+    stored = [hash_token(new_token(t)) for t in times]
+    assert stored == sorted(stored)
+
+
+def test_other_strings_are_stored_as_their_plain_sha256() -> None:
+    """Tokens issued before the time prefix (plain GUIDs) stay valid; guesses hash like any string."""
+    for token in ("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "x" * 45, "anything"):
+        assert hash_token(token) == hashlib.sha256(token.encode()).hexdigest()
 
 
 def test_idle_expiry() -> None:

@@ -6,7 +6,7 @@ import hmac
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keygate.domain.signature import compute_signature, is_well_formed, signature_matches, signing_message
+from keygate.domain.signature import SigningKey, compute_signature, is_well_formed, signature_matches, signing_message
 
 SECRET = "4b3e7c0a9f1d2e8b6a5c4d3e2f1a0b9c"
 NONCE = "2277045681"
@@ -72,3 +72,12 @@ def test_other_signatures_do_not_match(secret: str, nonce: str, user_id: int, ap
 def test_malformed_signatures_never_raise(secret: str, nonce: str, api_key: str, junk: str) -> None:
     if junk.lower() != compute_signature(secret, nonce, 7, api_key):
         assert signature_matches(secret, nonce, 7, api_key, junk) is False
+
+
+def test_a_prepared_key_signs_as_the_recipe_says_every_time() -> None:
+    prepared = SigningKey(SECRET)
+    for _ in range(3):  # the prepared state is copied, never consumed
+        assert prepared.sign(NONCE, USER_ID, API_KEY).hex() == EXPECTED
+        assert prepared.matches(NONCE, USER_ID, API_KEY, EXPECTED.upper())
+    assert not prepared.matches("2277045682", USER_ID, API_KEY, EXPECTED)
+    assert not prepared.matches(NONCE, USER_ID, API_KEY, "zz" * 32)

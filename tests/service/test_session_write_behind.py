@@ -92,9 +92,28 @@ async def test_a_key_changed_on_another_node_ends_the_sessions_waiting_here(
 async def test_an_unknown_token_is_refused_after_one_more_look(kg: Keygate) -> None:
     started = time.monotonic()
     with pytest.raises(NotAuthorized):
-        await kg.sessions.resolve(new_token())
+        await kg.sessions.resolve(new_token(time.time()))
     assert time.monotonic() - started >= RECHECK_SECONDS * 0.9
     started = time.monotonic()
     with pytest.raises(NotAuthorized):
         await kg.sessions.resolve("not-a-token-keygate-issues")
     assert time.monotonic() - started < RECHECK_SECONDS
+
+
+async def test_a_batch_of_every_size_class_is_written_whole(kg: Keygate, make_user, make_key) -> None:
+    """341 = 256 + 64 + 16 + 4 + 1: the batch write uses every statement size, and loses or mixes up no row."""
+    user = await make_user()
+    created = await make_key(user.user_id)
+    tokens = [(await kg.auth.authenticate_key(fresh(created), CLIENT_IP)).token for _ in range(341)]
+    await kg.flush()
+    assert await count_rows(kg, "sessions", "api_key = :k", k=created.key.api_key) == 341
+    restarted = Keygate(kg.settings)
+    try:
+        await restarted.start()
+        for token in tokens[::20] + tokens[-3:]:
+            principal = await restarted.auth.principal_for_token(token, CLIENT_IP)
+            assert principal.api_key == created.key.api_key
+        events = await restarted.audit.query(action="auth.key", api_key=created.key.api_key, limit=1000)
+        assert len(events) == 341 and {e.client_ip for e in events} == {CLIENT_IP}
+    finally:
+        await restarted.close()

@@ -5,6 +5,11 @@ entry in the same call (so one node is always exact), and every entry expires af
 (so another node that changed the record is seen within ``ttl``). ``ttl`` is
 ``KEYGATE_CACHE_TTL_SECONDS``.
 
+Every entry lives ``ttl`` from its ``put``, and ``put`` moves the entry to the end, so the entries
+are kept in the order they expire: each ``put`` drops the expired ones from the front. The cache
+holds what was put in the last ``ttl`` seconds (at most ``max_entries``), not a growing heap of dead
+entries (the session cache gets one ``put`` per ``AuthenticateUser``).
+
 ``load`` reads through the cache with one load per key at a time: when an entry expires under load,
 the requests that miss together share one database read instead of each making its own. A load
 that an ``evict``, ``put`` or ``clear`` overtakes still answers its callers but is not stored, so an
@@ -29,6 +34,10 @@ class TTLCache(Generic[K, V]):
         self._max = max_entries
         self._data: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V | None]] = {}
+
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included."""
+        return len(self._data)
 
     def get(self, key: K) -> tuple[bool, V | None]:
         """Return ``(hit, value)``; a hit may carry ``None`` (a remembered absence)."""
@@ -65,10 +74,15 @@ class TTLCache(Generic[K, V]):
 
     def put(self, key: K, value: V | None) -> None:
         self._loading.pop(key, None)
-        self._data[key] = (time.monotonic() + self._ttl, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self._max:
-            self._data.popitem(last=False)
+        now = time.monotonic()
+        data = self._data
+        data[key] = (now + self._ttl, value)
+        data.move_to_end(key)
+        while data:
+            oldest = next(iter(data.values()))
+            if oldest[0] >= now and len(data) <= self._max:
+                break
+            data.popitem(last=False)
 
     def evict(self, key: K) -> None:
         self._loading.pop(key, None)

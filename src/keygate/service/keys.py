@@ -11,6 +11,7 @@ from keygate.domain.keys import ApiKey, clean_label, new_api_key, new_nonce, new
 from keygate.domain.permissions import Permission, format_permissions
 from keygate.domain.replay import ReplayMode
 from keygate.domain.secretbox import SecretBox
+from keygate.domain.signature import SigningKey
 from keygate.service.audit import AuditLog
 from keygate.service.cache import TTLCache
 from keygate.service.clock import utcnow
@@ -73,7 +74,7 @@ class KeyManager:
         self._box = box
         self._users = users
         self._sessions = sessions
-        self._opened: dict[str, tuple[bytes, str]] = {}  # api_key -> (sealed secret, its plain text)
+        self._opened: dict[str, tuple[bytes, str, SigningKey]] = {}  # api_key -> (sealed secret, plain text, prepared HMAC)
         sessions.fence_with(repo.get)  # new key sessions are checked against the stored key once written
         self._audit = audit
         self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl)
@@ -84,7 +85,7 @@ class KeyManager:
     async def lookup(self, api_key: str) -> ApiKey | None:
         return await self._cache.load(api_key, self._repo.get)
 
-    def secret_of(self, key: ApiKey) -> str:
+    def _open(self, key: ApiKey) -> tuple[bytes, str, SigningKey]:
         # Opened once per sealed value: the cache hands out one ApiKey object until the key changes
         # (a new secret, a re-seal or a reload brings new bytes), so the entry is exact by identity.
         # The plain secret then stays in memory as long as the master key that opens it does.
@@ -92,8 +93,16 @@ class KeyManager:
         if opened is None or opened[0] is not key.sealed_secret:
             if len(self._opened) >= 10_000:
                 self._opened.clear()
-            opened = self._opened[key.api_key] = (key.sealed_secret, self._box.open(key.sealed_secret, secret_context(key.api_key)))
-        return opened[1]
+            secret = self._box.open(key.sealed_secret, secret_context(key.api_key))
+            opened = self._opened[key.api_key] = (key.sealed_secret, secret, SigningKey(secret))
+        return opened
+
+    def secret_of(self, key: ApiKey) -> str:
+        return self._open(key)[1]
+
+    def signing_key_of(self, key: ApiKey) -> SigningKey:
+        """The key's current secret, ready to check signatures (remembered like the secret)."""
+        return self._open(key)[2]
 
     def previous_secret_of(self, key: ApiKey) -> str:
         assert key.sealed_previous_secret is not None

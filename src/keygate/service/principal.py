@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from keygate.domain.errors import Forbidden
 from keygate.domain.permissions import Permission
@@ -10,8 +10,9 @@ from keygate.domain.sessions import SessionKind
 from keygate.domain.users import User
 
 
-@dataclass(frozen=True)
-class Principal:
+class Principal(NamedTuple):
+    """Made for every private call: a ``NamedTuple`` (immutable, and cheap to build), not a frozen dataclass."""
+
     user: User
     permissions: frozenset[Permission]
     via: SessionKind  # PASSWORD for a signed-in person; KEY for a key session or a signed request

@@ -1,6 +1,6 @@
 """Session tokens: issue, resolve, end.
 
-The token is returned once and only its SHA-256 is stored. Resolving a token is the hot path: it is
+The token is returned once and only its hash is stored (``domain.sessions.hash_token``). Resolving a token is the hot path: it is
 answered from an in-process cache (see ``cache.TTLCache`` for the invalidation rule), and the
 "last seen" time that drives idle expiry is written back in batches by the flusher.
 
@@ -49,7 +49,7 @@ RECHECK_SECONDS = 3 * WRITE_BEHIND_SECONDS
 MAX_UNSAVED = 50_000  # beyond this (the database is failing) ``issue`` waits for a write itself
 GIVE_UP_AFTER = 3  # failed writes of a batch before its rows are retried one by one and bad ones dropped
 
-_ISSUED_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # as new_token() makes them
+_ISSUED_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # as new_token() makes them
 
 log = logging.getLogger("keygate.sessions")
 
@@ -82,8 +82,8 @@ class SessionManager:
         client_ip: str | None,
         lifetime: timedelta | None = None,
     ) -> str:
-        token = new_token()
         now = utcnow()
+        token = new_token(now.timestamp())
         session = Session(
             token_hash=hash_token(token),
             user_id=user_id,
