@@ -19,7 +19,7 @@ from keygate import __version__
 from keygate.api import replies
 from keygate.api.endpoints import ENDPOINTS
 from keygate.api.forward_auth import install_forward_auth
-from keygate.api.middleware import BodyLimit, CanonicalPath
+from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.routing import index_routes
 from keygate.api.websocket import install_websocket
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
         kg = keygate or Keygate(settings, create_master_key=False)
         if owned:
             await migrate(kg.engine)
-        app.state.keygate = kg
+        app.state.keygate = context.keygate = kg
         kg.start_background()
         # Everything loaded by now (the framework, SQLAlchemy, the app) lives as long as the process.
         # Frozen, it is left out of every garbage collection: a full collection otherwise walked
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
 
     app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.client_address = ClientAddress(settings.trusted_proxies)
+    context = ApexContext(app.state.client_address, keygate)
     if keygate is not None:
         app.state.keygate = keygate
 
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(CanonicalPath, endpoint_names=list(ENDPOINTS))
+    app.add_middleware(ApexScope, endpoint_names=list(ENDPOINTS), context=context)
     return app
 
 

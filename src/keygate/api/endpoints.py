@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from keygate.api import replies
+from keygate.api.middleware import CONTEXT_KEY
 from keygate.api.wire import (
     basic_auth,
     credential_headers,
@@ -54,15 +55,11 @@ def endpoint(name: str, summary: str, description: str = "", *, auth: str, body:
 
 
 def _kg(request: Request) -> Keygate:
-    scope = request.scope  # handlers ask more than once per request; app.state is a slow lookup
-    kg = scope.get("keygate.service")
-    if kg is None:
-        kg = scope["keygate.service"] = request.app.state.keygate
-    return kg  # type: ignore[no-any-return]
+    return request.scope[CONTEXT_KEY].keygate  # type: ignore[no-any-return]
 
 
 def _ip(request: Request) -> str | None:
-    return request.app.state.client_address(request)  # type: ignore[no-any-return]
+    return request.scope[CONTEXT_KEY].client_address(request)  # type: ignore[no-any-return]
 
 
 async def _payload(request: Request) -> dict[str, Any]:

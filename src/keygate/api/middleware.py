@@ -1,25 +1,49 @@
-"""ASGI middleware: canonical APEX paths, and a hard limit on body size."""
+"""ASGI middleware: canonical APEX paths and the handlers' context, and a hard limit on body size."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from keygate.api.wire import ClientAddress
+    from keygate.service import Keygate
 
-class CanonicalPath:
-    """Rewrite ``/ap/authenticateuser`` (any case) to ``/AP/AuthenticateUser`` before routing.
+CONTEXT_KEY = "keygate.context"
+
+
+class ApexContext:
+    """What the APEX handlers need from their app: the service, and how to read the client address.
+
+    ``ApexScope`` puts it in every request's scope, where a handler finds it with one lookup
+    (``app.state`` costs a Python-level ``__getattr__`` per attribute, on every private call).
+    """
+
+    __slots__ = ("keygate", "client_address")
+
+    def __init__(self, client_address: "ClientAddress", keygate: "Keygate | None" = None) -> None:
+        self.client_address = client_address
+        self.keygate = keygate  # set at startup when the app opens its own
+
+
+class ApexScope:
+    """Put the ``ApexContext`` in the scope, and rewrite ``/ap/authenticateuser`` (any case) to
+    ``/AP/AuthenticateUser`` before routing.
 
     APEX clients use both ``/AP/`` and ``/ap/`` and name endpoints without regard to case.
     """
 
-    def __init__(self, app: ASGIApp, endpoint_names: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, endpoint_names: Iterable[str], context: ApexContext) -> None:
         self.app = app
         self._names = {n.lower(): n for n in endpoint_names}
+        self._context = context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
+            scope[CONTEXT_KEY] = self._context
             path: str = scope["path"]
             parts = path.split("/")
             if len(parts) == 3 and parts[1].lower() == "ap":

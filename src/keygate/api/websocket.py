@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from keygate.api import replies
 from keygate.api.endpoints import ENDPOINTS
+from keygate.api.middleware import CONTEXT_KEY
 from keygate.domain.errors import KeygateError
 
 PATHS = ("/WSGateway", "/WSGateway/", "/ws", "/ws/")
@@ -41,6 +42,7 @@ def _http_request(ws: WebSocket, name: str, payload: bytes, token: str | None) -
         "type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": f"/AP/{name}",
         "raw_path": f"/AP/{name}".encode(), "query_string": b"", "root_path": "", "headers": headers,
         "client": ws.scope.get("client"), "server": ws.scope.get("server"), "app": ws.scope["app"],
+        CONTEXT_KEY: ws.scope[CONTEXT_KEY],
     }
     sent = False
 

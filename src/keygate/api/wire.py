@@ -72,14 +72,19 @@ def _header_map(request: Request) -> dict[bytes, bytes]:
     return found
 
 
+_WIRE_NAMES: dict[str, bytes] = {}  # header names as ASGI gives them; only names written in this code
+
+
 def header(request: Request, name: str) -> str | None:
-    raw = _header_map(request).get(name.lower().encode("latin-1"))
+    wire_name = _WIRE_NAMES.get(name)
+    if wire_name is None:
+        wire_name = _WIRE_NAMES[name] = name.lower().encode("latin-1")
+    raw = _header_map(request).get(wire_name)
     if raw is None:
         return None
-    value = raw.decode("latin-1")
-    if len(value) > MAX_HEADER_VALUE:
+    if len(raw) > MAX_HEADER_VALUE:
         raise InvalidRequest(f"Header {name} is too long")
-    return value.strip()
+    return raw.decode("latin-1").strip()
 
 
 _CREDENTIAL_NAMES = tuple((name.encode(), name) for name in CREDENTIAL_HEADERS)

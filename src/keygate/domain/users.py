@@ -26,8 +26,8 @@ def parse_user_id(value: object) -> int:
         raise InvalidRequest("UserId must be a positive integer")
     if isinstance(value, int):
         uid = value
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 19:
-        uid = int(value.strip())
+    elif isinstance(value, str) and (digits := value.strip()).isascii() and digits.isdigit() and len(digits) <= 19:
+        uid = int(digits)
     else:
         raise InvalidRequest("UserId must be a positive integer")
     if not 0 < uid <= MAX_USER_ID:

@@ -21,6 +21,7 @@ from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.signature import is_well_formed, signature_matches
 from keygate.domain.users import User, parse_user_id
 from keygate.domain.keys import ApiKey
+from keygate.domain.replay import ReplayMode
 from keygate.service.audit import AuditLog
 from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
@@ -34,6 +35,7 @@ MAX_API_KEY_LENGTH = 64
 MAX_NONCE_LENGTH = 128
 MAX_USERNAME_LENGTH = 64
 MAX_PASSWORD_LENGTH = 256
+_ABSENT = (None, "")
 
 
 class KeyCredentials(NamedTuple):
@@ -51,10 +53,10 @@ class KeyCredentials(NamedTuple):
 
         Shape errors are reported precisely (they reveal nothing about any account).
         """
-        missing = [n for n, k in (("APIKey", "apikey"), ("Signature", "signature"), ("UserId", "userid"), ("Nonce", "nonce")) if values.get(k) in (None, "")]
-        if missing:
+        api_key, signature, user_id, nonce = values.get("apikey"), values.get("signature"), values.get("userid"), values.get("nonce")
+        if api_key in _ABSENT or signature in _ABSENT or user_id in _ABSENT or nonce in _ABSENT:
+            missing = [n for n, k in (("APIKey", "apikey"), ("Signature", "signature"), ("UserId", "userid"), ("Nonce", "nonce")) if values.get(k) in _ABSENT]
             raise InvalidRequest(f"Missing {', '.join(missing)}: send APIKey, Signature, UserId and Nonce")
-        api_key, signature, nonce = values["apikey"], values["signature"], values["nonce"]
         if not isinstance(api_key, str) or len(api_key) > MAX_API_KEY_LENGTH or not api_key.isascii() or not api_key.isprintable():
             raise InvalidRequest(f"APIKey must be a string of at most {MAX_API_KEY_LENGTH} characters")
         if not isinstance(signature, str) or not is_well_formed(signature):
@@ -63,7 +65,7 @@ class KeyCredentials(NamedTuple):
             nonce = str(nonce)
         if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_LENGTH or not nonce.isascii() or not nonce.isprintable():
             raise InvalidRequest(f"Nonce must be a string or number of at most {MAX_NONCE_LENGTH} printable characters")
-        return cls(api_key.strip(), signature, parse_user_id(values["userid"]), nonce)
+        return cls(api_key.strip(), signature, parse_user_id(user_id), nonce)
 
 
 class SessionGrant(NamedTuple):
@@ -101,48 +103,50 @@ class Authenticator:
         self._bind_ip = bind_session_ip
 
     # ----- API keys ---------------------------------------------------------------------------
+    async def _refuse(self, action: str, reason: str, key: ApiKey | None, user: User | None, client_ip: str | None,
+                      *, public: str | None = None, count_user: bool = False) -> Exception:
+        """Audit a refused key authentication and count it; return the error to raise."""
+        refusal = AuthenticationFailed(reason, public_message=public)
+        self._audit.record(action, "failure", reason=reason, subject_user_id=user.user_id if user else None,
+                           api_key=key.api_key if key else None, client_ip=client_ip)
+        return await self._guard.on_failure(client_ip, key, user if count_user else None, refusal)
+
     async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey]:
         self._healthy()
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
-
-        async def fail(reason: str, *, public: str | None = None, count_user: bool = False) -> Exception:
-            refusal = AuthenticationFailed(reason, public_message=public)
-            self._audit.record(
-                action, "failure", reason=reason, subject_user_id=user.user_id if user else None,
-                api_key=key.api_key if key else None, client_ip=client_ip,
-            )
-            return await self._guard.on_failure(client_ip, key, user if count_user else None, refusal)
-
         if key is None:
-            raise await fail("unknown api key")
+            raise await self._refuse(action, "unknown api key", key, user, client_ip)
         if user is None or key.user_id != user.user_id:
-            raise await fail("api key belongs to another user")
+            raise await self._refuse(action, "api key belongs to another user", key, user, client_ip)
         now = utcnow()
         secret_ok = self._keys.signing_key_of(key).matches(creds.nonce, creds.user_id, creds.api_key, creds.signature)
         if not secret_ok and key.previous_secret_usable(now):
             secret_ok = signature_matches(self._keys.previous_secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature)
         if not secret_ok:
-            raise await fail("signature mismatch", count_user=True)
+            raise await self._refuse(action, "signature mismatch", key, user, client_ip, count_user=True)
         # From here on the caller proved it holds the secret: refusals may say exactly what is wrong.
         if not key.ip_allowlist.allows(client_ip):
-            raise await fail(f"client ip {client_ip} not in allowlist", public="This API key may not be used from your IP address")
+            raise await self._refuse(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
+                                     public="This API key may not be used from your IP address")
         if key.expired(now):
-            raise await fail("api key expired", public="This API key has expired; create a new one")
+            raise await self._refuse(action, "api key expired", key, user, client_ip, public="This API key has expired; create a new one")
         if key.idle_expired(now, self._key_max_idle_days):
-            raise await fail("api key without allowlist unused too long",
-                             public=f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
+            raise await self._refuse(action, "api key without allowlist unused too long", key, user, client_ip,
+                                     public=f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
         if user.is_locked(now):
             # Not a guess (the signature was right): tell the caller, count nothing.
             self._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id,
                                api_key=key.api_key, client_ip=client_ip)
             raise AuthenticationFailed("user locked", locked=True)
-        refusal = await self._guard.claim_nonce(key, creds.nonce)
-        if refusal is not None:
-            self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
-                               api_key=key.api_key, client_ip=client_ip)
-            raise await self._guard.on_failure(client_ip, key, None, refusal)
-        await self._guard.on_success(key, user)
+        if key.replay_mode is not ReplayMode.COMPATIBLE:
+            refusal = await self._guard.claim_nonce(key, creds.nonce)
+            if refusal is not None:
+                self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
+                                   api_key=key.api_key, client_ip=client_ip)
+                raise await self._guard.on_failure(client_ip, key, None, refusal)
+        if self._guard.saw_failures:
+            await self._guard.on_success(key, user)
         self._keys.mark_used(key.api_key)
         return user, key
 
@@ -155,7 +159,7 @@ class Authenticator:
     async def principal_for_signature(self, creds: KeyCredentials, client_ip: str | None) -> Principal:
         user, key = await self._verify_key(creds, client_ip, "auth.signed_request")
         self._audit.tally("auth.signed_request", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
-        return Principal(user, key.permissions, SessionKind.KEY, api_key=key.api_key)
+        return Principal(user, key.permissions, SessionKind.KEY, key.api_key)
 
     # ----- passwords and TOTP -----------------------------------------------------------------
     async def authenticate_password(self, username: object, password: object, client_ip: str | None) -> SessionGrant | Pending2FA:
@@ -227,7 +231,7 @@ class Authenticator:
         if user is None or (user.locked and user.is_locked(utcnow())):
             raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
         perms: frozenset[Permission] = session.permissions
-        return Principal(user, perms, session.kind, api_key=session.api_key, token_hash=session.token_hash)
+        return Principal(user, perms, session.kind, session.api_key, session.token_hash)
 
     async def resume(self, token: str, client_ip: str | None) -> SessionGrant:
         principal = await self.principal_for_token(token, client_ip)

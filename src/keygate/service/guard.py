@@ -77,6 +77,11 @@ class AbuseGuard:
         if count >= self.policy.lockout_failures and not user.is_locked(utcnow()):
             await self._users.lock_after_failures(user.user_id, self.policy.lockout_seconds, count, ip)
 
+    @property
+    def saw_failures(self) -> bool:
+        """Whether a success may have counters to reset; usually not, and then ``on_success`` is a no-op."""
+        return bool(self._dirty)
+
     async def on_success(self, key: ApiKey | None, user: User) -> None:
         if not self._dirty:  # the common case: nothing failed here lately, so nothing to reset
             return

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from keygate.domain.errors import Conflict, InvalidRequest, NotFound
 from keygate.domain.iprules import IpAllowlist
@@ -79,11 +80,12 @@ class KeyManager:
         self._audit = audit
         self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl)
         self._coherence.on("key", self._cache.evict, self._cache.clear)
-        self._used: dict[str, datetime] = {}
+        self._used: dict[str, float] = {}  # api key -> Unix time of its last use here
 
     # ----- hot path -------------------------------------------------------------------------
     async def lookup(self, api_key: str) -> ApiKey | None:
-        return await self._cache.load(api_key, self._repo.get)
+        hit, key = self._cache.get(api_key)
+        return key if hit else await self._cache.load(api_key, self._repo.get)
 
     def _open(self, key: ApiKey) -> tuple[bytes, str, SigningKey]:
         # Opened once per sealed value: the cache hands out one ApiKey object until the key changes
@@ -109,11 +111,11 @@ class KeyManager:
         return self._box.open(key.sealed_previous_secret, secret_context(key.api_key))
 
     def mark_used(self, api_key: str) -> None:
-        self._used[api_key] = utcnow()
+        self._used[api_key] = time.time()  # a datetime only once per key and flush, not per request
 
     async def flush(self) -> None:
         used, self._used = self._used, {}
-        await self._repo.record_use(used)
+        await self._repo.record_use({k: datetime.fromtimestamp(at, timezone.utc) for k, at in used.items()})
 
     # ----- management -----------------------------------------------------------------------
     async def _target_user(self, actor: Principal, user_id: int) -> int:

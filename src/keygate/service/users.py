@@ -49,7 +49,8 @@ class UserManager:
     async def get(self, user_id: int) -> User | None:
         if not 0 < user_id <= MAX_STORED_USER_ID:
             return None  # a well-formed id that no user can have: simply unknown
-        return await self._cache.load(user_id, self._repo.get)
+        hit, user = self._cache.get(user_id)
+        return user if hit else await self._cache.load(user_id, self._repo.get)
 
     async def require(self, user_id: int) -> User:
         user = await self.get(user_id)
