@@ -21,24 +21,41 @@ class ApexJSON(JSONResponse):
         return _ENCODER.encode(content).encode()
 
 
-_USER_BODIES: dict[int, tuple[User, bytes]] = {}
+class StoredReply(Response):
+    """A 200 JSON reply whose body and headers were rendered before (see ``user_info``)."""
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = list(raw_headers)  # a copy: middleware may add headers to a reply
+
+
+_USER_BODIES: dict[int, tuple[User, bytes, list[tuple[bytes, bytes]]]] = {}
 _USER_BODIES_MAX = 1024
 
 
 def user_info(user: User) -> Response:
     """The ``GetUserInfo`` reply. Its body depends only on the (immutable) ``User``, and the user
-    cache hands out one object until the user changes, so the body is kept per object: an entry
+    cache hands out one object until the user changes, so the reply is kept per object: an entry
     holds its object, whose identity therefore cannot be reused while the entry lives."""
-    return Response(_user_body(user), media_type=ApexJSON.media_type)
+    entry = _user_entry(user)
+    return StoredReply(entry[1], entry[2])
 
 
 def _user_body(user: User) -> bytes:
+    return _user_entry(user)[1]
+
+
+def _user_entry(user: User) -> tuple[User, bytes, list[tuple[bytes, bytes]]]:
     entry = _USER_BODIES.get(id(user))
     if entry is None or entry[0] is not user:
         if len(_USER_BODIES) >= _USER_BODIES_MAX:
             _USER_BODIES.clear()
-        entry = _USER_BODIES[id(user)] = (user, _ENCODER.encode(user.apex_view()).encode())
-    return entry[1]
+        body = _ENCODER.encode(user.apex_view()).encode()
+        rendered = Response(body, media_type=ApexJSON.media_type)
+        entry = _USER_BODIES[id(user)] = (user, body, rendered.raw_headers)
+    return entry
 
 
 def generic(result: bool = True, errormsg: str | None = None, errorcode: int = 0, detail: str | None = None, status: int = 200) -> ApexJSON:

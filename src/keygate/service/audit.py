@@ -41,19 +41,8 @@ class AuditLog:
         client_ip: str | None = None,
         detail: str | None = None,
     ) -> None:
-        self._buffer.append(
-            AuditEvent(
-                at=utcnow(),
-                action=action,
-                outcome=outcome,
-                reason=reason,
-                actor_user_id=actor_user_id,
-                subject_user_id=subject_user_id,
-                api_key=api_key,
-                client_ip=client_ip,
-                detail=detail,
-            )
-        )
+        self._buffer.append(  # positional, in field order: the hot path records one per authentication
+            AuditEvent(utcnow(), action, outcome, reason, actor_user_id, subject_user_id, api_key, client_ip, detail))
 
     def tally(self, action: str, *, subject_user_id: int, api_key: str | None, client_ip: str | None) -> None:
         """Count one success of a high-volume kind; written as one row per flush (see the module doc)."""

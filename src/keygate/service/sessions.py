@@ -84,17 +84,8 @@ class SessionManager:
     ) -> str:
         now = utcnow()
         token = new_token(now.timestamp())
-        session = Session(
-            token_hash=hash_token(token),
-            user_id=user_id,
-            kind=kind,
-            permissions=permissions,
-            api_key=api_key,
-            client_ip=client_ip,
-            created_at=now,
-            last_seen_at=now,
-            expires_at=now + (lifetime or self.absolute),
-        )
+        # created_at, last_seen_at, expires_at
+        session = Session(hash_token(token), user_id, kind, permissions, api_key, client_ip, now, now, now + (lifetime or self.absolute))
         if kind is not SessionKind.KEY or self._read_key is None:
             await self._repo.insert(session)
         else:
