@@ -72,7 +72,7 @@ async def test_readme_curl_walkthrough(tools: None, server: Server, kg) -> None:
     assert auth["User"]["UserId"] == user.user_id
     assert auth["Requires2FA"] is False
     token = auth["SessionToken"]
-    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", token)
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", token)  # issue time, then a GUID
 
     assert info["UserName"] == username
     assert info["UserId"] == user.user_id

@@ -117,3 +117,16 @@ async def test_a_batch_of_every_size_class_is_written_whole(kg: Keygate, make_us
         assert len(events) == 341 and {e.client_ip for e in events} == {CLIENT_IP}
     finally:
         await restarted.close()
+
+
+async def test_activity_is_written_back_for_every_session_in_one_flush(kg: Keygate, make_user, make_key) -> None:
+    user = await make_user()
+    created = await make_key(user.user_id)
+    tokens = [(await kg.auth.authenticate_key(fresh(created), CLIENT_IP)).token for _ in range(3)]
+    await kg.flush()
+    await asyncio.sleep(1.1)  # past the one-second resolution of "last seen"
+    for token in tokens[:2]:
+        await kg.auth.principal_for_token(token, CLIENT_IP)
+    await kg.flush()
+    moved = await count_rows(kg, "sessions", "api_key = :k AND last_seen_at > created_at", k=created.key.api_key)
+    assert moved == 2, "the two sessions used again (and only they) have a later last-seen time in the database"

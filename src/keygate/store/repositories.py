@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -351,11 +351,10 @@ class SessionRepository:
     async def touch_many(self, seen: dict[str, datetime]) -> None:
         if not seen:
             return
+        # One statement for the whole flush (the driver's executemany), not one round trip per session.
+        statement = update(sessions).where(sessions.c.token_hash == bindparam("h")).values(last_seen_at=bindparam("t"))
         async with self._engine.begin() as conn:
-            for token_hash, at in seen.items():
-                await conn.execute(
-                    update(sessions).where(sessions.c.token_hash == token_hash).values(last_seen_at=at)
-                )
+            await conn.execute(statement, [{"h": token_hash, "t": at} for token_hash, at in seen.items()])
 
     async def purge_expired(self, now: datetime, idle_cutoff: datetime) -> int:
         async with self._engine.begin() as conn:
