@@ -335,9 +335,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url", default="", help="a PostgreSQL server URL (postgresql://user@host:port/db); "
                    "a fresh database is created on that server and dropped afterwards. Default: a temporary SQLite file")
-    p.add_argument("--duration", type=float, default=6, help="seconds measured per scenario and round (default 6)")
+    p.add_argument("--duration", type=float, default=3, help="seconds measured per scenario and round (default 3)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load before each scenario (default 2)")
-    p.add_argument("--rounds", type=int, default=5, help="measured rounds of every scenario (default 5); medians are reported")
+    p.add_argument("--rounds", type=int, default=10, help="measured rounds of every scenario (default 10); medians are reported")
     p.add_argument("--connections", type=int, default=16, help="concurrent wrk connections (default 16)")
     p.add_argument("--server-cpu", type=int, default=0, help="core the server is pinned to (default 0)")
     p.add_argument("--wrk-cpu", type=int, default=1, help="core wrk is pinned to (default 1)")
