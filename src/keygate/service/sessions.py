@@ -1,8 +1,9 @@
 """Session tokens: issue, resolve, end.
 
-The token is returned once and only its hash is stored (``domain.sessions.hash_token``). Resolving a token is the hot path: it is
-answered from an in-process cache (see ``cache.TTLCache`` for the invalidation rule), and the
-"last seen" time that drives idle expiry is written back in batches by the flusher.
+The token is returned once and only its hash is stored (``domain.sessions.hash_token``). Resolving
+a token is the hot path: it is answered from an in-process cache (see ``cache.TTLCache`` for the
+invalidation rule), and the "last seen" time that drives idle expiry is written back in batches by
+the flusher.
 
 Issuing is the other hot path (every ``AuthenticateUser`` makes a session), so API-key sessions
 are written behind: ``issue`` keeps the session here (answerable at once) and a writer task inserts
