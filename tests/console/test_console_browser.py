@@ -373,7 +373,9 @@ async def _tab_to(page, name: str, limit: int = 40) -> None:  # type: ignore[no-
 async def test_keyboard_only_sign_in_create_and_close(server, make_user, page) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
     await page.goto(f"{server.base_url}/console/login")
-    await page.keyboard.type(user.username)  # the username field has the focus on arrival
+    # The username field takes the focus on arrival (autofocus, which Chromium applies just after load).
+    await page.wait_for_function("() => document.activeElement && document.activeElement.id === 'username'", timeout=5000)
+    await page.keyboard.type(user.username)
     await page.keyboard.press("Tab")
     await page.keyboard.type(user.password)
     await page.keyboard.press("Enter")
