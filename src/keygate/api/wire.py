@@ -80,8 +80,10 @@ def header(request: Request, name: str) -> str | None:
     if wire_name is None:
         wire_name = _WIRE_NAMES[name] = name.lower().encode("latin-1")
     raw = _header_map(request).get(wire_name)
-    if raw is None:
-        return None
+    return None if raw is None else _header_value(raw, name)
+
+
+def _header_value(raw: bytes, name: str) -> str:
     if len(raw) > MAX_HEADER_VALUE:
         raise InvalidRequest(f"Header {name} is too long")
     return raw.decode("latin-1").strip()
@@ -97,9 +99,7 @@ def credential_headers(request: Request) -> dict[str, str] | None:
     for raw_name, name in _CREDENTIAL_NAMES:
         raw = found.get(raw_name)
         if raw is not None:
-            if len(raw) > MAX_HEADER_VALUE:
-                raise InvalidRequest(f"Header {name} is too long")
-            values[name] = raw.decode("latin-1").strip()
+            values[name] = _header_value(raw, name)
     return values if any(values.values()) else None
 
 

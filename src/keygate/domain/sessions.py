@@ -12,6 +12,7 @@ and the stored form keeps 224 bits of the hash.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import datetime, timedelta
 from enum import Enum
@@ -29,6 +30,7 @@ class SessionKind(str, Enum):
 
 
 TOKEN_LENGTH = 45  # "6749a3f1-" and a GUID
+ISSUED_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # as new_token() makes them
 
 
 def new_token(issued_at: float) -> str:

@@ -29,14 +29,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from datetime import datetime, timedelta
 
 from keygate.domain.errors import NotAuthorized
 from keygate.domain.permissions import Permission
-from keygate.domain.sessions import MAX_TOKEN_LENGTH, Session, SessionKind, hash_token, new_token
+from keygate.domain.sessions import ISSUED_SHAPE, MAX_TOKEN_LENGTH, Session, SessionKind, hash_token, new_token
 from keygate.service.cache import TTLCache
 from keygate.service.coherence import Coherence
 from keygate.service.clock import utcnow
@@ -49,8 +48,6 @@ WRITE_BEHIND_SECONDS = 0.1
 RECHECK_SECONDS = 3 * WRITE_BEHIND_SECONDS
 MAX_UNSAVED = 50_000  # beyond this (the database is failing) ``issue`` waits for a write itself
 GIVE_UP_AFTER = 3  # failed writes of a batch before its rows are retried one by one and bad ones dropped
-
-_ISSUED_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # as new_token() makes them
 
 log = logging.getLogger("keygate.sessions")
 
@@ -196,7 +193,7 @@ class SessionManager:
         hit, session = self._cache.get(token_hash)
         if not hit:
             session = self._unsaved.get(token_hash) or await self._cache.load(token_hash, self._lookup)
-            if session is None and self._tier is None and _ISSUED_SHAPE.fullmatch(token):
+            if session is None and self._tier is None and ISSUED_SHAPE.fullmatch(token):
                 # Perhaps another worker issued it a moment ago and has not written it yet.
                 await asyncio.sleep(RECHECK_SECONDS)
                 self._cache.evict(token_hash)
