@@ -41,7 +41,7 @@ from keygate.config import Settings  # noqa: E402
 from keygate.domain.iprules import IpAllowlist  # noqa: E402
 from keygate.domain.signature import compute_signature  # noqa: E402
 from keygate.service import Keygate  # noqa: E402
-from keygate.service.principal import operator_acting_as  # noqa: E402
+from keygate.service.principal import OPERATOR  # noqa: E402
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 TASKSET = shutil.which("taskset")
@@ -139,7 +139,7 @@ async def create_user_and_key(settings: Settings) -> tuple[int, str, str]:
     kg = Keygate(settings)
     try:
         await kg.start()
-        user = await kg.users.create(f"bench{secrets.token_hex(4)}", secrets.token_urlsafe(16), "bench@example.com")
+        user = await kg.users.create(OPERATOR, f"bench{secrets.token_hex(4)}", secrets.token_urlsafe(16), "bench@example.com")
         options: dict[str, Any] = {}
         if "replay_mode" in inspect.signature(kg.keys.create).parameters:
             # A key that accepts a repeated nonce (APEX's own behaviour), so one signed header set
@@ -147,7 +147,7 @@ async def create_user_and_key(settings: Settings) -> tuple[int, str, str]:
             from keygate.domain.replay import ReplayMode
 
             options["replay_mode"] = ReplayMode.COMPATIBLE
-        created = await kg.keys.create(operator_acting_as(user), user.user_id, frozenset(), IpAllowlist(), "bench", **options)
+        created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), "bench", **options)
         return user.user_id, created.key.api_key, created.secret
     finally:
         await kg.close()

@@ -46,7 +46,7 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -119,7 +119,7 @@ async def _settle_background_writes() -> AsyncIterator[None]:
 def make_user(kg: Keygate):  # type: ignore[no-untyped-def]
     async def make(admin: bool = False, email: str = "") -> NewUser:
         password = secrets.token_urlsafe(16)
-        user = await kg.users.create(unique_name("admin" if admin else "user"), password, email, is_admin=admin)
+        user = await kg.users.create(OPERATOR, unique_name("admin" if admin else "user"), password, email, is_admin=admin)
         return NewUser(user.user_id, user.username, password)
 
     return make
@@ -129,7 +129,7 @@ def make_user(kg: Keygate):  # type: ignore[no-untyped-def]
 def make_key(kg: Keygate):  # type: ignore[no-untyped-def]
     async def make(user_id: int, permissions: list[str] | None = None, ips: list[str] | None = None, label: str = "") -> CreatedKey:
         owner = await kg.users.require(user_id)
-        return await kg.keys.create(operator_acting_as(owner), user_id, parse_permissions(permissions or []), IpAllowlist.parse(ips or []), label)
+        return await kg.keys.create(OPERATOR, user_id, parse_permissions(permissions or []), IpAllowlist.parse(ips or []), label)
 
     return make
 
@@ -170,9 +170,7 @@ async def strict_kg(settings: Settings, shared_state: str | None) -> AsyncIterat
         values.update(overrides)
         kg = Keygate(dataclasses.replace(settings, **values))  # type: ignore[arg-type]
         await kg.start(bootstrap_admin=False)
-        kg.start_background()
-        if kg.bus is not None:
-            assert await kg.bus.wait_connected(), "the Redis invalidation channel did not connect"
+        await kg.start_background()
         made.append(kg)
         return kg
 

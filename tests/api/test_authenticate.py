@@ -10,6 +10,7 @@ from api_helpers import assert_apex_error, key_token, password_token, signed_hea
 
 from keygate.api import create_app
 from keygate.service import Keygate
+from keygate.service.principal import OPERATOR
 
 
 def assert_authenticated(r: httpx.Response, user_id: int, username: str) -> str:
@@ -150,7 +151,7 @@ async def test_failure_reply_is_identical_for_key_user_and_signature(client: htt
 async def test_locked_user_told_only_with_right_credentials(client: httpx.AsyncClient, kg: Keygate, make_user, make_key) -> None:
     user = await make_user()
     created = await make_key(user.user_id)
-    await kg.users.set_locked(user.user_id, True)
+    await kg.users.set_locked(OPERATOR, user.user_id, True)
     try:
         body = assert_apex_error(await client.post("/AP/AuthenticateUser", headers=signed_headers(created)))
         assert body["Locked"] is True
@@ -162,7 +163,7 @@ async def test_locked_user_told_only_with_right_credentials(client: httpx.AsyncC
         body = assert_apex_error(await client.post("/AP/AuthenticateUser", json={"UserName": user.username, "Password": "wrong password!"}))
         assert body["Locked"] is False
     finally:
-        await kg.users.set_locked(user.user_id, False)
+        await kg.users.set_locked(OPERATOR, user.user_id, False)
 
 
 async def test_client_address_is_the_socket_peer(api_app, reader, make_key) -> None:

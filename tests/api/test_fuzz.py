@@ -21,7 +21,7 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -193,7 +193,7 @@ async def test_key_endpoints_fuzz(client: httpx.AsyncClient, kg: Keygate, world:
         new = {row[0] for row in after["keys"]} - {row[0] for row in before["keys"]}
         assert new == {body["APIKey"]}
         assert _without(after, new) == before
-        await kg.keys.delete(operator_acting_as(await kg.users.require(world.user_id)), world.user_id, body["APIKey"])
+        await kg.keys.delete(OPERATOR, world.user_id, body["APIKey"])
     elif endpoint == "UpdateUserAPIKey":
         assert body["APIKey"] == world.own.key.api_key and body["UserId"] == world.user_id
         assert _without(after, {world.own.key.api_key}) == _without(before, {world.own.key.api_key})
@@ -204,7 +204,7 @@ async def test_key_endpoints_fuzz(client: httpx.AsyncClient, kg: Keygate, world:
         assert body == {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
         assert _key_row(after, world.own.key.api_key) is None
         assert _without(before, {world.own.key.api_key}) == after
-        owner = operator_acting_as(await kg.users.require(world.user_id))
+        owner = OPERATOR
         world.own = await kg.keys.create(owner, world.user_id, parse_permissions(["Trading"]), IpAllowlist.parse(["198.18.0.0/15"]), "mine")
 
 

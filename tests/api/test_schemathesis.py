@@ -38,7 +38,7 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 KEY_SESSION_OPS = {"GetUserInfo", "GetUserAccounts", "GetUserPermissions", "GetUserAPIKeys", "LogOut"}
 KEY_EDIT_OPS = {"UpdateUserAPIKey", "RotateUserAPIKey", "RemoveUserAPIKey"}
@@ -105,10 +105,10 @@ async def people(kg: Keygate) -> tuple[dict[str, Person], dict[str, str]]:
     made: dict[str, Person] = {}
     for role in ("user", "editor", "admin", "victim"):
         password = secrets.token_urlsafe(16)
-        user = await kg.users.create(f"st{role}{secrets.token_hex(4)}", password, is_admin=role == "admin")
+        user = await kg.users.create(OPERATOR, f"st{role}{secrets.token_hex(4)}", password, is_admin=role == "admin")
         made[role] = Person(user.user_id, user.username, password)
     uid = made["user"].user_id
-    created = await kg.keys.create(operator_acting_as(await kg.users.require(uid)), uid, parse_permissions(["Trading"]), IpAllowlist())
+    created = await kg.keys.create(OPERATOR, uid, parse_permissions(["Trading"]), IpAllowlist())
     return made, {"APIKey": created.key.api_key, "secret": created.secret, "UserId": str(uid)}
 
 

@@ -16,7 +16,7 @@ from keygate.config import Settings
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.auth import KeyCredentials
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 PASSWORD = "a long enough password"
 
@@ -83,7 +83,7 @@ async def test_key_create_prints_credentials_once_and_they_work(kg: Keygate, cli
     assert "Trading, Withdraw" in result.stdout
     assert "127.0.0.1, 2001:db8::/32" in result.stdout
 
-    [stored] = await kg.keys.list(operator_acting_as(user), user.user_id)
+    [stored] = await kg.keys.list(OPERATOR, user.user_id)
     assert stored.api_key == api_key
     assert stored.label == "desk bot"
     assert stored.nonce == nonce
@@ -135,8 +135,8 @@ async def test_key_edit(kg: Keygate, cli_env: dict[str, str], make_user, make_ke
 
     edited = keygate("key", "edit", api_key, "-p", "Withdraw", "-p", "Deposit", "--ip", "192.0.2.0/24", "--label", "renamed", env=cli_env)
     assert edited.returncode == 0, edited.stderr
-    assert "sessions were ended" in edited.stdout
-    [stored] = await kg.keys.list(operator_acting_as(user), user.user_id)
+    assert "new rights on every server" in edited.stdout
+    [stored] = await kg.keys.list(OPERATOR, user.user_id)
     assert sorted(p.value for p in stored.permissions) == ["Deposit", "Withdraw"]
     assert stored.ip_allowlist.as_strings() == ["192.0.2.0/24"]
     assert stored.label == "renamed"
@@ -147,7 +147,7 @@ async def test_key_edit(kg: Keygate, cli_env: dict[str, str], make_user, make_ke
 
     cleared = keygate("key", "edit", api_key, "--read-only", "--any-ip", env=cli_env)
     assert cleared.returncode == 0, cleared.stderr
-    [stored] = await kg.keys.list(operator_acting_as(user), user.user_id)
+    [stored] = await kg.keys.list(OPERATOR, user.user_id)
     assert stored.permissions == frozenset()
     assert stored.ip_allowlist.allows_any
     assert stored.label == "just a label"
@@ -161,7 +161,7 @@ async def test_key_delete(kg: Keygate, cli_env: dict[str, str], make_user, make_
     deleted = keygate("key", "delete", created["APIKey"], env=cli_env)
     assert deleted.returncode == 0, deleted.stderr
     assert f"deleted {created['APIKey']}" in deleted.stdout
-    assert await kg.keys.list(operator_acting_as(user), user.user_id) == []
+    assert await kg.keys.list(OPERATOR, user.user_id) == []
     assert_clean_refusal(keygate("key", "delete", created["APIKey"], env=cli_env), "not found")
 
 
@@ -183,9 +183,9 @@ async def test_errors_are_clear_and_change_nothing(
 ) -> None:
     made = await make_user()
     name, user = made.username, await kg.users.require(made.user_id)
-    users_before = len(await kg.users.list())
+    users_before = len(await kg.users.list(OPERATOR))
     result = keygate(*(a.replace("{user}", name) for a in args), env=cli_env, input="short\n")
     assert_clean_refusal(result, *fragments)
-    assert await kg.keys.list(operator_acting_as(user), user.user_id) == []
-    assert len(await kg.users.list()) == users_before
+    assert await kg.keys.list(OPERATOR, user.user_id) == []
+    assert len(await kg.users.list(OPERATOR)) == users_before
 

@@ -12,7 +12,7 @@ import httpx
 from console_support import ConsoleHttp, console_http  # noqa: F401  (fixture)
 
 from keygate.api import create_app
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 ADMIN_GETS = ["/admin/users", "/admin/keys", "/admin/sessions", "/admin/audit"]
 ADMIN_POSTS = ["/admin/users", "/admin/users/1/lock", "/admin/users/1/password", "/admin/users/1/signout",
@@ -22,7 +22,7 @@ EXPIRED_FORM = "The form could not be verified"
 
 async def _key_count(kg, user_id: int) -> int:  # type: ignore[no-untyped-def]
     owner = await kg.users.require(user_id)
-    return len(await kg.keys.list(operator_acting_as(owner), user_id))
+    return len(await kg.keys.list(OPERATOR, user_id))
 
 
 def _create_form(http: ConsoleHttp, **overrides: object) -> dict[str, object]:
@@ -227,7 +227,7 @@ async def test_expired_session_page_after_sign_out(console_http, make_user) -> N
 
 async def test_locked_account_message(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
-    await kg.users.set_locked(user.user_id, True)
+    await kg.users.set_locked(OPERATOR, user.user_id, True)
     page = console_http.get("/login")
     r = console_http.post("/login", {"csrf_token": console_http.csrf_of(page.text), "username": user.username,
                                      "password": user.password})
@@ -243,7 +243,7 @@ async def test_replay_mode_and_expiry_are_chosen_at_creation_and_shown(console_h
     assert r.status_code == 201
     assert "nonces: unique" in r.text and "expires" in r.text
     owner = await kg.users.require(user.user_id)
-    (key,) = await kg.keys.list(operator_acting_as(owner), user.user_id)
+    (key,) = await kg.keys.list(OPERATOR, user.user_id)
     assert key.replay_mode.value == "unique" and key.expires_at is not None and key.expires_at.year == 2099
     edit = console_http.get(f"/keys/{key.api_key}/edit").text
     assert 'value="unique" checked' in edit and 'value="2099-01-31T12:00"' in edit

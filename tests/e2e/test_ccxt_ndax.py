@@ -14,6 +14,7 @@ import pytest
 from e2e_support import Server, previous_totp_code
 
 from keygate.service import Keygate
+from keygate.service.principal import OPERATOR
 
 ccxt = pytest.importorskip("ccxt")
 
@@ -82,8 +83,8 @@ async def test_sign_in_without_two_factor(server: Server, make_user, make_key) -
 async def test_sign_in_with_totp_then_calls_with_the_session(server: Server, kg: Keygate, make_user, make_key) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
     created = await make_key(user.user_id, ["Trading"])
-    totp_secret, _ = await kg.users.begin_totp(user.user_id)
-    await kg.users.confirm_totp(user.user_id, previous_totp_code(totp_secret))
+    totp_secret, _ = await kg.users.begin_totp(OPERATOR, user.user_id)
+    await kg.users.confirm_totp(OPERATOR, user.user_id, previous_totp_code(totp_secret))
     account_id = (await kg.users.require(user.user_id)).account_id
 
     exchange = ndax(server, user.user_id, created.key.api_key, created.secret, user.username, user.password)
@@ -110,8 +111,8 @@ async def test_sign_in_with_totp_then_calls_with_the_session(server: Server, kg:
 async def test_sign_in_with_a_wrong_totp_secret_is_refused(server: Server, kg: Keygate, make_user, make_key) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
     created = await make_key(user.user_id)
-    totp_secret, _ = await kg.users.begin_totp(user.user_id)
-    await kg.users.confirm_totp(user.user_id, previous_totp_code(totp_secret))
+    totp_secret, _ = await kg.users.begin_totp(OPERATOR, user.user_id)
+    await kg.users.confirm_totp(OPERATOR, user.user_id, previous_totp_code(totp_secret))
     exchange = ndax(server, user.user_id, created.key.api_key, created.secret, user.username, user.password)
     exchange.twofa = pyotp.random_base32()
     with pytest.raises(ccxt.ExchangeError):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from e2e_support import Server, previous_totp_code
+from keygate.service.principal import OPERATOR
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 BASE_LINE = 'BASE_URL = "http://127.0.0.1:8000"'
@@ -41,8 +42,8 @@ async def reader(server: Server, kg, make_user, make_key) -> dict[str, Any]:  # 
     """A user as a README reader has one: a key with Trading, and two-factor sign-in enrolled."""
     user = await make_user()
     created = await make_key(user.user_id, ["Trading"])
-    totp_secret, _ = await kg.users.begin_totp(user.user_id)
-    await kg.users.confirm_totp(user.user_id, previous_totp_code(totp_secret))
+    totp_secret, _ = await kg.users.begin_totp(OPERATOR, user.user_id)
+    await kg.users.confirm_totp(OPERATOR, user.user_id, previous_totp_code(totp_secret))
     return {
         "USER_ID": user.user_id, "API_KEY": created.key.api_key, "SECRET": created.secret,
         "USERNAME": user.username, "PASSWORD": user.password, "TOTP_SECRET": totp_secret,

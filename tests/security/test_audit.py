@@ -12,6 +12,7 @@ from sqlalchemy import select
 from support import settings_env
 
 from keygate.store.tables import audit_events
+from keygate.service.principal import OPERATOR
 
 
 async def test_authentications_and_changes_are_recorded_without_secrets(kg, settings, make_user, make_key):
@@ -31,7 +32,7 @@ async def test_authentications_and_changes_are_recorded_without_secrets(kg, sett
         await client.post("/AP/LockUser", headers={"aptoken": admin_token}, json={"UserId": user.user_id})
         await client.post("/AP/UnlockUser", headers={"aptoken": admin_token}, json={"UserId": user.user_id})
 
-    events = await kg.audit.query(user_id=user.user_id, limit=1000)
+    events = await kg.audit.query(OPERATOR, user_id=user.user_id, limit=1000)
     seen = {(e.action, e.outcome, e.reason) for e in events}
     assert ("auth.key", "success", None) in seen
     assert ("auth.key", "failure", "signature mismatch") in seen
@@ -92,7 +93,7 @@ async def test_signed_requests_are_tallied_per_key_and_address(kg, make_user, ma
         for nonce in ("1", "2", "3"):
             assert (await client.get("/AP/GetUserInfo", headers=signed(created, user.user_id, nonce))).status_code == 200
         await client.get("/AP/GetUserInfo", headers={**signed(created, user.user_id, "4"), "Signature": "3" * 64})
-    events = await kg.audit.query(api_key=created.key.api_key, action="auth.signed_request")
+    events = await kg.audit.query(OPERATOR, api_key=created.key.api_key, action="auth.signed_request")
     successes = [e for e in events if e.outcome == "success"]
     failures = [e for e in events if e.outcome == "failure"]
     assert len(successes) == 1 and successes[0].detail.startswith("count=3; last=")

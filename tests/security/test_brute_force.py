@@ -8,14 +8,14 @@ from abuse_helpers import client_for, random_ip, signed
 
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.replay import ReplayMode
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 BAD_SIGNATURE = "0" * 64
 
 
 async def _key(kg, user_id: int):  # type: ignore[no-untyped-def]
     owner = await kg.users.require(user_id)
-    return await kg.keys.create(operator_acting_as(owner), user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE)
+    return await kg.keys.create(OPERATOR, user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE)
 
 
 async def test_failures_past_the_threshold_get_429_with_growing_retry_after(strict_kg, make_user):
@@ -86,7 +86,7 @@ async def test_consecutive_failures_lock_the_user_until_an_admin_unlocks(strict_
         assert r.status_code == 401 and r.json()["Locked"] is True
         r = await client.post("/AP/AuthenticateUser", headers=signed(created, user.user_id, "5"))
         assert r.status_code == 401 and r.json()["Locked"] is True, "the user's keys stop too"
-        lockouts = await kg.audit.query(action="user.lockout", user_id=user.user_id)
+        lockouts = await kg.audit.query(OPERATOR, action="user.lockout", user_id=user.user_id)
         assert lockouts and "4 consecutive" in (lockouts[0].reason or "")
 
         signin = await client.post("/AP/AuthenticateUser", json={"UserName": admin.username, "Password": admin.password})
@@ -95,7 +95,7 @@ async def test_consecutive_failures_lock_the_user_until_an_admin_unlocks(strict_
         assert r.status_code == 200 and r.json()["result"] is True
         r = await client.post("/AP/AuthenticateUser", json={"UserName": user.username, "Password": user.password})
         assert r.status_code == 200, r.text
-        assert await kg.audit.query(action="user.unlock", user_id=user.user_id)
+        assert await kg.audit.query(OPERATOR, action="user.unlock", user_id=user.user_id)
 
 
 async def test_a_lockout_ends_by_itself_after_the_configured_time(strict_kg, make_user):

@@ -26,6 +26,7 @@ from keygate.service import Keygate
 from keygate.service.clock import utcnow
 from keygate.service.keys import CreatedKey
 from keygate.store.tables import api_keys
+from keygate.service.principal import OPERATOR
 
 ATTACKER_IP = "203.0.113.7"
 GENERIC_FAILURE = {"Authenticated": False, "Locked": False, "errormsg": "Invalid credentials", "errorcode": 20}
@@ -76,7 +77,7 @@ async def test_authenticate_user_refusals_are_identical(client: httpx.AsyncClien
         assert (r.status_code, r.content) == (first.status_code, first.content), cause
 
     # The operator sees the precise cause of each, with the client address.
-    events = await kg.audit.query(action="auth.key", outcome="failure", limit=1000)
+    events = await kg.audit.query(OPERATOR, action="auth.key", outcome="failure", limit=1000)
     mine = [e for e in events if e.client_ip == ATTACKER_IP]
     reasons = {e.reason for e in mine if e.api_key == key.key.api_key}
     assert {"signature mismatch", "api key belongs to another user"} <= reasons
@@ -90,7 +91,7 @@ async def test_signed_private_call_refusals_are_identical(client: httpx.AsyncCli
     assert replies[0].status_code == 401
     assert replies[0].json() == {"result": False, "errormsg": "Invalid credentials", "errorcode": 20, "detail": None}
     assert len({(r.status_code, r.content) for r in replies}) == 1
-    reasons = {e.reason for e in await kg.audit.query(action="auth.signed_request", api_key=key.key.api_key, limit=100)}
+    reasons = {e.reason for e in await kg.audit.query(OPERATOR, action="auth.signed_request", api_key=key.key.api_key, limit=100)}
     assert {"signature mismatch", "api key belongs to another user"} <= reasons
 
 
@@ -112,7 +113,7 @@ async def test_password_unknown_user_and_wrong_password_are_identical(client: ht
     e = await client.post("/AP/WebAuthenticateUser", json=unknown)
     assert {(r.status_code, r.content) for r in (c, d, e)} == {(a.status_code, a.content)}
 
-    events = await kg.audit.query(action="auth.password", outcome="failure", limit=1000)
+    events = await kg.audit.query(OPERATOR, action="auth.password", outcome="failure", limit=1000)
     assert any(ev.reason == "wrong password" and ev.subject_user_id == user.user_id for ev in events)
     assert any(ev.reason == "unknown user" and ev.subject_user_id is None and ev.client_ip == ATTACKER_IP for ev in events)
     assert all(user.password not in (ev.reason or "") + (ev.detail or "") for ev in events)
@@ -120,7 +121,7 @@ async def test_password_unknown_user_and_wrong_password_are_identical(client: ht
 
 async def test_locked_is_revealed_only_with_the_right_password(client: httpx.AsyncClient, kg: Keygate, make_user) -> None:
     user = await make_user()
-    await kg.users.set_locked(user.user_id, True, reason="test")
+    await kg.users.set_locked(OPERATOR, user.user_id, True, reason="test")
     guess = await client.post("/AP/AuthenticateUser", json={"UserName": user.username, "Password": "not-" + user.password})
     assert guess.status_code == 401 and guess.json() == GENERIC_FAILURE
     right = await client.post("/AP/AuthenticateUser", json={"UserName": user.username, "Password": user.password})
@@ -130,7 +131,7 @@ async def test_locked_is_revealed_only_with_the_right_password(client: httpx.Asy
 async def test_locked_key_owner_is_revealed_only_with_the_right_signature(client: httpx.AsyncClient, kg: Keygate, make_user, make_key) -> None:
     user = await make_user()
     key = await make_key(user.user_id)
-    await kg.users.set_locked(user.user_id, True, reason="test")
+    await kg.users.set_locked(OPERATOR, user.user_id, True, reason="test")
     guess = await client.post("/AP/AuthenticateUser", headers=signed(key.key.api_key, secrets.token_hex(16), user.user_id))
     assert guess.status_code == 401 and guess.json() == GENERIC_FAILURE
     right = await client.post("/AP/AuthenticateUser", headers=signed(key.key.api_key, key.secret, user.user_id))
@@ -164,5 +165,5 @@ async def test_specific_message_only_with_the_right_signature(client: httpx.Asyn
     signed_call = await client.get("/AP/GetUserInfo", headers=signed(key.key.api_key, key.secret, user.user_id))
     assert signed_call.status_code == 401 and signed_call.json()["errormsg"] == message
 
-    reasons = [e.reason for e in await kg.audit.query(api_key=key.key.api_key, outcome="failure", limit=10)]
+    reasons = [e.reason for e in await kg.audit.query(OPERATOR, api_key=key.key.api_key, outcome="failure", limit=10)]
     assert reasons.count(reason) == 2 and "signature mismatch" in reasons

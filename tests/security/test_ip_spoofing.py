@@ -25,7 +25,7 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 ALLOWED = "198.51.100.9"
 ATTACKER = "203.0.113.7"
@@ -58,11 +58,11 @@ async def unbound(settings: Settings) -> AsyncIterator[Keygate]:
 @pytest.fixture(scope="module")
 async def owner_id(kg: Keygate) -> int:
     """One key owner for the module (a user costs a slow password hash; a key is cheap)."""
-    return (await kg.users.create(f"ipowner{secrets.token_hex(5)}", secrets.token_urlsafe(16))).user_id
+    return (await kg.users.create(OPERATOR, f"ipowner{secrets.token_hex(5)}", secrets.token_urlsafe(16))).user_id
 
 
 async def new_key(service: Keygate, user_id: int, ips: list[str]) -> CreatedKey:
-    owner = operator_acting_as(await service.users.require(user_id))
+    owner = OPERATOR
     return await service.keys.create(owner, user_id, parse_permissions(["Trading"]), IpAllowlist.parse(ips))
 
 
@@ -78,7 +78,7 @@ def refused_for_address(r: httpx.Response) -> bool:
 
 
 async def last_client_ip(service: Keygate, created: CreatedKey) -> str | None:
-    return (await service.audit.query(api_key=created.key.api_key, limit=1))[0].client_ip
+    return (await service.audit.query(OPERATOR, api_key=created.key.api_key, limit=1))[0].client_ip
 
 
 async def test_forwarded_headers_ignored_without_trusted_proxies(kg: Keygate, make_user, make_key) -> None:
@@ -179,6 +179,6 @@ async def test_null_allowlist_in_an_edit_keeps_the_allowlist(kg: Keygate, make_u
         r = await owner.post("/AP/UpdateUserAPIKey", headers={"aptoken": token},
                              json={"APIKey": created.key.api_key, "Label": "renamed", "IpAllowlist": None, "Permissions": None})
         assert r.status_code == 200, r.text
-        assert r.json()["IpAllowlist"] == [ALLOWED] and r.json()["Permissions"] == ["Trading"] and r.json()["SessionsEnded"] is False
+        assert r.json()["IpAllowlist"] == [ALLOWED] and r.json()["Permissions"] == ["Trading"]
     async with client_at(app, ATTACKER) as attacker:
         assert refused_for_address(await sign_in(attacker, created))

@@ -13,14 +13,14 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import Permission
 from keygate.domain.replay import ReplayMode
 from keygate.service.clock import utcnow
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 LENIENT = {"throttle_ip_failures": 1000, "throttle_key_failures": 1000, "throttle_user_failures": 1000, "lockout_failures": 100}
 
 
 async def _owner(kg, make_user):  # type: ignore[no-untyped-def]
     user = await make_user()
-    return user, operator_acting_as(await kg.users.require(user.user_id))
+    return user, OPERATOR
 
 
 async def test_an_expired_key_fails_with_a_clear_message_and_shows_as_expired(strict_kg, make_user):

@@ -24,7 +24,7 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.replay import ReplayMode
 from keygate.domain.secretbox import key_id_of
 from keygate.service import Keygate
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 from keygate.store.master_key import read_key_file
 from keygate.store.tables import api_keys, users
 
@@ -47,12 +47,12 @@ async def test_rotation_under_load_keeps_every_key_working(own_deployment: Setti
     kg = Keygate(own_deployment)  # creates data_dir/master.key, mode 0600
     await kg.start(bootstrap_admin=False)
     old_master, _ = read_key_file(own_deployment.resolved_master_key_file)
-    user = await kg.users.create("rotator", "rotator-password-1")
-    owner = operator_acting_as(user)
+    user = await kg.users.create(OPERATOR, "rotator", "rotator-password-1")
+    owner = OPERATOR
     created = [await kg.keys.create(owner, user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE) for _ in range(12)]
-    totp_user = await kg.users.create("rotator-2fa", "rotator-password-2")
-    secret, _ = await kg.users.begin_totp(totp_user.user_id)
-    await kg.users.confirm_totp(totp_user.user_id, pyotp.TOTP(secret).now())
+    totp_user = await kg.users.create(OPERATOR, "rotator-2fa", "rotator-password-2")
+    secret, _ = await kg.users.begin_totp(OPERATOR, totp_user.user_id)
+    await kg.users.confirm_totp(OPERATOR, totp_user.user_id, pyotp.TOTP(secret).now())
     await kg.close()
 
     server = start_server(own_deployment)
@@ -116,8 +116,8 @@ async def test_with_the_key_in_the_environment_old_values_are_resealed_under_the
     old_key, new_key = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
     first = Keygate(dataclasses.replace(own_deployment, master_key=old_key))
     await first.start(bootstrap_admin=False)
-    user = await first.users.create("env-rotator", "rotator-password-3")
-    created = await first.keys.create(operator_acting_as(user), user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE)
+    user = await first.users.create(OPERATOR, "env-rotator", "rotator-password-3")
+    created = await first.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE)
     await first.close()
 
     monkeypatch.delenv("KEYGATE_PREVIOUS_MASTER_KEYS", raising=False)

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from keygate.api import create_app
 from keygate.service import Keygate
 from keygate.store.tables import api_keys, sessions
+from keygate.service.principal import OPERATOR
 
 CLIENT_IP = "203.0.113.7"
 MISSING_USER = 987_654_321
@@ -135,5 +136,5 @@ async def test_admin_password_session_manages_another_users_keys(client: httpx.A
     r = await client.post("/AP/RemoveUserAPIKey", headers=pw, json={"UserId": b.user_id, "APIKey": b_key.key.api_key})
     assert r.status_code == 200 and r.json()["result"] is True
     assert await kg.keys.lookup(b_key.key.api_key) is None
-    events = await kg.audit.query(action="key.delete", api_key=b_key.key.api_key)
+    events = await kg.audit.query(OPERATOR, action="key.delete", api_key=b_key.key.api_key)
     assert [(e.actor_user_id, e.subject_user_id) for e in events] == [(admin.user_id, b.user_id)]

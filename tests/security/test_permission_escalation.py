@@ -24,6 +24,7 @@ from keygate.domain.permissions import format_permissions
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 from keygate.store.tables import api_keys, sessions, users
+from keygate.service.principal import OPERATOR
 
 ATTACKER_IP = "203.0.113.7"
 ALL = ["Trading", "Withdraw", "Deposit"]
@@ -41,11 +42,12 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def state_of(kg: Keygate, *user_ids: int) -> dict[str, Any]:
-    """What an escalation would change: the users' rows, their keys (but the last-use time), their sessions."""
+    """What an escalation would change: the users' rows, their keys (but the last-use time and the highest
+    nonce, which every accepted signature records), their sessions."""
     await kg.flush()
     async with kg.engine.connect() as conn:
         u = (await conn.execute(select(users).where(users.c.user_id.in_(user_ids)).order_by(users.c.user_id))).all()
-        k = (await conn.execute(select(*(c for c in api_keys.c if c.name != "last_used_at"))
+        k = (await conn.execute(select(*(c for c in api_keys.c if c.name not in ("last_used_at", "last_nonce")))
                                 .where(api_keys.c.user_id.in_(user_ids)).order_by(api_keys.c.api_key))).all()
         s = (await conn.execute(select(sessions.c.token_hash, sessions.c.kind, sessions.c.permissions, sessions.c.api_key)
                                 .where(sessions.c.user_id.in_(user_ids)).order_by(sessions.c.token_hash))).all()
@@ -78,7 +80,7 @@ def assert_refused(r: httpx.Response, what: str) -> None:
 async def test_key_cannot_manage_keys_2fa_or_admin(client: httpx.AsyncClient, kg: Keygate, make_user, make_key, admin: bool) -> None:
     owner, victim = await make_user(admin=admin), await make_user()
     created = await make_key(owner.user_id, ALL, ["203.0.113.0/24"])
-    await kg.users.set_locked(victim.user_id, True, reason="test")  # so UnlockUser would show
+    await kg.users.set_locked(OPERATOR, victim.user_id, True, reason="test")  # so UnlockUser would show
     token = await key_token(client, created)
     before = await state_of(kg, owner.user_id, victim.user_id)
     for endpoint, payload in attempts(created, victim.user_id).items():

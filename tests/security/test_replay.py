@@ -12,7 +12,7 @@ from abuse_helpers import client_for, random_ip, signed
 from support import Server, start_server, stop_server
 
 from keygate.domain.replay import ReplayMode
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 # Replay tests fail on purpose many times; throttling has its own tests.
 LENIENT = {"throttle_ip_failures": 1000, "throttle_key_failures": 1000, "throttle_user_failures": 1000}
@@ -23,7 +23,7 @@ async def _user_and_key(kg, make_user, mode: ReplayMode | None):  # type: ignore
 
     user = await make_user()
     owner = await kg.users.require(user.user_id)
-    created = await kg.keys.create(operator_acting_as(owner), user.user_id, frozenset(), IpAllowlist(), replay_mode=mode)
+    created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=mode)
     return user, created
 
 
@@ -84,9 +84,9 @@ async def test_operator_default_applies_and_the_mode_is_shown_and_editable(stric
     user, created = await _user_and_key(kg, make_user, None)
     assert created.key.replay_mode is ReplayMode.UNIQUE
     owner = await kg.users.require(user.user_id)
-    views = [k.public_view() for k in await kg.keys.list(operator_acting_as(owner), user.user_id)]
+    views = [k.public_view() for k in await kg.keys.list(OPERATOR, user.user_id)]
     assert views[0]["ReplayMode"] == "unique"
-    key, _ = await kg.keys.update(operator_acting_as(owner), user.user_id, created.key.api_key, replay_mode=ReplayMode.COMPATIBLE)
+    key = await kg.keys.update(OPERATOR, user.user_id, created.key.api_key, replay_mode=ReplayMode.COMPATIBLE)
     assert key.replay_mode is ReplayMode.COMPATIBLE
     async with client_for(kg, random_ip()) as client:
         for _ in range(2):

@@ -9,7 +9,7 @@ from keygate.domain.errors import AuthenticationFailed, Forbidden, InvalidReques
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import Permission, parse_permissions
 from keygate.service import Keygate
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 
 async def test_create_list_update_delete(kg: Keygate, make_user, password_principal) -> None:
@@ -26,9 +26,8 @@ async def test_create_list_update_delete(kg: Keygate, make_user, password_princi
     assert view["Label"] == "bot one" and view["Permissions"] == ["Trading"] and view["IpAllowlist"] == ["10.0.0.0/8"]
     assert view["Nonce"] == created.key.nonce
 
-    key, ended = await kg.keys.update(me, user.user_id, created.key.api_key, permissions=parse_permissions(["Withdraw", "Deposit"]),
-                                      ip_allowlist=IpAllowlist(), label="renamed")
-    assert ended
+    key = await kg.keys.update(me, user.user_id, created.key.api_key, permissions=parse_permissions(["Withdraw", "Deposit"]),
+                               ip_allowlist=IpAllowlist(), label="renamed")
     again = (await kg.keys.list(me, user.user_id))[0].public_view()
     assert again["Permissions"] == ["Withdraw", "Deposit"] and again["IpAllowlist"] == [] and again["Label"] == "renamed"
     assert key.api_key == created.key.api_key
@@ -44,9 +43,8 @@ async def test_create_list_update_delete(kg: Keygate, make_user, password_princi
 async def test_update_leaves_omitted_fields(kg: Keygate, make_user, make_key) -> None:
     user = await make_user()
     created = await make_key(user.user_id, ["Trading"], ["192.0.2.1"], "keep")
-    owner = operator_acting_as(await kg.users.require(user.user_id))
-    key, ended = await kg.keys.update(owner, user.user_id, created.key.api_key, label="new label")
-    assert not ended
+    owner = OPERATOR
+    key = await kg.keys.update(owner, user.user_id, created.key.api_key, label="new label")
     assert key.permissions == {Permission.TRADING} and key.ip_allowlist.as_strings() == ["192.0.2.1"]
     stored = (await kg.keys.list(owner, user.user_id))[0]
     assert stored.label == "new label" and stored.permissions == {Permission.TRADING}
@@ -55,7 +53,7 @@ async def test_update_leaves_omitted_fields(kg: Keygate, make_user, make_key) ->
 async def test_bad_label_is_refused_and_changes_nothing(kg: Keygate, make_user, make_key) -> None:
     user = await make_user()
     created = await make_key(user.user_id, label="ok")
-    owner = operator_acting_as(await kg.users.require(user.user_id))
+    owner = OPERATOR
     for bad in ("x" * 101, "tab\there"):
         with pytest.raises(InvalidRequest):
             await kg.keys.update(owner, user.user_id, created.key.api_key, label=bad)
@@ -66,7 +64,7 @@ async def test_bad_label_is_refused_and_changes_nothing(kg: Keygate, make_user, 
 
 async def test_unknown_key_is_not_found(kg: Keygate, make_user) -> None:
     user = await make_user()
-    owner = operator_acting_as(await kg.users.require(user.user_id))
+    owner = OPERATOR
     for bad in ("0" * 32, "", "x" * 200, "\x00", "é" * 10):
         with pytest.raises(KeygateError) as exc:
             await kg.keys.delete(owner, user.user_id, bad)
@@ -81,7 +79,7 @@ async def test_secret_never_in_listings_nor_in_the_database(kg: Keygate, make_us
     created = await make_key(user.user_id, ["Trading"], label="secretive")
     await key_session(created)
     await kg.flush()
-    owner = operator_acting_as(await kg.users.require(user.user_id))
+    owner = OPERATOR
     for key in await kg.keys.list(owner, user.user_id):
         view = key.public_view()
         assert "APISecret" not in view
@@ -120,7 +118,7 @@ async def test_key_made_principal_cannot_manage_keys(kg: Keygate, make_user, mak
             with pytest.raises(Forbidden) as exc:
                 await attempt
             assert exc.value.errorcode == 20 and exc.value.http_status == 403
-    owner = operator_acting_as(await kg.users.require(user.user_id))
+    owner = OPERATOR
     keys = await kg.keys.list(owner, user.user_id)
     assert len(keys) == 1 and keys[0].permissions == {Permission.TRADING, Permission.WITHDRAW, Permission.DEPOSIT}
 
@@ -140,7 +138,7 @@ async def test_user_cannot_touch_another_users_keys(kg: Keygate, make_user, make
         with pytest.raises(KeygateError) as exc:
             await attempt
         assert exc.value.http_status in (403, 404)
-    bob_owner = operator_acting_as(await kg.users.require(bob.user_id))
+    bob_owner = OPERATOR
     keys = await kg.keys.list(bob_owner, bob.user_id)
     assert [(k.api_key, k.label) for k in keys] == [(bobs.key.api_key, "bob's")]
 
@@ -154,7 +152,7 @@ async def test_admin_with_password_session_manages_any_users_keys(kg: Keygate, m
     assert made.key.user_id == bob.user_id
     await kg.keys.update(as_admin, bob.user_id, bobs.key.api_key, label="edited by admin")
     await kg.keys.delete(as_admin, bob.user_id, made.key.api_key)
-    bob_owner = operator_acting_as(await kg.users.require(bob.user_id))
+    bob_owner = OPERATOR
     assert [(k.api_key, k.label) for k in await kg.keys.list(bob_owner, bob.user_id)] == [(bobs.key.api_key, "edited by admin")]
 
     # The same admin signed in with an API key has no admin rights.
@@ -178,7 +176,7 @@ async def test_deleting_a_key_ends_its_sessions_at_once(kg: Keygate, make_user, 
     tokens = [await key_session(created), await key_session(created)]
     other_token = await key_session(other)
     assert all([await _alive(kg, t) for t in tokens])
-    owner = operator_acting_as(await kg.users.require(user.user_id))
+    owner = OPERATOR
     await kg.keys.delete(owner, user.user_id, created.key.api_key)
     assert not any([await _alive(kg, t) for t in tokens])
     assert await _alive(kg, other_token)
@@ -190,29 +188,26 @@ async def test_deleting_a_key_ends_its_sessions_at_once(kg: Keygate, make_user, 
     [{"permissions": frozenset({Permission.TRADING})}, {"ip_allowlist": IpAllowlist.parse(["127.0.0.1", "10.0.0.0/8"])}],
     ids=["permissions", "allowlist"],
 )
-async def test_changing_rights_ends_the_keys_sessions(kg: Keygate, make_user, make_key, key_session, change) -> None:
+async def test_changing_rights_reaches_the_keys_live_sessions(kg: Keygate, make_user, make_key, key_session, change) -> None:
     user = await make_user()
     created = await make_key(user.user_id, ["Trading", "Withdraw"], ["127.0.0.1"])
     token = await key_session(created)
     assert await _alive(kg, token)
-    owner = operator_acting_as(await kg.users.require(user.user_id))
-    _, ended = await kg.keys.update(owner, user.user_id, created.key.api_key, **change)
-    assert ended
-    assert not await _alive(kg, token)
-    assert await count_rows(kg, "sessions", "api_key = :k", k=created.key.api_key) == 0
-    # A fresh sign-in carries the new rights.
-    principal = await kg.auth.principal_for_token(await key_session(created), CLIENT_IP)
+    await kg.keys.update(OPERATOR, user.user_id, created.key.api_key, **change)
+    # The session made before the change has the key's rights as they are now, never a copy.
+    principal = await kg.auth.principal_for_token(token, CLIENT_IP)
     assert principal.permissions == (change.get("permissions") or {Permission.TRADING, Permission.WITHDRAW})
+    await kg.keys.update(OPERATOR, user.user_id, created.key.api_key, ip_allowlist=IpAllowlist.parse(["192.0.2.9"]))
+    assert not await _alive(kg, token), "an allowlist that no longer holds the session's address refuses it"
 
 
 async def test_label_only_change_keeps_sessions(kg: Keygate, make_user, make_key, key_session) -> None:
     user = await make_user()
     created = await make_key(user.user_id, ["Trading"], ["127.0.0.1"])
     token = await key_session(created)
-    owner = operator_acting_as(await kg.users.require(user.user_id))
-    _, ended = await kg.keys.update(owner, user.user_id, created.key.api_key, label="just a name",
-                                    permissions=frozenset({Permission.TRADING}), ip_allowlist=IpAllowlist.parse(["127.0.0.1"]))
-    assert not ended
+    owner = OPERATOR
+    await kg.keys.update(owner, user.user_id, created.key.api_key, label="just a name",
+                         permissions=frozenset({Permission.TRADING}), ip_allowlist=IpAllowlist.parse(["127.0.0.1"]))
     assert await _alive(kg, token)
 
 

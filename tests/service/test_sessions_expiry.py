@@ -13,7 +13,7 @@ from keygate.config import Settings
 from keygate.domain.errors import NotAuthorized
 from keygate.domain.iprules import IpAllowlist
 from keygate.service import Keygate
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 
 async def _short_lived(settings: Settings, idle: int, absolute: int) -> Keygate:
@@ -23,7 +23,7 @@ async def _short_lived(settings: Settings, idle: int, absolute: int) -> Keygate:
 
 
 async def _key_token(service: Keygate, user_id: int) -> tuple[str, object]:
-    owner = operator_acting_as(await service.users.require(user_id))
+    owner = OPERATOR
     created = await service.keys.create(owner, user_id, frozenset(), IpAllowlist())
     grant = await service.auth.authenticate_key(key_credentials(created), CLIENT_IP)
     return grant.token, created

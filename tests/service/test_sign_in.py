@@ -13,6 +13,7 @@ from svc_helpers import CLIENT_IP, key_credentials
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, NotAuthorized
 from keygate.service import Keygate
 from keygate.service.auth import KeyCredentials, Pending2FA, SessionGrant
+from keygate.service.principal import OPERATOR
 
 
 async def test_key_sign_in_accepts_uppercase_signature_and_string_user_id(kg: Keygate, make_user, make_key) -> None:
@@ -86,14 +87,14 @@ async def test_password_sign_in(kg: Keygate, make_user) -> None:
 
 async def test_totp_enrolment_and_two_step_sign_in(kg: Keygate, make_user) -> None:
     user = await make_user()
-    secret, uri = await kg.users.begin_totp(user.user_id)
+    secret, uri = await kg.users.begin_totp(OPERATOR, user.user_id)
     assert uri.startswith("otpauth://totp/") and secret in uri
     totp = pyotp.TOTP(secret)
     # Not active until confirmed: a password alone still signs in.
     assert isinstance(await kg.auth.authenticate_password(user.username, user.password, CLIENT_IP), SessionGrant)
     with pytest.raises(InvalidRequest):
-        await kg.users.confirm_totp(user.user_id, "000000" if totp.now() != "000000" else "111111")
-    await kg.users.confirm_totp(user.user_id, totp.now())
+        await kg.users.confirm_totp(OPERATOR, user.user_id, "000000" if totp.now() != "000000" else "111111")
+    await kg.users.confirm_totp(OPERATOR, user.user_id, totp.now())
     assert (await kg.users.require(user.user_id)).uses_2fa
 
     pending = await kg.auth.authenticate_password(user.username, user.password, CLIENT_IP)
@@ -128,7 +129,7 @@ async def test_unknown_pending_token_is_refused(kg: Keygate) -> None:
 async def test_locked_is_revealed_only_with_the_right_credentials(kg: Keygate, make_user, make_key) -> None:
     user = await make_user()
     created = await make_key(user.user_id)
-    await kg.users.set_locked(user.user_id, True)
+    await kg.users.set_locked(OPERATOR, user.user_id, True)
     with pytest.raises(AuthenticationFailed) as exc:
         await kg.auth.authenticate_key(key_credentials(created), CLIENT_IP)
     assert exc.value.locked
@@ -141,17 +142,17 @@ async def test_locked_is_revealed_only_with_the_right_credentials(kg: Keygate, m
     with pytest.raises(AuthenticationFailed) as exc:
         await kg.auth.authenticate_password(user.username, user.password + "x", CLIENT_IP)
     assert not exc.value.locked
-    await kg.users.set_locked(user.user_id, False)
+    await kg.users.set_locked(OPERATOR, user.user_id, False)
     await kg.auth.authenticate_key(key_credentials(created), CLIENT_IP)
 
 
 async def test_locking_ends_the_users_sessions(kg: Keygate, make_user, make_key, key_session) -> None:
     user = await make_user()
     token = await key_session(await make_key(user.user_id))
-    await kg.users.set_locked(user.user_id, True)
+    await kg.users.set_locked(OPERATOR, user.user_id, True)
     with pytest.raises(NotAuthorized):
         await kg.auth.principal_for_token(token, CLIENT_IP)
-    await kg.users.set_locked(user.user_id, False)
+    await kg.users.set_locked(OPERATOR, user.user_id, False)
     with pytest.raises(NotAuthorized):
         await kg.auth.principal_for_token(token, CLIENT_IP)
 

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
         if owned:
             await migrate(kg.engine)
         app.state.keygate = context.keygate = kg
-        kg.start_background()
+        await kg.start_background()
         # Everything loaded by now (the framework, SQLAlchemy, the app) lives as long as the process.
         # Frozen, it is left out of every garbage collection: a full collection otherwise walked
         # hundreds of thousands of such objects, a pause of tens of milliseconds under load.

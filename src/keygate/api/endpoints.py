@@ -1,4 +1,16 @@
-"""The APEX endpoints. Each handler reads the wire, calls one use case, and writes an APEX reply."""
+"""The APEX endpoints. Each handler reads the wire, calls one use case, and writes an APEX reply.
+
+The registry enforces what each endpoint declares (``auth``), so the OpenAPI document, built from the
+same declarations, cannot say one thing while the endpoint does another:
+
+- ``none``: anyone; ``credentials``: a sign-in endpoint, which reads the credentials itself;
+- ``session``: a key session, a signed request or a password session (the handler gets the principal);
+- ``password-session``: a password session only (a key gets errorcode 20, 403);
+- ``admin``: an administrator's password session.
+
+The use cases in the service check the same rules again: the registry is the adapter's promise, the
+service is where the rules live.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +40,9 @@ from keygate.service import Keygate, Principal
 from keygate.service.auth import KeyCredentials, Pending2FA, SessionGrant
 
 Handler = Callable[[Request], Awaitable[Response]]
+PrivateHandler = Callable[[Request, Principal], Awaitable[Response]]
+AUTH_LEVELS = ("none", "credentials", "session", "password-session", "admin")
+PRIVATE_LEVELS = ("session", "password-session", "admin")
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,7 @@ class Endpoint:
     handler: Handler
     summary: str
     description: str
-    auth: str  # "none", "credentials", "session" or "password-session"
+    auth: str  # one of AUTH_LEVELS
     body: dict[str, Any] | None = None
     reply: str = "Generic"
     query: tuple[tuple[str, str], ...] = field(default_factory=tuple)
@@ -46,12 +61,34 @@ ENDPOINTS: dict[str, Endpoint] = {}
 
 
 def endpoint(name: str, summary: str, description: str = "", *, auth: str, body: dict[str, Any] | None = None,
-             reply: str = "Generic", query: tuple[tuple[str, str], ...] = ()) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        ENDPOINTS[name] = Endpoint(name, fn, summary, description or (fn.__doc__ or "").strip(), auth, body, reply, query)
+             reply: str = "Generic", query: tuple[tuple[str, str], ...] = ()) -> Callable[[Any], Any]:
+    """Register a handler. A private one (``auth`` in ``PRIVATE_LEVELS``) is written
+    ``async def h(request, principal)`` and is reached only once the caller holds that level."""
+    if auth not in AUTH_LEVELS:
+        raise ValueError(f"unknown auth level {auth!r}")
+
+    def register(fn: Any) -> Any:
+        route = _guarded(fn, auth) if auth in PRIVATE_LEVELS else fn
+        ENDPOINTS[name] = Endpoint(name, route, summary, description or (fn.__doc__ or "").strip(), auth, body, reply, query)
         return fn
 
     return register
+
+
+def _guarded(fn: PrivateHandler, auth: str) -> Handler:
+    """The route for a private handler: authenticate, then hold the principal to the declared level."""
+
+    async def route(request: Request) -> Response:
+        principal = await authenticate_request(request)
+        if auth != "session":
+            principal.require_password_session()
+        if auth == "admin":
+            principal.require_admin()
+        return await fn(request, principal)
+
+    # Not functools.wraps: FastAPI reads the signature, and would take ``principal`` for a parameter.
+    route.__name__, route.__doc__ = fn.__name__, fn.__doc__
+    return route
 
 
 def _kg(request: Request) -> Keygate:
@@ -174,30 +211,22 @@ async def authenticate_2fa(request: Request) -> Response:
 # ----- private --------------------------------------------------------------------------------
 
 @endpoint("LogOut", "End the session whose token is sent", auth="session")
-async def log_out(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def log_out(request: Request, principal: Principal) -> Response:
     await _kg(request).auth.logout(principal, _ip(request))
     return replies.generic()
 
 
 @endpoint("GetUserInfo", "The signed-in user (an administrator may name another `UserId`)", auth="session",
           body={"UserId": "integer|string"}, reply="User", query=(("UserId", "Optional; defaults to the caller"),))
-async def get_user_info(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def get_user_info(request: Request, principal: Principal) -> Response:
     kg = _kg(request)
     payload = await read_payload(request, kg.settings.max_body_bytes)
-    user_id = _target_user(payload, principal)
-    if not principal.may_act_for(user_id):
-        raise Forbidden("Not Authorized: you may only read your own user")
-    # The principal's user was read a moment ago through the same cache; another user is looked up.
-    user = principal.user if user_id == principal.user_id else await kg.users.require(user_id)
-    return replies.user_info(user)
+    return replies.user_info(await kg.users.read(principal, _target_user(payload, principal)))
 
 
 @endpoint("GetUserPermissions", "The permissions of this session: a key session has exactly its key's",
           auth="session", body={"UserId": "integer|string"}, reply="StringList")
-async def get_user_permissions(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def get_user_permissions(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     if _target_user(payload, principal) != principal.user_id:
         raise Forbidden("Not Authorized: you may only read your own permissions")
@@ -206,13 +235,11 @@ async def get_user_permissions(request: Request) -> Response:
 
 @endpoint("GetUserAccounts", "The account ids of the user, e.g. `[449]`", auth="session",
           body={"UserId": "integer|string"}, reply="IntegerList")
-async def get_user_accounts(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def get_user_accounts(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     user_id = _target_user(payload, principal)
-    if not principal.may_act_for(user_id):
-        raise Forbidden("Not Authorized: you may only read your own accounts")
-    user = await _kg(request).users.require(user_id)
+    principal.require_self_or_admin(user_id, "read your own accounts")
+    user = await _kg(request).users.read(principal, user_id)
     return replies.ApexJSON([user.account_id])
 
 
@@ -241,8 +268,7 @@ def _allowlist(payload: dict[str, Any]) -> IpAllowlist | None:
     "(empty: any IP).",
     auth="password-session", body=_KEY_EDIT_BODY, reply="CreatedKey",
 )
-async def add_user_api_key(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def add_user_api_key(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     created = await _kg(request).keys.create(
         principal,
@@ -258,8 +284,7 @@ async def add_user_api_key(request: Request) -> Response:
 
 @endpoint("GetUserAPIKeys", "List a user's API keys (never the secret)", auth="session",
           body={"UserId": "integer|string"}, reply="KeyList")
-async def get_user_api_keys(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def get_user_api_keys(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     keys = await _kg(request).keys.list(principal, _target_user(payload, principal))
     return replies.ApexJSON([k.public_view() for k in keys])
@@ -267,30 +292,28 @@ async def get_user_api_keys(request: Request) -> Response:
 
 @endpoint(
     "UpdateUserAPIKey", "Edit a key's permissions, IP allowlist or label (keygate's addition to APEX)",
-    "Fields left out keep their value. Changing permissions or the allowlist ends every session made with the key "
-    "at once (`SessionsEnded: true`). The key and its secret stay the same.",
-    auth="password-session", body={**_KEY_EDIT_BODY, "APIKey": "string"}, reply="UpdatedKey",
+    "Fields left out keep their value. The key's live sessions and signed requests take the new permissions and "
+    "allowlist at once, on every server. The key and its secret stay the same.",
+    auth="password-session", body={**_KEY_EDIT_BODY, "APIKey": "string"}, reply="Key",
 )
-async def update_user_api_key(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def update_user_api_key(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     api_key = _api_key_field(payload, "edit")
     perms = parse_permissions(payload["permissions"]) if payload.get("permissions") is not None else None
     label = payload.get("label")
     if label is not None and not isinstance(label, str):
         raise InvalidRequest("Label must be a string")
-    key, ended = await _kg(request).keys.update(
+    key = await _kg(request).keys.update(
         principal, _target_user(payload, principal), api_key, permissions=perms, ip_allowlist=_allowlist(payload), label=label,
         replay_mode=parse_replay_mode(payload["replaymode"]) if payload.get("replaymode") is not None else None,
         expires_at=parse_expiry(payload["expiresat"]) if "expiresat" in payload else False,
     )
-    return replies.ApexJSON({**key.public_view(), "SessionsEnded": ended})
+    return replies.ApexJSON(key.public_view())
 
 
 @endpoint("RemoveUserAPIKey", "Delete a key; it and every session made with it stop working at once",
           auth="password-session", body={"UserId": "integer|string", "APIKey": "string"})
-async def remove_user_api_key(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def remove_user_api_key(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     api_key = _api_key_field(payload, "delete")
     await _kg(request).keys.delete(principal, _target_user(payload, principal), api_key)
@@ -299,28 +322,22 @@ async def remove_user_api_key(request: Request) -> Response:
 
 @endpoint("EnableGoogle2FA", "Start TOTP enrolment: answers the secret (`ManualCode`) and an otpauth URI",
           "Two-factor sign-in is active only after `ConfirmGoogle2FA` with a current code.", auth="password-session", reply="Enable2FA")
-async def enable_2fa(request: Request) -> Response:
-    principal = await authenticate_request(request)
-    principal.require_password_session()
-    secret, uri = await _kg(request).users.begin_totp(principal.user_id)
+async def enable_2fa(request: Request, principal: Principal) -> Response:
+    secret, uri = await _kg(request).users.begin_totp(principal, principal.user_id)
     return replies.ApexJSON({"ManualCode": secret, "ProvisioningUri": uri, "result": True, "errormsg": None}, headers={"Cache-Control": "no-store"})
 
 
 @endpoint("ConfirmGoogle2FA", "Finish TOTP enrolment with a current code", auth="password-session", body={"Code": "string"})
-async def confirm_2fa(request: Request) -> Response:
-    principal = await authenticate_request(request)
-    principal.require_password_session()
+async def confirm_2fa(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
-    await _kg(request).users.confirm_totp(principal.user_id, payload.get("code"))
+    await _kg(request).users.confirm_totp(principal, principal.user_id, payload.get("code"))
     return replies.generic()
 
 
 @endpoint("DisableGoogle2FA", "Remove TOTP sign-in; needs a current code", auth="password-session", body={"Code": "string"})
-async def disable_2fa(request: Request) -> Response:
-    principal = await authenticate_request(request)
-    principal.require_password_session()
+async def disable_2fa(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
-    await _kg(request).users.disable_totp(principal.user_id, payload.get("code"), actor=principal)
+    await _kg(request).users.disable_totp(principal, principal.user_id, payload.get("code"))
     return replies.generic()
 
 
@@ -330,8 +347,7 @@ async def disable_2fa(request: Request) -> Response:
     "without downtime; with 0 the old secret and the key's sessions stop at once.",
     auth="password-session", body={"UserId": "integer|string", "APIKey": "string", "GraceSeconds": "integer|string"}, reply="CreatedKey",
 )
-async def rotate_user_api_key(request: Request) -> Response:
-    principal = await authenticate_request(request)
+async def rotate_user_api_key(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     api_key = _api_key_field(payload, "rotate")
     grace = payload.get("graceseconds", 0)
@@ -352,13 +368,11 @@ _AUDIT_QUERY = (
     "GetAuditLog", "The audit trail, newest first (administrators only)",
     "Every authentication (with the precise internal reason, which clients never see), key and user change, "
     "lockout and unlock. Secrets and session tokens never appear in it.",
-    auth="password-session", body={name: "string" for name, _ in _AUDIT_QUERY}, reply="AuditList", query=_AUDIT_QUERY,
+    auth="admin", body={name: "string" for name, _ in _AUDIT_QUERY}, reply="AuditList", query=_AUDIT_QUERY,
 )
-async def get_audit_log(request: Request) -> Response:
-    principal = await authenticate_request(request)
-    principal.require_admin()
+async def get_audit_log(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
-    events = await _kg(request).audit.query(**audit_filters(payload))
+    events = await _kg(request).audit.query(principal, **audit_filters(payload))
     return replies.ApexJSON([e.as_dict() for e in events])
 
 
@@ -388,29 +402,23 @@ def audit_filters(payload: dict[str, Any]) -> dict[str, Any]:
     return filters
 
 
-async def _admin_and_target(request: Request, action: str) -> tuple[Principal, int]:
-    """An administrator's call naming the user it acts on, in ``UserId``."""
-    principal = await authenticate_request(request)
-    principal.require_admin()
+async def _named_user(request: Request, action: str) -> int:
+    """The ``UserId`` an administrator's call acts on (it must be given)."""
     payload = await _payload(request)
     if payload.get("userid") in (None, ""):
         raise InvalidRequest(f"Missing UserId: name the user to {action}")
-    return principal, parse_user_id(payload["userid"])
+    return parse_user_id(payload["userid"])
 
 
 @endpoint("UnlockUser", "Unlock a user locked by an administrator or by too many failures (administrators only)",
-          auth="password-session", body={"UserId": "integer|string"})
-async def unlock_user(request: Request) -> Response:
-    principal, user_id = await _admin_and_target(request, "unlock")
-    await _kg(request).users.set_locked(user_id, False, actor=principal)
+          auth="admin", body={"UserId": "integer|string"})
+async def unlock_user(request: Request, principal: Principal) -> Response:
+    await _kg(request).users.set_locked(principal, await _named_user(request, "unlock"), False)
     return replies.generic()
 
 
 @endpoint("LockUser", "Lock a user until an administrator unlocks them; ends their sessions (administrators only)",
-          auth="password-session", body={"UserId": "integer|string"})
-async def lock_user(request: Request) -> Response:
-    principal, user_id = await _admin_and_target(request, "lock")
-    if user_id == principal.user_id:
-        raise InvalidRequest("You cannot lock yourself")
-    await _kg(request).users.set_locked(user_id, True, actor=principal, reason="administrator")
+          auth="admin", body={"UserId": "integer|string"})
+async def lock_user(request: Request, principal: Principal) -> Response:
+    await _kg(request).users.set_locked(principal, await _named_user(request, "lock"), True, reason="administrator")
     return replies.generic()

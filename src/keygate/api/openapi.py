@@ -69,7 +69,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
     },
     "CreatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {"type": "object", "required": ["APIKey", "APISecret", "UserId", "Permissions", "Nonce"], "properties": {"APISecret": {"type": "string", "description": "Shown in this reply only, never again"}}}]},
-    "UpdatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {"type": "object", "properties": {"SessionsEnded": {"type": "boolean"}}}]},
     "KeyList": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
     "StringList": {"type": "array", "items": {"type": "string"}},
     "AuditEvent": {
@@ -108,7 +107,7 @@ _NULL_MEANS_ABSENT = frozenset({"UserId", "Permissions", "IpAllowlist", "Label",
 
 def _nullable(ep: Endpoint, name: str) -> bool:
     """Whether the handler reads JSON ``null`` in this body field as if the field were left out."""
-    if ep.auth not in ("session", "password-session") or ep.name in ("LockUser", "UnlockUser"):
+    if ep.auth not in ("session", "password-session", "admin") or ep.name in ("LockUser", "UnlockUser"):
         return False
     if ep.name == "GetAuditLog":
         return name != "Limit"
@@ -127,7 +126,7 @@ def operation_extra(ep: Endpoint, method: str) -> dict[str, Any]:
             params.append(_header("Authorization", "Basic base64(username:password)"))
         if ep.name == "Authenticate2FA":
             params.append(_header("Pending2FaToken", "The token from the password sign-in"))
-    elif ep.auth in ("session", "password-session"):
+    elif ep.auth in ("session", "password-session", "admin"):
         params += [_TOKEN, *_SIGNED]
     params += [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}, "description": d} for n, d in ep.query]
     extra: dict[str, Any] = {"parameters": params}

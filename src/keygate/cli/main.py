@@ -1,6 +1,7 @@
 """``keygate``: run the server and manage users and keys from the server's own machine.
 
-Every command goes through the service layer, exactly like the HTTP API.
+Every command goes through the service layer's use cases, exactly like the HTTP API, as the operator
+principal (``keygate.service.principal.OPERATOR``): the audit trail records "operator" as the actor.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from keygate.domain.permissions import format_permissions, parse_permissions
 from keygate.domain.signature import compute_signature
 
 if TYPE_CHECKING:
-    from keygate.domain.users import User
     from keygate.service import Keygate, Principal
 
 app = typer.Typer(help="keygate: APEX-compatible API-key authentication.", no_args_is_help=True, add_completion=False)
@@ -48,7 +48,7 @@ def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = F
     from keygate.service import Keygate, MasterKeyError
 
     async def main() -> T:
-        kg = Keygate(Settings.from_env(), create_master_key=create_master_key)
+        kg = Keygate(Settings.from_env(), create_master_key=create_master_key, serving=False)
         try:
             await kg.start(bootstrap_admin=False)
             return await work(kg)
@@ -73,10 +73,10 @@ def _database_unavailable(exc: BaseException) -> NoReturn:
     raise typer.Exit(2)
 
 
-def operator_acting_as(user: User) -> Principal:
-    from keygate.service.principal import operator_acting_as as acting_as
+def _operator() -> Principal:
+    from keygate.service.principal import OPERATOR
 
-    return acting_as(user)
+    return OPERATOR
 
 
 async def _user(kg: Keygate, who: str):  # type: ignore[no-untyped-def]
@@ -86,12 +86,9 @@ async def _user(kg: Keygate, who: str):  # type: ignore[no-untyped-def]
     return user
 
 
-async def _key_owner(kg: Keygate, api_key: str):  # type: ignore[no-untyped-def]
-    """The user who owns ``api_key``; the CLI acts on keys by key alone."""
-    key = await kg.keys.lookup(api_key)
-    if key is None:
-        raise KeygateError("API key not found")
-    return await kg.users.require(key.user_id)
+async def _key_owner(kg: Keygate, api_key: str) -> int:
+    """The user id that owns ``api_key``; the CLI acts on keys by key alone."""
+    return await kg.keys.owner_of(_operator(), api_key)
 
 
 def _read_password(prompt: bool, stdin: bool) -> str:
@@ -147,7 +144,7 @@ def serve(
     settings = Settings.from_env(**overrides)
 
     async def setup() -> Any:
-        kg = Keygate(settings, create_master_key=True)
+        kg = Keygate(settings, create_master_key=True, serving=False)
         try:
             return await kg.start()
         finally:
@@ -220,7 +217,7 @@ def user_create(
     password = _read_password(prompt=True, stdin=password_stdin)
 
     async def work(kg: Keygate) -> None:
-        user = await kg.users.create(username, password, email, is_admin=admin)
+        user = await kg.users.create(_operator(), username, password, email, is_admin=admin)
         typer.echo(f"created user {user.username} with UserId {user.user_id}")
 
     _run(work)
@@ -231,7 +228,7 @@ def user_list() -> None:
     """List users."""
 
     async def work(kg: Keygate) -> None:
-        for u in await kg.users.list():
+        for u in await kg.users.list(_operator()):
             flags = ",".join(f for f, on in (("admin", u.is_admin), ("locked", u.locked), ("2fa", u.uses_2fa)) if on)
             typer.echo(f"{u.user_id}\t{u.username}\t{u.email}\t{flags}")
 
@@ -252,7 +249,7 @@ def user_unlock(user: str) -> None:
 
 async def _set_lock(kg: Keygate, who: str, locked: bool) -> None:
     u = await _user(kg, who)
-    await kg.users.set_locked(u.user_id, locked, reason="cli")
+    await kg.users.set_locked(_operator(), u.user_id, locked, reason="cli")
     typer.echo(f"{u.username} {'locked' if locked else 'unlocked'}")
 
 
@@ -266,7 +263,7 @@ def user_passwd(
 
     async def work(kg: Keygate) -> None:
         u = await _user(kg, user)
-        await kg.users.set_password(u.user_id, password)
+        await kg.users.set_password(_operator(), u.user_id, password)
         typer.echo(f"password set for {u.username}")
 
     _run(work)
@@ -281,10 +278,10 @@ def user_totp_enroll(
 
     async def work(kg: Keygate) -> None:
         u = await _user(kg, user)
-        secret, uri = await kg.users.begin_totp(u.user_id)
+        secret, uri = await kg.users.begin_totp(_operator(), u.user_id)
         typer.echo(f"secret: {secret}\nuri: {uri}")
         entered = code or typer.prompt("Current 6-digit code from the authenticator app")
-        await kg.users.confirm_totp(u.user_id, entered)
+        await kg.users.confirm_totp(_operator(), u.user_id, entered)
         typer.echo("two-factor sign-in enabled")
 
     _run(work)
@@ -305,7 +302,7 @@ def key_create(
     async def work(kg: Keygate) -> None:
         u = await _user(kg, user)
         created = await kg.keys.create(
-            operator_acting_as(u), u.user_id, parse_permissions(permission or []), IpAllowlist.parse(ip or []), label,
+            _operator(), u.user_id, parse_permissions(permission or []), IpAllowlist.parse(ip or []), label,
             replay_mode=parse_replay_mode(replay_mode) if replay_mode else None, expires_at=parse_expiry(expires),
         )
         if as_json:
@@ -331,7 +328,7 @@ def key_list(
 
     async def work(kg: Keygate) -> None:
         u = await _user(kg, user)
-        keys = await kg.keys.list(operator_acting_as(u), u.user_id)
+        keys = await kg.keys.list(_operator(), u.user_id)
         if as_json:
             typer.echo(json.dumps([k.public_view() for k in keys], indent=2))
             return
@@ -363,13 +360,13 @@ def key_edit(
         perms = frozenset() if no_permissions else (parse_permissions(permission) if permission else None)
         allow = IpAllowlist() if any_ip else (IpAllowlist.parse(ip) if ip else None)
         expiry: datetime | None | bool = None if no_expiry else (parse_expiry(expires) if expires else False)
-        k, ended = await kg.keys.update(
-            operator_acting_as(owner), owner.user_id, api_key, permissions=perms, ip_allowlist=allow, label=label,
+        k = await kg.keys.update(
+            _operator(), owner, api_key, permissions=perms, ip_allowlist=allow, label=label,
             replay_mode=parse_replay_mode(replay_mode) if replay_mode else None, expires_at=expiry,
         )
         typer.echo(f"updated {k.api_key}: permissions {', '.join(format_permissions(k.permissions)) or 'read only'}; "
-                   f"IPs {', '.join(k.ip_allowlist.as_strings()) or 'any'}; label {k.label!r}"
-                   + ("; its sessions were ended" if ended else ""))
+                   f"IPs {', '.join(k.ip_allowlist.as_strings()) or 'any'}; label {k.label!r}; "
+                   "live sessions and signed requests have the new rights on every server within a second")
 
     _run(work)
 
@@ -380,7 +377,7 @@ def key_delete(api_key: str) -> None:
 
     async def work(kg: Keygate) -> None:
         owner = await _key_owner(kg, api_key)
-        await kg.keys.delete(operator_acting_as(owner), owner.user_id, api_key)
+        await kg.keys.delete(_operator(), owner, api_key)
         typer.echo(f"deleted {api_key}")
 
     _run(work)
@@ -396,7 +393,7 @@ def key_rotate(
 
     async def work(kg: Keygate) -> None:
         owner = await _key_owner(kg, api_key)
-        created = await kg.keys.rotate_secret(operator_acting_as(owner), owner.user_id, api_key, grace)
+        created = await kg.keys.rotate_secret(_operator(), owner, api_key, grace)
         if as_json:
             typer.echo(json.dumps(created.reveal(), indent=2))
             return
@@ -440,7 +437,7 @@ def audit(
 
     async def work(kg: Keygate) -> None:
         user_id = (await _user(kg, user)).user_id if user else None
-        events = await kg.audit.query(action=action, outcome=outcome, user_id=user_id, api_key=api_key,
+        events = await kg.audit.query(_operator(), action=action, outcome=outcome, user_id=user_id, api_key=api_key,
                                       since=parse_expiry(since), until=parse_expiry(until), limit=limit)
         for event in events:
             typer.echo(json.dumps(event.as_dict(), separators=(",", ":")))

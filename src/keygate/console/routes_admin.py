@@ -18,20 +18,20 @@ from keygate.service.users import generate_password
 
 AUDIT_ACTIONS = [
     "auth.password", "auth.2fa", "auth.key", "auth.signed_request", "auth.logout", "key.create", "key.update",
-    "key.delete", "user.create", "user.password", "user.lock", "user.unlock", "user.lockout", "user.signout",
+    "key.delete", "key.rotate", "user.create", "user.password", "user.lock", "user.unlock", "user.lockout", "user.signout",
     "user.2fa.enable", "user.2fa.disable", "session.end",
 ]
 AUDIT_OUTCOMES = ["success", "failure", "pending-2fa"]
 MAX_AUDIT_ROWS = 1000
 
 
-async def _users_by_id(request: Request) -> dict[int, User]:
-    return {u.user_id: u for u in await keygate(request).users.list()}
+async def _users_by_id(request: Request, signed: Signed) -> dict[int, User]:
+    return {u.user_id: u for u in await keygate(request).users.list(signed.principal)}
 
 
 async def _users_page(request: Request, signed: Signed, status: int = 200, notice: str = "", error: str = "",
                       revealed: dict[str, str] | None = None, new_user: dict[str, str] | None = None) -> Response:
-    users = sorted((await _users_by_id(request)).values(), key=lambda u: u.user_id)
+    users = sorted((await _users_by_id(request, signed)).values(), key=lambda u: u.user_id)
     response = render(request, "admin_users.html", signed, status=status, users=users, notice=notice, error=error,
                       revealed=revealed, new_user=new_user or {}, form_id=FormOnce.new_id())
     if revealed:
@@ -55,8 +55,7 @@ async def create_user(request: Request) -> Response:
     generated = not password
     password = password or generate_password()
     try:
-        user = await keygate(request).users.create(username, password, email, is_admin=bool(form.get("admin")),
-                                                   actor=signed.principal)
+        user = await keygate(request).users.create(signed.principal, username, password, email, is_admin=bool(form.get("admin")))
     except KeygateError as exc:
         return await _users_page(request, signed, status=exc.http_status, error=exc.message, new_user=typed)
     revealed = {"username": user.username, "password": password} if generated else None
@@ -83,9 +82,10 @@ async def set_locked(request: Request) -> Response:
     form = await checked_form(request, signed)
     user = await _target(request)
     lock = field(form, "action") == "lock"
-    if lock and user.user_id == signed.principal.user_id:
+    try:
+        await keygate(request).users.set_locked(signed.principal, user.user_id, lock, reason="console")
+    except InvalidRequest:
         return await _users_page(request, signed, 400, error="You cannot lock your own account.")
-    await keygate(request).users.set_locked(user.user_id, lock, actor=signed.principal, reason="console")
     what = "locked: their sessions ended and they cannot sign in" if lock else "unlocked"
     return await _users_page(request, signed, notice=f"User {user.username} is {what}.")
 
@@ -97,7 +97,7 @@ async def reset_password(request: Request) -> Response:
     if not form_once(request).claim(signed.token, form.get(FORM_ID_FIELD)):
         raise DUPLICATE
     password = generate_password()
-    await keygate(request).users.set_password(user.user_id, password, actor=signed.principal)
+    await keygate(request).users.set_password(signed.principal, user.user_id, password)
     return await _users_page(request, signed, notice=f"The password of {user.username} was reset and their sessions ended.",
                              revealed={"username": user.username, "password": password})
 
@@ -106,17 +106,14 @@ async def sign_out_user(request: Request) -> Response:
     signed = await require_admin(request)
     await checked_form(request, signed)
     user = await _target(request)
-    kg = keygate(request)
-    ended = await kg.sessions.end_for_user(user.user_id)
-    kg.audit.record("user.signout", actor_user_id=signed.principal.user_id, subject_user_id=user.user_id,
-                    detail=f"{ended} sessions ended")
+    ended = await keygate(request).users.sign_out_everywhere(signed.principal, user.user_id)
     return await _users_page(request, signed, notice=f"{user.username} was signed out everywhere ({ended} sessions ended).")
 
 
 async def all_keys(request: Request, notice: str = "") -> Response:
     signed = await require_admin(request)
     keys = sorted(await keygate(request).keys.list_all(signed.principal), key=lambda k: (k.user_id, k.created_at))
-    return render(request, "admin_keys.html", signed, keys=keys, users=await _users_by_id(request), notice=notice,
+    return render(request, "admin_keys.html", signed, keys=keys, users=await _users_by_id(request, signed), notice=notice,
                   format_permissions=format_permissions)
 
 
@@ -134,22 +131,18 @@ async def revoke_key(request: Request) -> Response:
 
 async def sessions(request: Request, notice: str = "") -> Response:
     signed = await require_admin(request)
-    live = sorted(await keygate(request).sessions.list(), key=lambda s: s.last_seen_at, reverse=True)
-    return render(request, "admin_sessions.html", signed, sessions=live, users=await _users_by_id(request),
+    live = sorted(await keygate(request).sessions.list(signed.principal), key=lambda s: s.last_seen_at, reverse=True)
+    return render(request, "admin_sessions.html", signed, sessions=live, users=await _users_by_id(request, signed),
                   notice=notice, own_hash=signed.principal.token_hash)
 
 
 async def end_session(request: Request) -> Response:
     signed = await require_admin(request)
     form = await checked_form(request, signed)
-    token_hash = field(form, "session")
-    kg = keygate(request)
-    target = next((s for s in await kg.sessions.list() if s.token_hash == token_hash), None)
-    if target is None:
-        raise PageError(404, "Session not found", "That session has already ended.")
-    await kg.sessions.end_hash(target.token_hash)
-    kg.audit.record("session.end", actor_user_id=signed.principal.user_id, subject_user_id=target.user_id,
-                    api_key=target.api_key, detail=f"{target.kind.value} session ended by an administrator")
+    try:
+        target = await keygate(request).auth.end_session(signed.principal, field(form, "session"))
+    except NotFound:
+        raise PageError(404, "Session not found", "That session has already ended.") from None
     return await sessions(request, notice=f"The session {target.token_hash[:12]}\u2026 was ended.")
 
 
@@ -193,11 +186,11 @@ async def audit(request: Request) -> Response:
     events = []
     if not errors:
         try:
-            events = await keygate(request).audit.query(**filters)
+            events = await keygate(request).audit.query(signed.principal, **filters)
         except InvalidRequest as exc:
             errors["form"] = exc.message
     return render(request, "admin_audit.html", signed, status=400 if errors else 200, events=events, f=f, errors=errors,
-                  actions=AUDIT_ACTIONS, outcomes=AUDIT_OUTCOMES, users=await _users_by_id(request), limit=limit)
+                  actions=AUDIT_ACTIONS, outcomes=AUDIT_OUTCOMES, users=await _users_by_id(request, signed), limit=limit)
 
 
 ROUTES = [

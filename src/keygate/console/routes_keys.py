@@ -26,9 +26,8 @@ NOTICES = {
     "totp-off": "Two-factor sign-in is off.",
 }
 SAVED = {
-    "ended": "Saved. The permissions or IP allowlist changed, so every session made with this key was ended: "
-             "apps using it must call AuthenticateUser again and get the new rights. The key and its secret stay the same.",
-    "kept": "Saved. Only the label changed, so the key's sessions continue. The key and its secret stay the same.",
+    "yes": "Saved. Apps already signed in with this key have the new permissions and IP allowlist from now on, on "
+           "every server; the key and its secret stay the same.",
 }
 DUPLICATE = PageError(
     409, "Already submitted",
@@ -129,14 +128,14 @@ async def update_key(request: Request) -> Response:
     if not kf.valid:
         return _key_form(request, signed, kf, 400, key=key)
     try:
-        _, ended = await keygate(request).keys.update(
+        await keygate(request).keys.update(
             signed.principal, signed.principal.user_id, key.api_key,
             permissions=kf.parsed_permissions, ip_allowlist=kf.parsed_allowlist, label=kf.label,
             replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry)
     except InvalidRequest as exc:
         kf.refused(exc.message)
         return _key_form(request, signed, kf, 400, key=key)
-    return redirect(request, f"/keys/{key.api_key}/edit?saved={'ended' if ended else 'kept'}")
+    return redirect(request, f"/keys/{key.api_key}/edit?saved=yes")
 
 
 async def confirm_delete(request: Request) -> Response:

@@ -22,7 +22,7 @@ async def begin(request: Request) -> Response:
     user = signed.principal.user
     if user.uses_2fa:
         return redirect(request, "/two-factor")
-    secret, uri = await keygate(request).users.begin_totp(user.user_id)
+    secret, uri = await keygate(request).users.begin_totp(signed.principal, user.user_id)
     grouped = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
     response = render(request, "totp.html", signed, stage="enrol", secret=grouped,
                       qr=qr_svg(uri, "QR code for your authenticator app"))
@@ -34,7 +34,7 @@ async def confirm(request: Request) -> Response:
     signed = await require_user(request)
     form = await checked_form(request, signed)
     try:
-        await keygate(request).users.confirm_totp(signed.principal.user_id, field(form, "code").replace(" ", ""))
+        await keygate(request).users.confirm_totp(signed.principal, signed.principal.user_id, field(form, "code").replace(" ", ""))
     except InvalidRequest as exc:
         return render(request, "totp.html", signed, status=400, stage="retry", error=exc.message)
     return redirect(request, "/?done=totp-on")
@@ -45,7 +45,7 @@ async def remove(request: Request) -> Response:
     form = await checked_form(request, signed)
     principal = signed.principal
     try:
-        await keygate(request).users.disable_totp(principal.user_id, field(form, "code").replace(" ", ""), actor=principal)
+        await keygate(request).users.disable_totp(principal, principal.user_id, field(form, "code").replace(" ", ""))
     except InvalidRequest as exc:
         return render(request, "totp.html", signed, status=400, stage="status", error=exc.message)
     return redirect(request, "/?done=totp-off")

@@ -85,6 +85,9 @@ class ApiKey:
     expires_at: datetime | None = None
     sealed_previous_secret: bytes | None = None  # still accepted until previous_secret_expires_at (rotation grace)
     previous_secret_expires_at: datetime | None = None
+    secret_serial: int = 1  # one more at every rotation; a key session carries the serial that made it
+    replay_floor: int | None = None  # see domain.replay.floor_applies
+    replay_floor_until: datetime | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -102,6 +105,16 @@ class ApiKey:
             and self.previous_secret_expires_at is not None
             and now < self.previous_secret_expires_at
         )
+
+    def accepts_session_serial(self, serial: int | None, now: datetime) -> bool:
+        """Whether a session made with the secret of ``serial`` may still be used.
+
+        The current secret's sessions may; the previous secret's only while its rotation grace lasts;
+        any older one never (the secret that made it no longer signs anything).
+        """
+        if serial is None or serial == self.secret_serial:
+            return True  # None: a session from before secret serials, which rotation ended anyway
+        return serial == self.secret_serial - 1 and self.previous_secret_usable(now)
 
     def public_view(self) -> dict[str, object]:
         """What listings show: everything but the secret."""

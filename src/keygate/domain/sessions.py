@@ -27,6 +27,7 @@ class SessionKind(str, Enum):
     PASSWORD = "password"  # signed in with username and password (and 2FA if enrolled)
     KEY = "key"  # made by AuthenticateUser with an API key signature
     PENDING_2FA = "pending2fa"  # password accepted, TOTP code still owed
+    OPERATOR = "operator"  # never stored: the principal of the `keygate` command on the server's machine
 
 
 TOKEN_LENGTH = 45  # "6749a3f1-" and a GUID
@@ -65,6 +66,7 @@ class Session(NamedTuple):
     created_at: datetime
     last_seen_at: datetime
     expires_at: datetime  # absolute end, whatever the activity
+    key_serial: int | None = None  # a key session: the serial of the key's secret that made it
 
     def expired(self, now: datetime, idle: timedelta) -> bool:
         return now >= self.expires_at or now >= self.last_seen_at + idle

@@ -48,6 +48,12 @@ class User:
     account_id: int
     created_at: datetime
     locked_until: datetime | None = None
+    sessions_valid_after: datetime | None = None  # sessions made before this were ended everywhere
+
+    def session_revoked(self, created_at: datetime) -> bool:
+        """Whether a session made at ``created_at`` was ended by a password reset, a lock or a sign-out
+        everywhere, on any node: one timestamp on the user, so no session escapes, written or not."""
+        return self.sessions_valid_after is not None and created_at < self.sessions_valid_after
 
     def is_locked(self, now: datetime) -> bool:
         """Locked by an administrator (no end), or by too many failures until ``locked_until``."""

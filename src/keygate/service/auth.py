@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pyotp
 
-from keygate.domain.errors import AuthenticationFailed, InvalidRequest, NotAuthorized
+from keygate.domain.errors import AuthenticationFailed, InvalidRequest, NotAuthorized, NotFound
 from keygate.domain.passwords import DUMMY_HASH, verify_password
 from keygate.domain.permissions import ALL_PERMISSIONS, Permission
 from keygate.domain.sessions import Session, SessionKind
@@ -22,7 +22,7 @@ from keygate.domain.signature import is_well_formed, signature_matches
 from keygate.domain.users import User, parse_user_id
 from keygate.domain.keys import ApiKey
 from keygate.domain.replay import ReplayMode
-from keygate.service.audit import AuditLog
+from keygate.service.audit import AuditLog, event
 from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
 from keygate.service.guard import AbuseGuard
@@ -30,6 +30,7 @@ from keygate.service.keys import KeyManager
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager
+from keygate.store.unit import Units
 
 MAX_API_KEY_LENGTH = 64
 MAX_NONCE_LENGTH = 128
@@ -91,7 +92,10 @@ class Authenticator:
         bind_session_ip: bool = True,
         key_max_idle_days: int = 0,
         coherence: Coherence | None = None,
+        units: Units | None = None,
     ) -> None:
+        assert units is not None, "the container wires the units of work"
+        self._units = units
         self._guard = guard
         self._healthy = (coherence or Coherence()).require_healthy
         self._key_max_idle_days = key_max_idle_days
@@ -111,7 +115,8 @@ class Authenticator:
                            api_key=key.api_key if key else None, client_ip=client_ip)
         return await self._guard.on_failure(client_ip, key, user if count_user else None, refusal)
 
-    async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey]:
+    async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey, int]:
+        """The user and key of a valid signature, and the serial of the secret that made it."""
         self._healthy()
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
@@ -120,9 +125,11 @@ class Authenticator:
         if user is None or key.user_id != user.user_id:
             raise await self._refuse(action, "api key belongs to another user", key, user, client_ip)
         now = utcnow()
+        serial = key.secret_serial
         secret_ok = self._keys.signing_key_of(key).matches(creds.nonce, creds.user_id, creds.api_key, creds.signature)
         if not secret_ok and key.previous_secret_usable(now):
             secret_ok = signature_matches(self._keys.previous_secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature)
+            serial -= 1
         if not secret_ok:
             raise await self._refuse(action, "signature mismatch", key, user, client_ip, count_user=True)
         # From here on the caller proved it holds the secret: refusals may say exactly what is wrong.
@@ -139,7 +146,9 @@ class Authenticator:
             self._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id,
                                api_key=key.api_key, client_ip=client_ip)
             raise AuthenticationFailed("user locked", locked=True)
-        if key.replay_mode is not ReplayMode.COMPATIBLE:
+        if key.replay_mode is ReplayMode.COMPATIBLE:
+            self._keys.note_compatible_nonce(key.api_key, creds.nonce)
+        else:
             refusal = await self._guard.claim_nonce(key, creds.nonce)
             if refusal is not None:
                 self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
@@ -148,16 +157,20 @@ class Authenticator:
         if self._guard.saw_failures:
             await self._guard.on_success(key, user)
         self._keys.mark_used(key.api_key)
-        return user, key
+        return user, key, serial
 
     async def authenticate_key(self, creds: KeyCredentials, client_ip: str | None) -> SessionGrant:
-        user, key = await self._verify_key(creds, client_ip, "auth.key")
-        token = await self._sessions.issue(user.user_id, SessionKind.KEY, key.permissions, key.api_key, client_ip)
+        user, key, serial = await self._verify_key(creds, client_ip, "auth.key")
+        token = await self._sessions.issue(user.user_id, SessionKind.KEY, key.api_key, client_ip, key_serial=serial)
         self._audit.record("auth.key", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
         return SessionGrant(token, user)
 
     async def principal_for_signature(self, creds: KeyCredentials, client_ip: str | None) -> Principal:
-        user, key = await self._verify_key(creds, client_ip, "auth.signed_request")
+        """A signed request is accepted if and only if (docs/security.md, "The grant rules"): the key
+        exists and belongs to ``UserId``; the signature is right under its current secret, or its
+        previous one during a rotation grace; the address is in its allowlist; it has not expired; the
+        user is not locked; and the nonce satisfies the key's replay mode."""
+        user, key, _ = await self._verify_key(creds, client_ip, "auth.signed_request")
         self._audit.tally("auth.signed_request", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
         return Principal(user, key.permissions, SessionKind.KEY, key.api_key)
 
@@ -183,7 +196,7 @@ class Authenticator:
             raise AuthenticationFailed("user locked", locked=True)
         await self._guard.on_success(None, user)
         if user.uses_2fa:
-            token = await self._sessions.issue(user.user_id, SessionKind.PENDING_2FA, frozenset(), None, client_ip, lifetime=self._pending_lifetime)
+            token = await self._sessions.issue(user.user_id, SessionKind.PENDING_2FA, None, client_ip, lifetime=self._pending_lifetime)
             self._audit.record("auth.password", "pending-2fa", subject_user_id=user.user_id, client_ip=client_ip)
             return Pending2FA(token, user)
         return await self._password_session(user, client_ip, "auth.password")
@@ -206,38 +219,76 @@ class Authenticator:
         if user.sealed_totp_secret is None or not (code.isdigit() and len(code) == 6 and pyotp.TOTP(self._users.totp_secret(user)).verify(code, valid_window=1)):
             self._audit.record("auth.2fa", "failure", reason="wrong code", subject_user_id=user.user_id, client_ip=client_ip)
             raise await self._guard.on_failure(client_ip, None, user, AuthenticationFailed("wrong 2fa code"))
-        await self._sessions.end(pending_token)  # a pending token is good for one success only
+        async with self._units.begin() as unit:  # a pending token is good for one success only
+            await self._sessions.end(unit, pending.token_hash)
         return await self._password_session(user, client_ip, "auth.2fa")
 
     async def _password_session(self, user: User, client_ip: str | None, action: str) -> SessionGrant:
-        token = await self._sessions.issue(user.user_id, SessionKind.PASSWORD, ALL_PERMISSIONS, None, client_ip)
+        token = await self._sessions.issue(user.user_id, SessionKind.PASSWORD, None, client_ip)
         self._audit.record(action, subject_user_id=user.user_id, client_ip=client_ip)
         return SessionGrant(token, user)
 
     # ----- sessions ---------------------------------------------------------------------------
     async def principal_for_token(self, token: str, client_ip: str | None) -> Principal:
+        """A session token is accepted if and only if, in this order (docs/security.md, "The grant rules"):
+
+        1. it names a session that exists and has not expired (idle or absolute);
+        2. that session is not a pending two-factor sign-in;
+        3. the caller's address is the one that signed in (unless ``KEYGATE_BIND_SESSION_IP`` is off);
+        4. its user exists, is not locked, and was not signed out everywhere (password reset, lock,
+           "sign out everywhere") after the session began;
+        5. for a key session: the key still exists, belongs to that user, has not expired, allows the
+           caller's address, and the secret that made the session is still usable (the current one, or
+           the previous one while a rotation grace lasts).
+
+        A key session's rights are its key's permissions as they are now; a password session has its
+        person's rights. Every input to this rule is either immutable or in a cache that every process
+        invalidates from the change log, so a change anywhere is enforced here within its bound.
+        """
         self._healthy()
         session = await self._sessions.resolve(token)
         if session.kind is SessionKind.PENDING_2FA:
             raise NotAuthorized("Not Authorized: finish two-factor sign-in with Authenticate2FA first")
         if self._bind_ip and session.client_ip is not None and client_ip != session.client_ip:
             raise NotAuthorized("Not Authorized: this session belongs to another IP address; authenticate again")
-        if session.api_key is not None:
-            key = await self._keys.lookup(session.api_key)
-            if key is None or not key.ip_allowlist.allows(client_ip):
-                raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
-            self._keys.mark_used(key.api_key)
         user = await self._users.get(session.user_id)
-        if user is None or (user.locked and user.is_locked(utcnow())):
-            raise NotAuthorized("Not Authorized: session expired or unknown; authenticate again")
-        perms: frozenset[Permission] = session.permissions
-        return Principal(user, perms, session.kind, session.api_key, session.token_hash)
+        if user is None or (user.locked and user.is_locked(utcnow())) or user.session_revoked(session.created_at):
+            raise NotAuthorized(_ENDED)
+        if session.api_key is None:
+            return Principal(user, ALL_PERMISSIONS, session.kind, None, session.token_hash)
+        key = await self._keys.lookup(session.api_key)
+        if key is None or key.user_id != user.user_id or not key.ip_allowlist.allows(client_ip):
+            raise NotAuthorized(_ENDED)
+        now = utcnow()
+        if key.expired(now) or key.idle_expired(now, self._key_max_idle_days) or not key.accepts_session_serial(session.key_serial, now):
+            raise NotAuthorized(_ENDED)
+        self._keys.mark_used(key.api_key)
+        return Principal(user, key.permissions, SessionKind.KEY, key.api_key, session.token_hash)
 
     async def resume(self, token: str, client_ip: str | None) -> SessionGrant:
         principal = await self.principal_for_token(token, client_ip)
+        assert principal.user is not None
         return SessionGrant(token, principal.user)
 
     async def logout(self, principal: Principal, client_ip: str | None) -> None:
-        if principal.token_hash is not None:
-            await self._sessions.end_hash(principal.token_hash)
-        self._audit.record("auth.logout", subject_user_id=principal.user_id, api_key=principal.api_key, client_ip=client_ip)
+        """End the caller's own session, on every process."""
+        async with self._units.begin() as unit:
+            if principal.token_hash is not None:
+                await self._sessions.end(unit, principal.token_hash)
+            unit.audit(event("auth.logout", subject_user_id=principal.user_id, api_key=principal.api_key, client_ip=client_ip,
+                             actor=principal))
+
+    async def end_session(self, actor: Principal, token_hash: str) -> Session:
+        """An administrator ends one session (any user's), on every process."""
+        actor.require_admin()
+        target = await self._sessions.get(token_hash) if isinstance(token_hash, str) and len(token_hash) <= 64 else None
+        if target is None:
+            raise NotFound("That session has already ended")
+        async with self._units.begin() as unit:
+            await self._sessions.end(unit, target.token_hash)
+            unit.audit(event("session.end", actor=actor, subject_user_id=target.user_id, api_key=target.api_key,
+                             detail=f"{target.kind.value} session ended by an administrator"))
+        return target
+
+
+_ENDED = "Not Authorized: session expired or unknown; authenticate again"

@@ -1,10 +1,14 @@
-"""Keeping the in-process caches of every node coherent.
+"""Keeping the in-process caches of every process coherent.
 
-Each service evicts its own cache entries when it changes a record, then calls ``changed``. With
-Redis configured, ``changed`` publishes the change and every other node applies the same eviction
-(``apply``); a node that lost its subscription clears everything when it returns (``reset``) and,
-until then, refuses to authenticate (``require_healthy``), since its caches may be stale. Without
-Redis there is nobody to tell, and each cache's TTL bounds how stale another node can be.
+Each cache registers, per kind of change, how to drop what a change makes stale (``on``). A change is
+recorded in the change log in its own transaction (``store.changes``); right after the commit this
+process applies it (``apply``), and every other process applies it when its ``ChangeListener`` reads
+the row: within ``store.changes.SQLITE_POLL_SECONDS`` on SQLite, at once on PostgreSQL (a
+``NOTIFY``). A listener that cannot read the log for longer than ``STALE_AFTER_SECONDS`` may hold
+stale caches, so until it reads again every authentication answers 503 (``require_healthy``); the same
+holds while Redis, where configured, does not answer (it holds the nonce claims and failure counters).
+
+Kinds: ``key`` (an API key, by key), ``user`` (by user id), ``session`` (one session, by token hash).
 """
 
 from __future__ import annotations
@@ -14,34 +18,33 @@ from typing import Protocol
 
 from keygate.domain.errors import ServiceUnavailable
 
-UNHEALTHY = "Authentication is temporarily unavailable: the shared state store (Redis) cannot be reached; retry shortly"
+class Source(Protocol):
+    """Something authentication depends on: the change log's listener, or Redis."""
 
+    @property
+    def fresh(self) -> bool: ...
 
-class Bus(Protocol):
-    connected: bool
-
-    async def publish(self, kind: str, ident: str) -> None: ...
+    @property
+    def unavailable(self) -> str:
+        """What a refused caller is told while ``fresh`` is false."""
+        ...
 
 
 class Coherence:
     def __init__(self) -> None:
-        self._bus: Bus | None = None
+        self._sources: list[Source] = []
         self._handlers: dict[str, list[Callable[[str], None]]] = {}
         self._resets: list[Callable[[], None]] = []
 
-    def attach(self, bus: Bus) -> None:
-        self._bus = bus
+    def attach(self, source: Source) -> None:
+        self._sources.append(source)
 
     def on(self, kind: str, handler: Callable[[str], None], reset: Callable[[], None]) -> None:
         self._handlers.setdefault(kind, []).append(handler)
         self._resets.append(reset)
 
-    async def changed(self, kind: str, ident: str) -> None:
-        if self._bus is not None:
-            await self._bus.publish(kind, ident)
-
     def apply(self, kind: str, ident: str) -> None:
-        for handler in self._handlers.get(kind, []):
+        for handler in self._handlers.get(kind, ()):
             handler(ident)
 
     def reset(self) -> None:
@@ -49,5 +52,6 @@ class Coherence:
             reset()
 
     def require_healthy(self) -> None:
-        if self._bus is not None and not self._bus.connected:
-            raise ServiceUnavailable(UNHEALTHY)
+        for source in self._sources:
+            if not source.fresh:
+                raise ServiceUnavailable(source.unavailable)

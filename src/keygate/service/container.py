@@ -9,7 +9,10 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from keygate.config import Settings
+from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.throttle import ThrottlePolicy
@@ -18,14 +21,20 @@ from keygate.service.auth import Authenticator
 from keygate.service.coherence import Coherence
 from keygate.service.guard import AbuseGuard
 from keygate.service.keys import KeyManager, KeyPolicy
+from keygate.service.principal import OPERATOR
+from keygate.service.session_writer import SessionWriter
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager, generate_password
+from keygate.service.audit import FLUSH_SECONDS as AUDIT_FLUSH_SECONDS
+from keygate.store import changes
+from keygate.store.changes import ChangeListener
 from keygate.store.database import create_engine, migrate
 from keygate.store.master_key import decode_master_key, load_master_key, read_key_file, write_key_file
-from keygate.store.redis_bus import RedisBus, RedisSessionTier
+from keygate.store.redis_bus import RedisSessionTier
 from keygate.store.redis_state import RedisState
 from keygate.store.repositories import AuditRepository, KeyRepository, SessionRepository, UserRepository
 from keygate.store.shared_state import SharedState, SqlState
+from keygate.store.unit import Units
 
 log = logging.getLogger("keygate")
 FLUSH_SECONDS = 1.0
@@ -48,7 +57,9 @@ def _env_previous_keys() -> list[bytes]:
 class Keygate:
     """The service layer as one object: ``users``, ``keys``, ``sessions``, ``auth``, ``audit``, ``guard``."""
 
-    def __init__(self, settings: Settings, create_master_key: bool = True) -> None:
+    def __init__(self, settings: Settings, create_master_key: bool = True, serving: bool = True) -> None:
+        """``serving``: a server process (follows the change log, writes key sessions behind); the CLI
+        passes False: it answers one command and needs neither."""
         self.settings = settings
         master, previous, self._master_created = load_master_key(
             settings.master_key, settings.resolved_master_key_file, create=create_master_key
@@ -57,32 +68,36 @@ class Keygate:
         self.engine = create_engine(settings.resolved_database_url)
         self.state: SharedState = RedisState(settings.redis_url, settings.redis_namespace) if settings.redis_url else SqlState(self.engine)
         self.coherence = Coherence()
-        self.bus: RedisBus | None = None
-        tier: RedisSessionTier | None = None
-        if settings.redis_url:
-            self.bus = RedisBus(settings.redis_url, self.coherence.apply, self.coherence.reset, settings.redis_namespace)
-            self.coherence.attach(self.bus)
-            tier = RedisSessionTier(settings.redis_url, settings.redis_namespace)
+        self.changes: ChangeListener | None = None
+        if serving:
+            self.changes = ChangeListener(self.engine, self.coherence.apply, self.coherence.reset)
+        tier = RedisSessionTier(settings.redis_url, settings.redis_namespace) if settings.redis_url else None
         self._tier = tier
-        self.audit = AuditLog(AuditRepository(self.engine))
+        audit_repo = AuditRepository(self.engine)
+        self.units = Units(self.engine, audit_repo, self.coherence.apply)
+        self.audit = AuditLog(audit_repo)
         ttl = settings.cache_ttl_seconds
+        session_repo = SessionRepository(self.engine)
+        self.session_writer = SessionWriter(session_repo) if serving else None
         self.sessions = SessionManager(
-            SessionRepository(self.engine),
+            session_repo,
             idle=timedelta(seconds=settings.session_idle_seconds),
             absolute=timedelta(seconds=settings.session_max_seconds),
             cache_ttl=ttl,
             coherence=self.coherence,
             tier=tier,
+            writer=self.session_writer,
         )
-        self.users = UserManager(UserRepository(self.engine), self.box, self.sessions, self.audit, ttl, self.state, self.coherence)
+        self.users = UserManager(UserRepository(self.engine), self.box, self.sessions, self.units, ttl, self.state, self.coherence)
         self.keys = KeyManager(
-            KeyRepository(self.engine), self.box, self.users, self.sessions, self.audit, ttl, self.state,
+            KeyRepository(self.engine), self.box, self.users, self.sessions, self.units, ttl, self.state,
             KeyPolicy(
                 default_replay_mode=parse_replay_mode(settings.default_replay_mode),
                 require_allowlist_for_withdraw=settings.require_allowlist_for_withdraw,
                 max_idle_days_without_allowlist=settings.key_max_idle_days_without_allowlist,
             ),
             self.coherence,
+            unique_window_seconds=settings.unique_nonce_window_seconds,
         )
         self.guard = AbuseGuard(
             self.state,
@@ -104,8 +119,10 @@ class Keygate:
             bind_session_ip=settings.bind_session_ip,
             key_max_idle_days=settings.key_max_idle_days_without_allowlist,
             coherence=self.coherence,
+            units=self.units,
         )
         self._flusher: asyncio.Task[None] | None = None
+        self._audit_flusher: asyncio.Task[None] | None = None
         self._keyring_mtime = self._keyring_stamp()
 
     # ----- master key -------------------------------------------------------------------------
@@ -151,7 +168,7 @@ class Keygate:
             await asyncio.sleep(delay)
             count += await self.keys.reseal_all(new_box, old_box) + await self.users.reseal_all(new_box, old_box)
         self.audit.record("master_key.rotate", detail=f"resealed={count}")
-        await self.audit.flush()
+        await self.audit.flush()  # (the flusher is not running in the CLI)
         return count
 
     async def _reseal_under_env_key(self) -> int:
@@ -174,16 +191,34 @@ class Keygate:
         boot = Bootstrap(master_key_created=self._master_created)
         if bootstrap_admin and await self.users.count() == 0:
             password = generate_password()
-            await self.users.create("admin", password, is_admin=True)
+            await self.users.create(OPERATOR, "admin", password, is_admin=True)
             boot = Bootstrap(self._master_created, "admin", password)
         await self.flush()
         return boot
 
-    def start_background(self) -> None:
-        if self.bus is not None:
-            self.bus.start()
+    async def start_background(self) -> None:
+        """Follow the change log and start the flushers (a server process calls this once)."""
+        if self.changes is not None and self._flusher is None:
+            await self.changes.start()
+            self.coherence.attach(self.changes)  # from now on, a listener that falls behind fails closed
+            if isinstance(self.state, RedisState):
+                await self.state.start_watch()
+                self.coherence.attach(self.state)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="keygate-flusher")
+            self._audit_flusher = asyncio.create_task(self._audit_loop(), name="keygate-audit-flusher")
+
+    async def _audit_loop(self) -> None:
+        """Authentication events reach the database within ``AUDIT_FLUSH_SECONDS`` (the most a crash loses)."""
+        while True:
+            await asyncio.sleep(AUDIT_FLUSH_SECONDS)
+            if self.audit.pending:
+                try:
+                    await self.audit.flush()
+                except (ServiceUnavailable, OSError, SQLAlchemyError) as exc:  # kept for the next round
+                    log.warning("writing audit events failed (%s); retrying", type(exc).__name__)
+                except Exception:
+                    log.exception("writing audit events failed")
 
     async def _flush_loop(self) -> None:
         ticks = 0
@@ -196,6 +231,9 @@ class Keygate:
                 if ticks % PURGE_EVERY == 0:
                     await self.sessions.purge_expired()
                     await self.state.purge()
+                    await changes.purge(self.engine)
+            except (ServiceUnavailable, OSError, SQLAlchemyError) as exc:  # an outage: the next tick retries
+                log.warning("background flush failed (%s); retrying", type(exc).__name__)
             except Exception:  # keep flushing; the next tick retries what failed
                 log.exception("background flush failed")
 
@@ -205,16 +243,17 @@ class Keygate:
         await self.audit.flush()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        for task in (self._flusher, self._audit_flusher):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        self._flusher = self._audit_flusher = None
+        if self.changes is not None:
+            await self.changes.close()
         with suppress(Exception):
             await self.flush()
         await self.state.close()
-        if self.bus is not None:
-            await self.bus.close()
         if self._tier is not None:
             await self._tier.close()
         await self.engine.dispose()

@@ -42,6 +42,11 @@ class AbuseGuard:
                 return AuthenticationFailed("nonce not increasing (replay?)", public_message=(
                     "Nonce must be greater than the last nonce accepted for this key; use a fresh millisecond timestamp"))
             return None
+        if key.replay_floor is not None and key.replay_floor_until is not None and utcnow() < key.replay_floor_until:
+            value = nonce_as_u64(nonce)
+            if value is not None and value <= key.replay_floor:
+                return AuthenticationFailed("nonce at or below the floor of an earlier mode (replay?)", public_message=(
+                    "Nonce was already used with this key; send a new random nonce for every request"))
         if not await self.state.claim_unique(key.api_key, nonce, self._unique_window):
             return AuthenticationFailed("nonce reused (replay?)", public_message=(
                 "Nonce was already used with this key; send a new random nonce for every request"))

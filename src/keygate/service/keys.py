@@ -1,4 +1,12 @@
-"""API keys: create (the secret is returned once), list, edit, delete, and the hot-path lookup."""
+"""API keys: create (the secret is returned once), list, edit, rotate, delete, and the hot-path lookup.
+
+The hot-path cache (``TTLCache``, key -> ``ApiKey``) has this invalidation rule: every change of a key
+writes a ``key`` row to the change log in the change's own transaction, and every process drops its
+copy when it reads that row (``store.changes``: within 0.1 s on SQLite, at once on PostgreSQL), and
+this process right after the commit. Its bound: ``KEYGATE_CACHE_TTL_SECONDS`` per entry, 100 000
+entries. Because a key session's rights are read from this cache at every use (never copied into the
+session), a change of permissions or allowlist reaches every live session within the same bound.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +18,10 @@ from keygate.domain.errors import Conflict, InvalidRequest, NotFound
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import ApiKey, clean_label, new_api_key, new_nonce, new_secret
 from keygate.domain.permissions import Permission, format_permissions
-from keygate.domain.replay import ReplayMode
+from keygate.domain.replay import ReplayMode, nonce_as_u64
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.signature import SigningKey
-from keygate.service.audit import AuditLog
+from keygate.service.audit import event
 from keygate.service.cache import TTLCache
 from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
@@ -22,6 +30,7 @@ from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager
 from keygate.store.repositories import KeyRepository
 from keygate.store.shared_state import SharedState
+from keygate.store.unit import Units
 
 MAX_GRACE_SECONDS = 30 * 86400
 
@@ -62,25 +71,34 @@ class KeyManager:
         box: SecretBox,
         users: UserManager,
         sessions: SessionManager,
-        audit: AuditLog,
+        units: Units,
         cache_ttl: float,
         state: SharedState,
         policy: KeyPolicy,
         coherence: Coherence | None = None,
+        unique_window_seconds: int = 86400,
     ) -> None:
         self._state = state
-        self._coherence = coherence or Coherence()
         self.policy = policy
         self._repo = repo
         self._box = box
         self._users = users
         self._sessions = sessions
+        self._units = units
+        self._unique_window = unique_window_seconds
         self._opened: dict[str, tuple[bytes, str, SigningKey]] = {}  # api_key -> (sealed secret, plain text, prepared HMAC)
-        sessions.fence_with(repo.get)  # new key sessions are checked against the stored key once written
-        self._audit = audit
         self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl)
-        self._coherence.on("key", self._cache.evict, self._cache.clear)
+        (coherence or Coherence()).on("key", self._forget_here, self._forget_all)
         self._used: dict[str, float] = {}  # api key -> Unix time of its last use here
+        self._seen_nonces: dict[str, int] = {}  # compatible keys: the highest numeric nonce accepted here
+
+    def _forget_here(self, api_key: str) -> None:
+        self._cache.evict(api_key)
+        self._opened.pop(api_key, None)
+
+    def _forget_all(self) -> None:
+        self._cache.clear()
+        self._opened.clear()
 
     # ----- hot path -------------------------------------------------------------------------
     async def lookup(self, api_key: str) -> ApiKey | None:
@@ -113,9 +131,21 @@ class KeyManager:
     def mark_used(self, api_key: str) -> None:
         self._used[api_key] = time.time()  # a datetime only once per key and flush, not per request
 
+    def note_compatible_nonce(self, api_key: str, nonce: str) -> None:
+        """A ``compatible`` key accepted ``nonce``: remember the highest, so that a later switch to a
+        strict mode refuses every header set this mode accepted (written back with the last use)."""
+        value = nonce_as_u64(nonce)
+        if value is not None and value > self._seen_nonces.get(api_key, -1):
+            if len(self._seen_nonces) >= 100_000:
+                self._seen_nonces.clear()
+            self._seen_nonces[api_key] = value
+
     async def flush(self) -> None:
         used, self._used = self._used, {}
+        seen, self._seen_nonces = self._seen_nonces, {}
         await self._repo.record_use({k: datetime.fromtimestamp(at, timezone.utc) for k, at in used.items()})
+        for api_key, value in seen.items():
+            await self._state.raise_highest_nonce(api_key, value)
 
     # ----- management -----------------------------------------------------------------------
     async def _target_user(self, actor: Principal, user_id: int) -> int:
@@ -132,6 +162,14 @@ class KeyManager:
         if key is None or key.user_id != user_id:
             raise NotFound("API key not found")
         return key
+
+    async def owner_of(self, actor: Principal, api_key: str) -> int:
+        """The user id that owns ``api_key``, for an actor that may see it (``NotFound`` otherwise)."""
+        well_formed = isinstance(api_key, str) and len(api_key) <= 64 and api_key.isascii() and api_key.isprintable()
+        key = await self._repo.get(api_key) if well_formed else None
+        if key is None or not actor.may_act_for(key.user_id):
+            raise NotFound("API key not found")
+        return key.user_id
 
     async def create(
         self,
@@ -168,15 +206,10 @@ class KeyManager:
             replay_mode=replay_mode or self.policy.default_replay_mode,
             expires_at=expires_at,
         )
-        await self._repo.insert(key)
-        await self._changed(api_key, [])  # another node may remember this key as unknown
-        self._audit.record(
-            "key.create",
-            actor_user_id=actor.user_id,
-            subject_user_id=user_id,
-            api_key=api_key,
-            detail=_describe(key),
-        )
+        async with self._units.begin() as unit:
+            await self._repo.insert(key, unit.conn)
+            unit.audit(event("key.create", actor=actor, subject_user_id=user_id, api_key=api_key, detail=_describe(key)))
+            unit.changed("key", api_key)  # a process may remember this key as unknown
         return CreatedKey(key, secret)
 
     async def list(self, actor: Principal, user_id: int) -> list[ApiKey]:
@@ -198,8 +231,8 @@ class KeyManager:
         label: str | None = None,
         replay_mode: ReplayMode | None = None,
         expires_at: datetime | None | bool = False,
-    ) -> tuple[ApiKey, bool]:
-        """Edit a key. Returns the key and whether its sessions were ended (rights changed).
+    ) -> ApiKey:
+        """Edit a key. Its live sessions take the new rights at once, on every process.
 
         ``expires_at=False`` keeps the expiry; ``None`` removes it.
         """
@@ -218,34 +251,31 @@ class KeyManager:
             updated_at=now,
         )
         self._check_policy(changed.permissions, changed.ip_allowlist)
-        rights_changed = changed.permissions != key.permissions or changed.ip_allowlist != key.ip_allowlist
-        ended = await self._repo.save(changed, revoke_sessions=rights_changed)
-        if rights_changed:
-            self._sessions.forget_key(api_key)  # also the sessions not written yet
-        if changed.replay_mode is not key.replay_mode:
-            await self._state.forget_nonces(api_key)
-        await self._changed(api_key, ended)
-        self._audit.record(
-            "key.update",
-            actor_user_id=actor.user_id,
-            subject_user_id=user_id,
-            api_key=api_key,
-            detail=_describe(changed) + ("; sessions ended" if rights_changed else ""),
-        )
-        return changed, rights_changed
+        async with self._units.begin() as unit:
+            if changed.replay_mode is ReplayMode.UNIQUE and key.replay_mode is not ReplayMode.UNIQUE:
+                # The other modes may have accepted any nonce up to the key's highest: the unique mode,
+                # which remembers only its own window, refuses those for as long as that window lasts.
+                changed = replace(changed, replay_floor=await self._state.highest_nonce(api_key),
+                                  replay_floor_until=now + timedelta(seconds=self._unique_window))
+            await self._repo.save(changed, unit.conn)
+            unit.audit(event("key.update", actor=actor, subject_user_id=user_id, api_key=api_key, detail=_describe(changed)))
+            unit.changed("key", api_key)
+        return changed
 
     async def delete(self, actor: Principal, user_id: int, api_key: str) -> None:
         actor.require_password_session()
         key = await self._owned_key(actor, user_id, api_key)
-        ended = await self._repo.delete(key.api_key)
-        self._sessions.forget_key(key.api_key)  # also the sessions not written yet
-        self._cache.put(key.api_key, None)
-        await self._changed(key.api_key, ended)
-        self._audit.record("key.delete", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=key.api_key)
+        async with self._units.begin() as unit:
+            await self._repo.delete(key.api_key, unit.conn)
+            unit.audit(event("key.delete", actor=actor, subject_user_id=user_id, api_key=key.api_key))
+            unit.changed("key", key.api_key)
 
     async def rotate_secret(self, actor: Principal, user_id: int, api_key: str, grace_seconds: int = 0) -> CreatedKey:
-        """Issue a new secret and nonce for the key, shown once. The old secret keeps working for
-        ``grace_seconds`` (0: not at all), so clients can switch without downtime."""
+        """Issue a new secret and nonce for the key, shown once. The old secret, and the sessions it made,
+        keep working for ``grace_seconds`` (0: not at all), so clients can switch without downtime.
+
+        The key's replay state is kept: a header set accepted before the rotation stays refused.
+        """
         actor.require_password_session()
         if not isinstance(grace_seconds, int) or isinstance(grace_seconds, bool) or not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
             raise InvalidRequest(f"GraceSeconds must be an integer from 0 to {MAX_GRACE_SECONDS}")
@@ -258,15 +288,14 @@ class KeyManager:
             nonce=new_nonce(),
             sealed_previous_secret=key.sealed_secret if grace_seconds else None,
             previous_secret_expires_at=now + timedelta(seconds=grace_seconds) if grace_seconds else None,
+            secret_serial=key.secret_serial + 1,
             updated_at=now,
         )
-        ended = await self._repo.save(rotated, revoke_sessions=grace_seconds == 0)
-        if grace_seconds == 0:
-            self._sessions.forget_key(api_key)  # also the sessions not written yet
-        await self._state.forget_nonces(api_key)
-        await self._changed(api_key, ended)
-        self._audit.record("key.rotate", actor_user_id=actor.user_id, subject_user_id=user_id, api_key=api_key,
-                           detail=f"grace_seconds={grace_seconds}")
+        async with self._units.begin() as unit:
+            await self._repo.save(rotated, unit.conn, end_sessions=grace_seconds == 0)
+            unit.audit(event("key.rotate", actor=actor, subject_user_id=user_id, api_key=api_key,
+                             detail=f"grace_seconds={grace_seconds}"))
+            unit.changed("key", api_key)
         return CreatedKey(rotated, secret)
 
     async def reseal_all(self, new_box: SecretBox, old_box: SecretBox) -> int:
@@ -282,19 +311,13 @@ class KeyManager:
                 plain = old_box.open(sealed, secret_context(api_key))
                 if await self._repo.replace_sealed(api_key, sealed, new_box.seal(plain, secret_context(api_key)), column):
                     count += 1
-                await self._changed(api_key, [])
+                async with self._units.begin() as unit:
+                    unit.changed("key", api_key)
         return count
 
     def _check_policy(self, permissions: frozenset[Permission], ip_allowlist: IpAllowlist) -> None:
         if self.policy.require_allowlist_for_withdraw and Permission.WITHDRAW in permissions and ip_allowlist.allows_any:
             raise InvalidRequest("Keys with the Withdraw permission must have an IP allowlist (operator policy)")
-
-    async def _changed(self, api_key: str, ended_sessions: list[str]) -> None:
-        """Evict the key here and on every node, and forget the sessions the store just ended."""
-        self._cache.evict(api_key)
-        self._opened.pop(api_key, None)
-        await self._sessions.forget(ended_sessions)
-        await self._coherence.changed("key", api_key)
 
 
 def _describe(key: ApiKey) -> str:

@@ -1,4 +1,14 @@
-"""Users: creation, passwords, locking, TOTP enrolment."""
+"""Users: creation, passwords, locking, signing out, TOTP enrolment.
+
+Every use case takes the acting ``Principal`` and decides by it (an administrator or the operator
+manages other users; a person manages their own two-factor sign-in). Each change writes its audit
+record and its change-log row in its own transaction (``store.unit``), so every process drops its
+cached copy of the user within the change log's bound.
+
+Ending a user's sessions everywhere (password reset, lock, "sign out everywhere") sets the user's
+``sessions_valid_after``: every session made before it is refused by every process, including key
+sessions that another process has issued but not yet written.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +21,22 @@ import pyotp
 from keygate.domain.errors import InvalidRequest, NotFound
 from keygate.domain.passwords import check_password_policy, hash_password
 from keygate.domain.secretbox import SecretBox
+from keygate.domain.sessions import SessionKind
+from keygate.domain.throttle import consecutive_scope, user_scope
 from keygate.domain.users import User, check_username
-from keygate.service.audit import AuditLog
+from keygate.service.audit import event
 from keygate.service.cache import TTLCache
 from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
-from keygate.domain.throttle import consecutive_scope, user_scope
 from keygate.store.repositories import UserRepository
 from keygate.store.shared_state import SharedState
+from keygate.store.unit import Unit, Units
 
 TOTP_ISSUER = "keygate"
 MAX_STORED_USER_ID = 2**31 - 1  # the users.user_id column is a 32-bit integer
+_TOTP_SESSION_KINDS = (SessionKind.PASSWORD, SessionKind.PENDING_2FA)
 
 
 def totp_context(user_id: int) -> str:
@@ -35,17 +48,17 @@ def generate_password() -> str:
 
 
 class UserManager:
-    def __init__(self, repo: UserRepository, box: SecretBox, sessions: SessionManager, audit: AuditLog, cache_ttl: float,
+    def __init__(self, repo: UserRepository, box: SecretBox, sessions: SessionManager, units: Units, cache_ttl: float,
                  state: SharedState, coherence: Coherence | None = None) -> None:
         self._repo = repo
         self._state = state
-        self._coherence = coherence or Coherence()
         self._box = box
         self._sessions = sessions
-        self._audit = audit
+        self._units = units
         self._cache: TTLCache[int, User] = TTLCache(cache_ttl)
-        self._coherence.on("user", lambda ident: self._cache.evict(int(ident)), self._cache.clear)
+        (coherence or Coherence()).on("user", lambda ident: self._cache.evict(int(ident)), self._cache.clear)
 
+    # ----- reading --------------------------------------------------------------------------------
     async def get(self, user_id: int) -> User | None:
         if not 0 < user_id <= MAX_STORED_USER_ID:
             return None  # a well-formed id that no user can have: simply unknown
@@ -61,103 +74,142 @@ class UserManager:
     async def get_by_name(self, username: str) -> User | None:
         return await self._repo.get_by_name(username)
 
-    async def list(self) -> list[User]:
+    async def list(self, actor: Principal) -> list[User]:
+        actor.require_admin()
         return await self._repo.list()
 
     async def count(self) -> int:
         return await self._repo.count()
 
-    async def create(
-        self, username: str, password: str, email: str = "", is_admin: bool = False, actor: Principal | None = None
-    ) -> User:
+    async def read(self, actor: Principal, user_id: int) -> User:
+        """A user's record, for themself or an administrator."""
+        actor.require_self_or_admin(user_id, "read your own user")
+        if actor.user is not None and user_id == actor.user.user_id:
+            return actor.user
+        return await self.require(user_id)
+
+    # ----- administration -------------------------------------------------------------------------
+    async def create(self, actor: Principal, username: str, password: str, email: str = "", is_admin: bool = False) -> User:
+        actor.require_admin()
         check_username(username)
         check_password_policy(password)
         if not isinstance(email, str) or len(email) > 254 or (email and "@" not in email):
             raise InvalidRequest("Email must be an address like name@example.com")
         pw_hash = await asyncio.to_thread(hash_password, password)
-        user = await self._repo.insert(username, email, pw_hash, is_admin, utcnow())
-        self._cache.evict(user.user_id)  # this node or another may remember the id as unknown
-        await self._coherence.changed("user", str(user.user_id))
-        self._audit.record(
-            "user.create",
-            actor_user_id=actor.user_id if actor else None,
-            subject_user_id=user.user_id,
-            detail=f"admin={is_admin}",
-        )
+        async with self._units.begin() as unit:
+            user = await self._repo.insert(username, email, pw_hash, is_admin, utcnow(), unit.conn)
+            unit.audit(event("user.create", actor=actor, subject_user_id=user.user_id, detail=f"admin={is_admin}"))
+            unit.changed("user", user.user_id)  # a process may remember the id as unknown
         return user
 
-    async def _update(self, user_id: int, **values: object) -> User:
-        await self.require(user_id)
-        await self._repo.update(user_id, **values)
-        self._cache.evict(user_id)
-        await self._coherence.changed("user", str(user_id))
-        return await self.require(user_id)
+    async def _update(self, unit: Unit, user_id: int, **values: object) -> None:
+        await self._repo.update(user_id, unit.conn, **values)
+        unit.changed("user", user_id)
 
-    async def set_password(self, user_id: int, password: str, actor: Principal | None = None) -> None:
+    async def _end_everywhere(self, unit: Unit, user_id: int) -> int:
+        """Every session of the user, written or not, on every process, stops: one timestamp."""
+        await self._update(unit, user_id, sessions_valid_after=utcnow())
+        return await self._sessions.delete_all_of_user(unit, user_id)
+
+    async def set_password(self, actor: Principal, user_id: int, password: str) -> None:
+        """An administrator (or the operator) sets a user's password; every session of the user ends."""
+        actor.require_admin()
         check_password_policy(password)
+        await self.require(user_id)
         pw_hash = await asyncio.to_thread(hash_password, password)
-        await self._update(user_id, password_hash=pw_hash)
-        await self._sessions.end_for_user(user_id)
-        self._audit.record("user.password", actor_user_id=actor.user_id if actor else None, subject_user_id=user_id)
+        async with self._units.begin() as unit:
+            await self._repo.update(user_id, unit.conn, password_hash=pw_hash)
+            await self._end_everywhere(unit, user_id)
+            unit.audit(event("user.password", actor=actor, subject_user_id=user_id))
 
-    async def set_locked(self, user_id: int, locked: bool, actor: Principal | None = None, reason: str | None = None) -> User:
-        """Lock (no end date: until unlocked) or unlock; unlocking also clears the failure counters."""
-        user = await self._update(user_id, locked=locked, locked_until=None)
+    async def set_locked(self, actor: Principal, user_id: int, locked: bool, reason: str | None = None) -> User:
+        """Lock (no end date: until unlocked; every session ends) or unlock (failure counters cleared)."""
+        actor.require_admin()
         if locked:
-            await self._sessions.end_for_user(user_id)
-        else:
+            actor.require_not_self(user_id, "You cannot lock yourself")
+        await self.require(user_id)
+        async with self._units.begin() as unit:
+            await self._update(unit, user_id, locked=locked, locked_until=None)
+            if locked:
+                await self._end_everywhere(unit, user_id)
+            unit.audit(event("user.lock" if locked else "user.unlock", actor=actor, subject_user_id=user_id, reason=reason))
+        if not locked:
             for scope in (user_scope(user_id), consecutive_scope(user_id)):
                 await self._state.reset(scope)
-        self._audit.record(
-            "user.lock" if locked else "user.unlock",
-            actor_user_id=actor.user_id if actor else None,
-            subject_user_id=user_id,
-            reason=reason,
-        )
-        return user
+        return await self.require(user_id)
+
+    async def sign_out_everywhere(self, actor: Principal, user_id: int) -> int:
+        """End every session of the user, on every process. Returns how many rows were deleted."""
+        actor.require_self_or_admin(user_id, "sign yourself out")
+        await self.require(user_id)
+        async with self._units.begin() as unit:
+            ended = await self._end_everywhere(unit, user_id)
+            unit.audit(event("user.signout", actor=actor, subject_user_id=user_id, detail=f"{ended} sessions ended"))
+        return ended
 
     async def lock_after_failures(self, user_id: int, seconds: int, failures: int, client_ip: str | None) -> None:
         """The automatic lockout: until ``seconds`` pass (0: until an administrator unlocks)."""
         until = utcnow() + timedelta(seconds=seconds) if seconds > 0 else None
-        await self._update(user_id, locked=True, locked_until=until)
-        await self._sessions.end_for_user(user_id)
-        self._audit.record("user.lockout", "locked", subject_user_id=user_id, client_ip=client_ip,
-                           reason=f"{failures} consecutive failed authentications",
-                           detail=f"until {until.isoformat()}" if until else "until an administrator unlocks")
+        async with self._units.begin() as unit:
+            await self._update(unit, user_id, locked=True, locked_until=until)
+            await self._end_everywhere(unit, user_id)
+            unit.audit(event("user.lockout", "locked", actor_kind="system", subject_user_id=user_id, client_ip=client_ip,
+                             reason=f"{failures} consecutive failed authentications",
+                             detail=f"until {until.isoformat()}" if until else "until an administrator unlocks"))
 
-    async def begin_totp(self, user_id: int) -> tuple[str, str]:
+    # ----- two-factor sign-in ---------------------------------------------------------------------
+    def _require_own_totp(self, actor: Principal, user_id: int) -> None:
+        actor.require_password_session()
+        if not actor.is_operator and actor.user_id != user_id:
+            raise NotFound(f"User {user_id} not found")
+
+    async def begin_totp(self, actor: Principal, user_id: int) -> tuple[str, str]:
         """Start enrolment: return the base32 secret and its otpauth:// URI. Not active until confirmed."""
+        self._require_own_totp(actor, user_id)
         user = await self.require(user_id)
         secret = pyotp.random_base32()
-        await self._update(user_id, sealed_pending_totp=self._box.seal(secret, totp_context(user_id)))
+        async with self._units.begin() as unit:
+            await self._update(unit, user_id, sealed_pending_totp=self._box.seal(secret, totp_context(user_id)))
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=TOTP_ISSUER)
         return secret, uri
 
-    async def confirm_totp(self, user_id: int, code: str) -> None:
+    async def confirm_totp(self, actor: Principal, user_id: int, code: object) -> None:
+        """Turn two-factor sign-in on with a current code of the pending seed. The user's other password
+        sessions (and pending sign-ins) end everywhere: they were made without the second factor."""
+        self._require_own_totp(actor, user_id)
         user = await self.require(user_id)
         if user.sealed_pending_totp is None:
             raise InvalidRequest("No two-factor enrolment is in progress; start one first")
         secret = self._box.open(user.sealed_pending_totp, totp_context(user_id))
         if not _code_ok(secret, code):
             raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
-        await self._update(user_id, sealed_totp_secret=user.sealed_pending_totp, sealed_pending_totp=None)
-        self._audit.record("user.2fa.enable", actor_user_id=user_id, subject_user_id=user_id)
+        async with self._units.begin() as unit:
+            await self._update(unit, user_id, sealed_totp_secret=user.sealed_pending_totp, sealed_pending_totp=None)
+            await self._sessions.end_some_of_user(unit, user_id, _TOTP_SESSION_KINDS, keep=actor.token_hash)
+            unit.audit(event("user.2fa.enable", actor=actor, subject_user_id=user_id))
 
-    async def disable_totp(self, user_id: int, code: str | None, actor: Principal | None = None) -> None:
-        """Remove TOTP; the user must prove a current code unless an admin does it."""
+    async def disable_totp(self, actor: Principal, user_id: int, code: object | None) -> None:
+        """Remove TOTP: the user proves a current code; an administrator (or the operator) may do it for
+        another user without one. The user's other password sessions end everywhere."""
+        actor.require_password_session()
+        if not actor.may_act_for(user_id):
+            raise NotFound(f"User {user_id} not found")
         user = await self.require(user_id)
         if user.sealed_totp_secret is None:
             raise InvalidRequest("Two-factor sign-in is not enabled for this user")
-        if actor is None or not actor.is_admin or actor.user_id == user_id:
+        if not (actor.is_admin and actor.user_id != user_id):
             if code is None or not _code_ok(self.totp_secret(user), code):
                 raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
-        await self._update(user_id, sealed_totp_secret=None, sealed_pending_totp=None)
-        self._audit.record("user.2fa.disable", actor_user_id=actor.user_id if actor else user_id, subject_user_id=user_id)
+        async with self._units.begin() as unit:
+            await self._update(unit, user_id, sealed_totp_secret=None, sealed_pending_totp=None)
+            await self._sessions.end_some_of_user(unit, user_id, _TOTP_SESSION_KINDS, keep=actor.token_hash)
+            unit.audit(event("user.2fa.disable", actor=actor, subject_user_id=user_id))
 
     def totp_secret(self, user: User) -> str:
         assert user.sealed_totp_secret is not None
         return self._box.open(user.sealed_totp_secret, totp_context(user.user_id))
 
+    # ----- master key -----------------------------------------------------------------------------
     async def reseal_all(self, new_box: SecretBox, old_box: SecretBox) -> int:
         """Re-seal every TOTP seed under ``new_box`` (compare-and-set per row)."""
         count = 0
@@ -168,12 +220,9 @@ class UserManager:
                 plain = old_box.open(sealed, totp_context(user_id))
                 if await self._repo.replace_sealed(user_id, sealed, new_box.seal(plain, totp_context(user_id)), column):
                     count += 1
-                self._cache.evict(user_id)
-                await self._coherence.changed("user", str(user_id))
+                async with self._units.begin() as unit:
+                    unit.changed("user", user_id)
         return count
-
-    def invalidate(self, user_id: int) -> None:
-        self._cache.evict(user_id)
 
 
 def _code_ok(secret: str, code: object) -> bool:

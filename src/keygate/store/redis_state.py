@@ -1,6 +1,6 @@
 """``SharedState`` in Redis. Each operation is one atomic command or Lua script.
 
-Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (last increasing nonce, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
+Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (highest numeric nonce accepted, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
 unique nonce, expiring with its window), ``kg:f:<scope>`` (failure count, expiring with its window),
 ``kg:b:<scope>`` (a block, expiring when it ends). Any Redis error becomes ``ServiceUnavailable``, so
 authentication fails closed (503) and recovers by itself when Redis answers again.
@@ -8,14 +8,19 @@ authentication fails closed (503) and recovers by itself when Redis answers agai
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
 
 from keygate.domain.errors import ServiceUnavailable
-from keygate.domain.replay import sortable
+from keygate.domain.replay import nonce_as_u64, sortable
 
 T = TypeVar("T")
 
@@ -32,15 +37,33 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
+def connect(url: str) -> aioredis.Redis:
+    """A client that fails fast (1 s) and retries a command once on a fresh connection, so that a
+    Redis restarted meanwhile costs no request (its pooled connections died with it)."""
+    return aioredis.from_url(
+        url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=10, decode_responses=True,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
+    )
+
+
 UNAVAILABLE = "Authentication is temporarily unavailable: the shared state store (Redis) cannot be reached; retry shortly"
 
 
+WATCH_SECONDS = 0.25
+STALE_AFTER_SECONDS = 1.0
+
+
 class RedisState:
+    """Nonce claims and failure counters in Redis; also watches that Redis answers (``fresh``), so that
+    authentication fails closed (503) while it does not, even on paths that need no Redis command."""
+
+    unavailable = UNAVAILABLE
+
     def __init__(self, url: str, namespace: str = "kg") -> None:
+        self._answered_at = 0.0
+        self._watch: asyncio.Task[None] | None = None
         self._ns = namespace
-        self._redis = aioredis.from_url(
-            url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=10, decode_responses=True
-        )
+        self._redis = connect(url)
         self._claim = self._redis.register_script(_CLAIM_INCREASING)
         self._fail = self._redis.register_script(_RECORD_FAILURE)
 
@@ -55,15 +78,18 @@ class RedisState:
         return bool(await self._guard(lambda: self._claim(keys=[f"{self._ns}:n:{api_key}"], args=[sortable(nonce)])))
 
     async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
-        return bool(await self._guard(lambda: self._redis.set(f"{self._ns}:u:{api_key}:{nonce}", "1", nx=True, ex=window_seconds)))
+        claimed = bool(await self._guard(lambda: self._redis.set(f"{self._ns}:u:{api_key}:{nonce}", "1", nx=True, ex=window_seconds)))
+        value = nonce_as_u64(nonce)
+        if claimed and value is not None:  # every strict mode keeps the highest: a switch to ``increasing`` refuses these
+            await self.raise_highest_nonce(api_key, value)
+        return claimed
 
-    async def forget_nonces(self, api_key: str) -> None:
-        async def op() -> None:
-            await self._redis.delete(f"{self._ns}:n:{api_key}")
-            async for name in self._redis.scan_iter(match=f"{self._ns}:u:{api_key}:*", count=500):
-                await self._redis.delete(name)
+    async def highest_nonce(self, api_key: str) -> int | None:
+        value = await self._guard(lambda: self._redis.get(f"{self._ns}:n:{api_key}"))
+        return int(value) if value is not None else None
 
-        await self._guard(op)
+    async def raise_highest_nonce(self, api_key: str, nonce: int) -> None:
+        await self._guard(lambda: self._claim(keys=[f"{self._ns}:n:{api_key}"], args=[sortable(nonce)]))
 
     async def record_failure(self, scope: str, window_seconds: int) -> int:
         return int(await self._guard(lambda: self._fail(keys=[f"{self._ns}:f:{scope}"], args=[window_seconds])))
@@ -93,5 +119,28 @@ class RedisState:
     async def ping(self) -> bool:
         return bool(await self._guard(lambda: self._redis.ping()))
 
+    @property
+    def fresh(self) -> bool:
+        return self._watch is None or time.monotonic() - self._answered_at < STALE_AFTER_SECONDS
+
+    async def start_watch(self) -> None:
+        self._answered_at = time.monotonic()
+        self._watch = asyncio.create_task(self._watch_loop(), name="keygate-redis-watch")
+
+    async def _watch_loop(self) -> None:
+        while True:
+            try:
+                await self._redis.ping()
+                self._answered_at = time.monotonic()
+            except (RedisError, OSError):
+                pass
+            await asyncio.sleep(WATCH_SECONDS)
+
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            try:
+                await self._watch
+            except asyncio.CancelledError:
+                pass
         await self._redis.aclose()

@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, TypeVar
 
+from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
@@ -16,7 +19,7 @@ from keygate.domain.errors import Conflict
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import ApiKey
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
-from keygate.domain.replay import ReplayMode
+from keygate.domain.replay import ReplayMode, sortable
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.users import User
 from keygate.store.tables import api_keys, audit_events, sessions, users
@@ -47,6 +50,7 @@ def _user(row: Row[Any]) -> User:
         account_id=m["account_id"],
         created_at=m["created_at"],
         locked_until=m["locked_until"],
+        sessions_valid_after=m["sessions_valid_after"],
     )
 
 
@@ -67,6 +71,9 @@ def _key(row: Row[Any]) -> ApiKey:
         expires_at=m["expires_at"],
         sealed_previous_secret=bytes(m["sealed_previous_secret"]) if m["sealed_previous_secret"] is not None else None,
         previous_secret_expires_at=m["previous_secret_expires_at"],
+        secret_serial=m["secret_serial"],
+        replay_floor=int(m["replay_floor"]) if m["replay_floor"] is not None else None,
+        replay_floor_until=m["replay_floor_until"],
     )
 
 
@@ -82,7 +89,19 @@ def _session(row: Row[Any]) -> Session:
         created_at=m["created_at"],
         last_seen_at=m["last_seen_at"],
         expires_at=m["expires_at"],
+        key_serial=m["key_serial"],
     )
+
+
+@asynccontextmanager
+async def _writing(engine: AsyncEngine, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+    """The caller's transaction when it gives one (a change, its audit row and its change-log row
+    commit together), else a transaction of its own."""
+    if conn is not None:
+        yield conn
+        return
+    async with engine.begin() as own:
+        yield own
 
 
 async def _delete_sessions(conn: AsyncConnection, condition: Any) -> list[str]:
@@ -95,8 +114,9 @@ class UserRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def insert(self, username: str, email: str, password_hash: str, is_admin: bool, now: datetime) -> User:
-        async with self._engine.begin() as conn:
+    async def insert(self, username: str, email: str, password_hash: str, is_admin: bool, now: datetime,
+                     conn: AsyncConnection | None = None) -> User:
+        async with _writing(self._engine, conn) as conn:
             try:
                 result = await conn.execute(
                     insert(users).values(
@@ -138,8 +158,8 @@ class UserRepository:
         async with self._engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())
 
-    async def update(self, user_id: int, **values: Any) -> None:
-        async with self._engine.begin() as conn:
+    async def update(self, user_id: int, conn: AsyncConnection | None = None, **values: Any) -> None:
+        async with _writing(self._engine, conn) as conn:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
 
     async def all_sealed(self, column: str) -> list[tuple[int, bytes]]:
@@ -159,8 +179,8 @@ class KeyRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def insert(self, key: ApiKey) -> None:
-        async with self._engine.begin() as conn:
+    async def insert(self, key: ApiKey, conn: AsyncConnection | None = None) -> None:
+        async with _writing(self._engine, conn) as conn:
             await conn.execute(
                 insert(api_keys).values(
                     api_key=key.api_key,
@@ -175,6 +195,7 @@ class KeyRepository:
                     last_used_at=None,
                     replay_mode=key.replay_mode.value,
                     expires_at=key.expires_at,
+                    secret_serial=key.secret_serial,
                 )
             )
 
@@ -191,10 +212,14 @@ class KeyRepository:
             rows = (await conn.execute(query)).all()
         return [_key(r) for r in rows]
 
-    async def save(self, key: ApiKey, revoke_sessions: bool) -> list[str]:
-        """Write the editable fields; with ``revoke_sessions``, end the key's sessions in the same
-        transaction. Returns the token hashes of the sessions ended."""
-        async with self._engine.begin() as conn:
+    async def save(self, key: ApiKey, conn: AsyncConnection | None = None, end_sessions: bool = False) -> list[str]:
+        """Write the editable fields; with ``end_sessions``, delete the key's sessions in the same
+        transaction. Returns the token hashes of the sessions deleted.
+
+        The replay state (``last_nonce``, used nonces) is never written here: no edit, rotation or
+        change of mode may make an accepted nonce acceptable again.
+        """
+        async with _writing(self._engine, conn) as conn:
             await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.api_key == key.api_key)
@@ -209,18 +234,16 @@ class KeyRepository:
                     expires_at=key.expires_at,
                     sealed_previous_secret=key.sealed_previous_secret,
                     previous_secret_expires_at=key.previous_secret_expires_at,
+                    secret_serial=key.secret_serial,
+                    replay_floor=sortable(key.replay_floor) if key.replay_floor is not None else None,
+                    replay_floor_until=key.replay_floor_until,
                 )
             )
-            ended: list[str] = []
-            if revoke_sessions:
-                ended = await _delete_sessions(conn, sessions.c.api_key == key.api_key)
-            if key.replay_mode is not ReplayMode.INCREASING:
-                await conn.execute(update(api_keys).where(api_keys.c.api_key == key.api_key).values(last_nonce=None))
-        return ended
+            return await _delete_sessions(conn, sessions.c.api_key == key.api_key) if end_sessions else []
 
-    async def delete(self, api_key: str) -> list[str]:
+    async def delete(self, api_key: str, conn: AsyncConnection | None = None) -> list[str]:
         """Delete the key and, in the same transaction, every session it made (their hashes are returned)."""
-        async with self._engine.begin() as conn:
+        async with _writing(self._engine, conn) as conn:
             ended = await _delete_sessions(conn, sessions.c.api_key == api_key)
             await conn.execute(delete(api_keys).where(api_keys.c.api_key == api_key))
         return ended
@@ -248,8 +271,9 @@ class KeyRepository:
         return result.rowcount > 0
 
 
-_SESSION_COLUMNS = ("token_hash", "user_id", "kind", "permissions", "api_key", "client_ip", "created_at", "last_seen_at", "expires_at")
-_AUDIT_COLUMNS = ("at", "action", "outcome", "reason", "actor_user_id", "subject_user_id", "api_key", "client_ip", "detail")
+_SESSION_COLUMNS = ("token_hash", "user_id", "kind", "permissions", "api_key", "client_ip", "created_at", "last_seen_at",
+                    "expires_at", "key_serial")
+_AUDIT_COLUMNS = ("at", "action", "outcome", "reason", "actor_user_id", "actor", "subject_user_id", "api_key", "client_ip", "detail")
 
 T = TypeVar("T")
 
@@ -266,7 +290,7 @@ def _plain_time(value: datetime, sqlite: bool) -> datetime | str:
 
 
 async def _insert_plain(engine: AsyncEngine, table: Table, columns: Sequence[str], items: Sequence[T],
-                        to_row: Callable[[T, bool], tuple[object, ...]]) -> None:
+                        to_row: Callable[[T, bool], tuple[object, ...]], conn: AsyncConnection | None = None) -> None:
     """Insert many rows in one transaction, as plain values rather than through a compiled insert.
 
     New sessions and audit events are written in batches of hundreds; skipping the per-row work of a
@@ -284,7 +308,7 @@ async def _insert_plain(engine: AsyncEngine, table: Table, columns: Sequence[str
     sqlite = engine.dialect.name == "sqlite"
     rows = [to_row(item, sqlite) for item in items]
     names = ", ".join(columns)
-    async with engine.begin() as conn:
+    async with _writing(engine, conn) as conn:
         if sqlite:
             for size, chunk in _chunks(rows):
                 values = ", ".join(["(" + ", ".join("?" * len(columns)) + ")"] * size)
@@ -313,7 +337,7 @@ def _session_row(s: Session, sqlite: bool) -> tuple[object, ...]:
     created = _plain_time(s.created_at, sqlite)
     seen = created if s.last_seen_at is s.created_at else _plain_time(s.last_seen_at, sqlite)  # as issued
     return (s.token_hash, s.user_id, s.kind.value, _perms_to_db(s.permissions), s.api_key, s.client_ip,
-            created, seen, _plain_time(s.expires_at, sqlite))
+            created, seen, _plain_time(s.expires_at, sqlite), s.key_serial)
 
 
 class SessionRepository:
@@ -331,14 +355,21 @@ class SessionRepository:
             row = (await conn.execute(select(sessions).where(sessions.c.token_hash == token_hash))).first()
         return _session(row) if row else None
 
-    async def delete(self, token_hash: str) -> bool:
-        async with self._engine.begin() as conn:
+    async def delete(self, token_hash: str, conn: AsyncConnection | None = None) -> bool:
+        async with _writing(self._engine, conn) as conn:
             result = await conn.execute(delete(sessions).where(sessions.c.token_hash == token_hash))
         return result.rowcount > 0
 
-    async def delete_for_user(self, user_id: int) -> list[str]:
-        async with self._engine.begin() as conn:
-            return await _delete_sessions(conn, sessions.c.user_id == user_id)
+    async def delete_for_user(self, user_id: int, conn: AsyncConnection | None = None,
+                              kinds: Iterable[SessionKind] | None = None, keep: str | None = None) -> list[str]:
+        """Delete the user's sessions (only those of ``kinds``, if given; never ``keep``); return their hashes."""
+        condition = sessions.c.user_id == user_id
+        if kinds is not None:
+            condition = condition & sessions.c.kind.in_([k.value for k in kinds])
+        if keep is not None:
+            condition = condition & (sessions.c.token_hash != keep)
+        async with _writing(self._engine, conn) as conn:
+            return await _delete_sessions(conn, condition)
 
     async def list(self, user_id: int | None = None) -> list[Session]:
         query = select(sessions).where(sessions.c.kind != SessionKind.PENDING_2FA.value)
@@ -373,6 +404,7 @@ class AuditEvent(NamedTuple):
     outcome: str
     reason: str | None = None
     actor_user_id: int | None = None
+    actor: str | None = None  # "operator" (the CLI on the server's machine) or "system"; a user is actor_user_id
     subject_user_id: int | None = None
     api_key: str | None = None
     client_ip: str | None = None
@@ -387,6 +419,7 @@ class AuditEvent(NamedTuple):
             "Outcome": self.outcome,
             "Reason": self.reason,
             "ActorUserId": self.actor_user_id,
+            "Actor": self.actor or ("user" if self.actor_user_id is not None else None),
             "SubjectUserId": self.subject_user_id,
             "APIKey": self.api_key,
             "ClientIp": self.client_ip,
@@ -400,11 +433,11 @@ class AuditRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def append_many(self, events: Sequence[AuditEvent]) -> None:
+    async def append_many(self, events: Sequence[AuditEvent], conn: AsyncConnection | None = None) -> None:
         await _insert_plain(self._engine, audit_events, _AUDIT_COLUMNS, events, lambda e, sqlite: (
-            _plain_time(e.at, sqlite), e.action, e.outcome, e.reason, e.actor_user_id, e.subject_user_id,
+            _plain_time(e.at, sqlite), e.action, e.outcome, e.reason, e.actor_user_id, e.actor, e.subject_user_id,
             e.api_key, e.client_ip, e.detail,
-        ))
+        ), conn)
 
     async def query(
         self,

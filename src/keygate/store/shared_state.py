@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keygate.domain.replay import sortable
+from keygate.domain.replay import nonce_as_u64, sortable
 from keygate.store.tables import api_keys, throttle_counters, used_nonces
 
 
@@ -26,8 +26,11 @@ class SharedState(Protocol):
     async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
         """Accept ``nonce`` only if the key has not used it within the window, and remember it."""
 
-    async def forget_nonces(self, api_key: str) -> None:
-        """Drop the key's nonce history (after a secret rotation or a change of replay mode)."""
+    async def highest_nonce(self, api_key: str) -> int | None:
+        """The highest numeric nonce the key accepted in any mode (None: none yet)."""
+
+    async def raise_highest_nonce(self, api_key: str, nonce: int) -> None:
+        """Make ``nonce`` the key's highest numeric nonce unless a higher one is recorded."""
 
     async def record_failure(self, scope: str, window_seconds: int) -> int:
         """Count one failure in the scope's window; return the count in the window."""
@@ -81,12 +84,24 @@ class SqlState:
                 )
         except IntegrityError:
             return False
+        value = nonce_as_u64(nonce)
+        if value is not None:  # every strict mode keeps the highest: a switch to ``increasing`` refuses these
+            await self.raise_highest_nonce(api_key, value)
         return True
 
-    async def forget_nonces(self, api_key: str) -> None:
+    async def highest_nonce(self, api_key: str) -> int | None:
+        async with self._engine.connect() as conn:
+            value = (await conn.execute(select(api_keys.c.last_nonce).where(api_keys.c.api_key == api_key))).scalar()
+        return int(value) if value is not None else None
+
+    async def raise_highest_nonce(self, api_key: str, nonce: int) -> None:
+        padded = sortable(nonce)
         async with self._engine.begin() as conn:
-            await conn.execute(delete(used_nonces).where(used_nonces.c.api_key == api_key))
-            await conn.execute(update(api_keys).where(api_keys.c.api_key == api_key).values(last_nonce=None))
+            await conn.execute(
+                update(api_keys).where(api_keys.c.api_key == api_key)
+                .where(or_(api_keys.c.last_nonce.is_(None), api_keys.c.last_nonce < padded))
+                .values(last_nonce=padded)
+            )
 
     async def record_failure(self, scope: str, window_seconds: int) -> int:
         now = _now()

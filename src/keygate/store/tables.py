@@ -55,6 +55,8 @@ users = Table(
     Column("sealed_pending_totp", LargeBinary, nullable=True),
     Column("account_id", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # Every session of the user made before this time is refused (password reset, lock, sign-out everywhere).
+    Column("sessions_valid_after", UTCDateTime, nullable=True),
 )
 
 api_keys = Table(
@@ -75,6 +77,12 @@ api_keys = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("sealed_previous_secret", LargeBinary, nullable=True),
     Column("previous_secret_expires_at", UTCDateTime, nullable=True),
+    # Which secret is current: one more at every rotation. A key session remembers the serial that made it.
+    Column("secret_serial", Integer, nullable=False, default=1, server_default="1"),
+    # After a switch into the ``unique`` mode, numeric nonces up to ``replay_floor`` stay refused until
+    # ``replay_floor_until`` (the other modes may have accepted them; see domain.replay).
+    Column("replay_floor", String(20), nullable=True),
+    Column("replay_floor_until", UTCDateTime, nullable=True),
     Index("ix_api_keys_user_id", "user_id"),
 )
 
@@ -90,6 +98,7 @@ sessions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+    Column("key_serial", Integer, nullable=True),  # the key's secret serial that made a key session
     Index("ix_sessions_user_id", "user_id"),
     Index("ix_sessions_api_key", "api_key"),
 )
@@ -103,12 +112,25 @@ audit_events = Table(
     Column("outcome", String(16), nullable=False),
     Column("reason", String(200), nullable=True),
     Column("actor_user_id", Integer, nullable=True),
+    Column("actor", String(16), nullable=True),  # "operator" (the CLI) or "system"; a user is in actor_user_id
     Column("subject_user_id", Integer, nullable=True),
     Column("api_key", String(64), nullable=True),
     Column("client_ip", String(64), nullable=True),
     Column("detail", Text, nullable=True),
     Index("ix_audit_events_at", "at"),
     Index("ix_audit_events_action", "action"),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    # One row per change that other processes must apply to their caches, written in the change's own
+    # transaction (see store.changes).
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("ident", String(200), nullable=False),
+    Index("ix_changes_at", "at"),
 )
 
 used_nonces = Table(
