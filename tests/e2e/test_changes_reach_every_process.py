@@ -189,6 +189,12 @@ async def test_key_deleted_by_cli_stops_everywhere(deployment, admin, on_a, on_b
         await asyncio.to_thread(deployment.cli, "key", "delete", creds.api_key)
 
     record(deployment, "key deleted", await watch(probes, change, refused))  # type: ignore[arg-type]
+    # The audit trail names the operator (the CLI), not the key's owner, as the one who deleted it.
+    admin_token = await password_session(on_a, Credentials(0, deployment.admin_name, deployment.admin_password, "", ""))  # type: ignore[attr-defined]
+    r = await on_a.post("/AP/GetAuditLog", headers={"aptoken": admin_token}, json={"APIKey": creds.api_key, "Action": "key.delete"})
+    assert r.status_code == 200, r.text
+    [row] = r.json()
+    assert row["ActorUserId"] is None and row["Actor"] == "operator" and row["SubjectUserId"] == creds.user_id, row
 
 
 async def test_key_expiry_ends_its_sessions_too(deployment, admin, on_a, on_b, ws) -> None:

@@ -353,7 +353,7 @@ def key_edit(
     expires: Annotated[str | None, typer.Option("--expires", help="New expiry (ISO 8601)")] = None,
     no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Remove the expiry")] = False,
 ) -> None:
-    """Edit a key's permissions, allowlist, label, replay mode or expiry. Changing rights ends the key's sessions."""
+    """Edit a key's permissions, allowlist, label, replay mode or expiry. Live sessions get the new rights at once."""
 
     async def work(kg: Keygate) -> None:
         owner = await _key_owner(kg, api_key)
