@@ -1,19 +1,23 @@
-"""A fresh, empty database for each test: an SQLite file, or a new PostgreSQL database."""
+"""A fresh, empty database for each test (or module): an SQLite file, or a new PostgreSQL database."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from support import _psql, need, pg_available
 
+DATABASES = ["sqlite", "postgresql"]
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'keygate.db'}"
+
+@contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[str]:
+    """The URL of a new, empty database of ``kind``; a PostgreSQL one is dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{folder / 'keygate.db'}"
         return
     need(pg_available(), "PostgreSQL at 127.0.0.1:5432")
     name = f"keygate_store_{uuid.uuid4().hex[:12]}"
@@ -22,3 +26,9 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=DATABASES)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
