@@ -214,8 +214,10 @@ def test_the_installed_keygate_command_signs_and_points_to_the_server_extra(sdk_
     signed = _in_venv(sdk_venv, [command, *SIGN_ARGS, "--headers"], KEYGATE_API_SECRET=V["secret"])
     assert signed.returncode == 0, signed.stderr
     assert f"Signature: {V['signature']}" in signed.stdout.splitlines()
-    served = _in_venv(sdk_venv, [command, "serve"])
-    assert served.returncode == 2 and "pip install 'keygate[server]'" in served.stderr
-    assert "Traceback" not in served.stdout + served.stderr
+    for server_command in (["serve"], ["init"], ["user", "list"], ["key", "create", "--user", "alice"], ["audit"],
+                           ["rotate-master-key"]):
+        refused = _in_venv(sdk_venv, [command, *server_command])
+        assert refused.returncode == 2 and "pip install 'keygate[server]'" in refused.stderr, server_command
+        assert "Traceback" not in refused.stdout + refused.stderr
     helped = _in_venv(sdk_venv, [command, "--help"])
     assert helped.returncode == 0 and "keygate sign" in helped.stdout
