@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributions import (
+from sdk_install_support import (
     PYPROJECT,
     base_requirements,
     extra_requirements,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import secrets
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import pyotp
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, select
-from conftest import DATABASES, fresh_database
+from store_support import DATABASES, fresh_database
 from support import Server, need, settings_env, start_server, stop_server
 
 import keygate
@@ -45,7 +47,8 @@ def old_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", BASE_COMMIT, "src"], capture_output=True, timeout=60)
     need(archive.returncode == 0, f"git with commit {BASE_COMMIT} in this repository's history")
     dest = tmp_path_factory.mktemp(f"keygate-{BASE_COMMIT}")
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, timeout=60)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
     return dest / "src"
 
 
