@@ -6,19 +6,11 @@ shows up here as an Alembic autogenerate difference, on SQLite and on PostgreSQL
 
 from __future__ import annotations
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from store_support import schema_differences
 
 from keygate.store.database import MIGRATIONS, create_engine, migrate
-from keygate.store.tables import metadata
-
-
-def _differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
-    return list(compare_metadata(context, metadata))
 
 
 def test_the_migrations_have_one_head() -> None:
@@ -32,7 +24,7 @@ async def test_a_migrated_empty_database_matches_the_declared_tables(empty_datab
     try:
         await migrate(engine)
         async with engine.connect() as conn:
-            differences = await conn.run_sync(_differences)
+            differences = await conn.run_sync(schema_differences)
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     finally:
         await engine.dispose()
@@ -47,6 +39,6 @@ async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
         await migrate(engine)
         await migrate(engine)
         async with engine.connect() as conn:
-            assert await conn.run_sync(_differences) == []
+            assert await conn.run_sync(schema_differences) == []
     finally:
         await engine.dispose()

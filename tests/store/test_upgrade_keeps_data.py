@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import pyotp
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, select
-from store_support import DATABASES, fresh_database
+from store_support import DATABASES, fresh_database, schema_differences
 from support import Server, need, settings_env, start_server, stop_server
 
 import keygate
@@ -41,6 +42,15 @@ KEPT_TABLES = ("users", "api_keys", "sessions", "audit_events")
 Rows = dict[str, dict[tuple[Any, ...], dict[str, Any]]]
 
 
+@dataclass
+class Upgraded:
+    server: Server  # today's code, serving the upgraded database
+    remembered: dict[str, Any]  # what the old code handed out: passwords, TOTP and key secrets, tokens
+    before: Rows  # as the old code left them
+    after: Rows  # once today's server had started (and migrated), before any request
+    differences: list[object]  # between the upgraded schema and keygate.store.tables
+
+
 @pytest.fixture(scope="module")
 def old_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``src/`` of the base commit, exported from this repository's history."""
@@ -52,8 +62,9 @@ def old_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest / "src"
 
 
-async def _read_rows(url: str) -> tuple[Rows, str]:
-    """Every row of the kept tables, keyed by primary key, and the schema's Alembic revision."""
+async def _read_rows(url: str) -> tuple[Rows, str, list[object]]:
+    """Every row of the kept tables, keyed by primary key; the schema's Alembic revision; how the schema
+    differs from the declared tables."""
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
@@ -66,9 +77,10 @@ async def _read_rows(url: str) -> tuple[Rows, str]:
                 result = (await conn.execute(select(table))).mappings().all()
                 rows[name] = {tuple(r[k] for k in key): dict(r) for r in result}
             version = (await conn.execute(select(schema.tables["alembic_version"]))).scalar_one()
+            differences = await conn.run_sync(schema_differences)
     finally:
         await engine.dispose()
-    return rows, version
+    return rows, version, differences
 
 
 def _seed_with_old_code(old_source: Path, settings: Settings) -> dict[str, Any]:
@@ -82,25 +94,21 @@ def _seed_with_old_code(old_source: Path, settings: Settings) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module", params=DATABASES)
-def upgraded(request: pytest.FixtureRequest, old_source: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, Any], Rows, Rows]]:
-    """(today's server on the upgraded database, what the old code handed out, rows before, rows after).
-
-    Made once per database for the module: each test below only reads, or signs in afresh.
-    """
+def upgraded(request: pytest.FixtureRequest, old_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgraded]:
+    """Made once per database for the module: each test below only reads, or signs in afresh."""
     folder = tmp_path_factory.mktemp(f"upgrade-{request.param}")
     with fresh_database(request.param, folder) as url:
         settings = Settings(data_dir=folder / "data", database_url=url,
                             master_key=base64.b64encode(secrets.token_bytes(32)).decode())
         settings.data_dir.mkdir()
         remembered = _seed_with_old_code(old_source, settings)
-        before, old_version = asyncio.run(_read_rows(url))
+        before, old_version, _ = asyncio.run(_read_rows(url))
         assert old_version == "0002"
         server = start_server(settings)
         try:
-            after, version = asyncio.run(_read_rows(url))
+            after, version, differences = asyncio.run(_read_rows(url))
             assert version == ScriptDirectory(str(MIGRATIONS)).get_current_head()
-            yield server, remembered, before, after
+            yield Upgraded(server, remembered, before, after, differences)
         finally:
             stop_server(server)
 
@@ -109,8 +117,12 @@ def _post(server: Server, endpoint: str, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{server.base_url}/AP/{endpoint}", timeout=10, **kwargs)
 
 
-def test_every_row_is_kept(upgraded: tuple[Server, dict[str, Any], Rows, Rows]) -> None:
-    _server, remembered, before, after = upgraded
+def test_the_upgraded_schema_is_the_declared_one(upgraded: Upgraded) -> None:
+    assert upgraded.differences == []
+
+
+def test_every_row_is_kept(upgraded: Upgraded) -> None:
+    remembered, before, after = upgraded.remembered, upgraded.before, upgraded.after
     assert len(before["users"]) == 4 and len(before["api_keys"]) == len(remembered["keys"])
     assert len(before["sessions"]) >= len(remembered["sessions"]) and len(before["audit_events"]) >= 10
     for table in KEPT_TABLES:
@@ -120,8 +132,8 @@ def test_every_row_is_kept(upgraded: tuple[Server, dict[str, Any], Rows, Rows]) 
             assert {column: new.get(column) for column in old} == old, (table, key)
 
 
-def test_every_key_secret_still_opens(upgraded: tuple[Server, dict[str, Any], Rows, Rows]) -> None:
-    server, remembered, _before, _after = upgraded
+def test_every_key_secret_still_opens(upgraded: Upgraded) -> None:
+    server, remembered = upgraded.server, upgraded.remembered
     carol = remembered["users"]["carol"]["user_id"]
     signed_in = 0
     for key in remembered["keys"]:
@@ -137,16 +149,16 @@ def test_every_key_secret_still_opens(upgraded: tuple[Server, dict[str, Any], Ro
     assert signed_in == len(remembered["keys"])  # four keys outside carol's, one of them with two secrets
 
 
-def test_every_session_token_still_answers(upgraded: tuple[Server, dict[str, Any], Rows, Rows]) -> None:
-    server, remembered, _before, _after = upgraded
+def test_every_session_token_still_answers(upgraded: Upgraded) -> None:
+    server, remembered = upgraded.server, upgraded.remembered
     for session in remembered["sessions"]:
         reply = _post(server, "GetUserInfo", headers={"aptoken": session["token"]})
         assert reply.status_code == 200, (session["kind"], reply.text)
         assert reply.json()["UserId"] == session["user_id"]
 
 
-def test_passwords_and_totp_secrets_still_open(upgraded: tuple[Server, dict[str, Any], Rows, Rows]) -> None:
-    server, remembered, _before, _after = upgraded
+def test_passwords_and_totp_secrets_still_open(upgraded: Upgraded) -> None:
+    server, remembered = upgraded.server, upgraded.remembered
     alice = remembered["users"]["alice"]
     reply = _post(server, "AuthenticateUser", json={"UserName": "alice", "Password": alice["password"]}).json()
     assert reply["Authenticated"] is True and reply["User"]["UserId"] == alice["user_id"]
@@ -159,8 +171,8 @@ def test_passwords_and_totp_secrets_still_open(upgraded: tuple[Server, dict[str,
     assert done["Authenticated"] is True and done["UserId"] == bob["user_id"]
 
 
-def test_the_audit_trail_is_served_whole(upgraded: tuple[Server, dict[str, Any], Rows, Rows]) -> None:
-    server, remembered, before, _after = upgraded
+def test_the_audit_trail_is_served_whole(upgraded: Upgraded) -> None:
+    server, remembered, before = upgraded.server, upgraded.remembered, upgraded.before
     admin = next(s for s in remembered["sessions"] if s["kind"] == "password")
     reply = _post(server, "GetAuditLog", headers={"aptoken": admin["token"]}, json={"Limit": 1000})
     assert reply.status_code == 200, reply.text
