@@ -124,7 +124,7 @@ def test_every_known_server_package_is_blocked_below() -> None:
 
 def _run_without_server(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {**env, "BLOCKED_MODULES": json.dumps(sorted(server_only_modules()))}
-    return subprocess.run([sys.executable, "-c", BLOCKER + code], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", BLOCKER + code], check=False, env=env, capture_output=True, text=True, timeout=60)
 
 
 async def test_the_sdk_signs_in_without_the_servers_packages(kg: Keygate, server: Server, make_user, make_key) -> None:  # type: ignore[no-untyped-def]
@@ -167,7 +167,7 @@ def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.copytree(PYPROJECT.parent / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     built = subprocess.run([*pip, "wheel", "--no-deps", "-w", str(work / "dist"), str(tree)],
-                           capture_output=True, text=True, timeout=300)
+                           check=False, capture_output=True, text=True, timeout=300)
     need(built.returncode == 0, f"a wheel build (pip fetches the build backend, setuptools): {built.stderr[-300:]}")
     (wheel,) = (work / "dist").glob("keygate-*.whl")
     venv = work / "venv"
@@ -190,7 +190,7 @@ def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def _in_venv(venv: Path, argv: list[str], **values: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in _env(**values).items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
-    return subprocess.run(argv, env=env, cwd=venv, capture_output=True, text=True, timeout=60)
+    return subprocess.run(argv, check=False, env=env, cwd=venv, capture_output=True, text=True, timeout=60)
 
 
 def test_the_wheel_declares_httpx_alone(sdk_venv: Path) -> None:

@@ -54,7 +54,7 @@ class Upgraded:
 @pytest.fixture(scope="module")
 def old_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``src/`` of the base commit, exported from this repository's history."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASE_COMMIT, "src"], capture_output=True, timeout=60)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASE_COMMIT, "src"], check=False, capture_output=True, timeout=60)
     need(archive.returncode == 0, f"git with commit {BASE_COMMIT} in this repository's history")
     dest = tmp_path_factory.mktemp(f"keygate-{BASE_COMMIT}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
@@ -85,10 +85,10 @@ async def _read_rows(url: str) -> tuple[Rows, str, list[object]]:
 
 def _seed_with_old_code(old_source: Path, settings: Settings) -> dict[str, Any]:
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(old_source)}
-    check = subprocess.run([sys.executable, "-c", "import keygate; print(keygate.__file__)"], env=env,
+    check = subprocess.run([sys.executable, "-c", "import keygate; print(keygate.__file__)"], check=False, env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.stdout.strip().startswith(str(old_source)), f"the old code is not the one imported: {check.stdout}{check.stderr}"
-    seeded = subprocess.run([sys.executable, str(SEED)], env=env, capture_output=True, text=True, timeout=120)
+    seeded = subprocess.run([sys.executable, str(SEED)], check=False, env=env, capture_output=True, text=True, timeout=120)
     assert seeded.returncode == 0, seeded.stderr
     return json.loads(seeded.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
