@@ -8,11 +8,11 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e .
+	$(PIP) install -e '.[server]'
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[server,dev]'
 	touch $@
 
 install: $(VENV)/.runtime

@@ -1,3 +1,3 @@
-from keygate.cli.main import main
+from keygate.cli.entry import main
 
 main()

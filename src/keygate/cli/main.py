@@ -12,7 +12,6 @@ import os
 import sys
 from datetime import datetime
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -23,7 +22,6 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.permissions import format_permissions, parse_permissions
-from keygate.domain.signature import compute_signature
 
 if TYPE_CHECKING:
     from keygate.service import Keygate, Principal
@@ -167,43 +165,14 @@ def serve(
                     access_log=False, proxy_headers=False)
 
 
-@app.command()
-def sign(
-    api_key: Annotated[str, typer.Option("--api-key", help="The API key")],
-    user_id: Annotated[str, typer.Option("--user-id", help="The user id")],
-    nonce: Annotated[str, typer.Option("--nonce", help="The nonce")],
-    secret_file: Annotated[Path | None, typer.Option("--secret-file", help="Read the secret from this file ('-' for stdin)")] = None,
-    secret_env: Annotated[str, typer.Option("--secret-env", help="Read the secret from this environment variable")] = "KEYGATE_API_SECRET",
-    headers: Annotated[bool, typer.Option("--headers", help="Print the four request headers, not just the signature")] = False,
-) -> None:
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def sign(ctx: typer.Context) -> None:
     """Compute the APEX signature. The secret never comes from the command line."""
-    if secret_file is not None:
-        secret = sys.stdin.read() if str(secret_file) == "-" else _read_secret_file(secret_file)
-    elif os.environ.get(secret_env):
-        secret = os.environ[secret_env]
-    elif not sys.stdin.isatty():
-        secret = sys.stdin.read()
-    else:
-        typer.secho(f"error: give the secret with --secret-file, ${secret_env}, or on stdin", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    secret = secret.strip()
-    if not secret:
-        typer.secho("error: the secret is empty", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    signature = compute_signature(secret, nonce, user_id, api_key)
-    if headers:
-        typer.echo(f"APIKey: {api_key}\nSignature: {signature}\nUserId: {user_id}\nNonce: {nonce}")
-    else:
-        typer.echo(signature)
+    # One implementation, in the SDK, so that `keygate sign` works without the server extra
+    # (keygate.cli.entry sends `keygate sign` there before this module is even imported).
+    from keygate.sdk.sign import main as sign_main
 
-
-def _read_secret_file(path: Path) -> str:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a readable text file"
-        typer.secho(f"error: cannot read the secret file {path}: {reason}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    raise typer.Exit(sign_main(ctx.args))
 
 
 @user_app.command("create")

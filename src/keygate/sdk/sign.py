@@ -1,0 +1,82 @@
+"""``keygate sign``: compute the APEX signature from the command line, with the SDK alone.
+
+Plain ``argparse`` and the standard library, so that it runs where only the SDK is installed (no
+server extra). The secret never comes from the command line, where it would land in shell history and
+``ps``: it is read from ``--secret-file``, an environment variable, or stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from keygate.domain.signature import compute_signature
+
+DESCRIPTION = "Compute the APEX signature. The secret never comes from the command line."
+SECRET_ENV = "KEYGATE_API_SECRET"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.format_usage()}error: {message}\n")
+
+
+def _parser(prog: str) -> _Parser:
+    parser = _Parser(prog=prog, description=DESCRIPTION, allow_abbrev=False)
+    parser.add_argument("--api-key", required=True, metavar="KEY", help="The API key")
+    parser.add_argument("--user-id", required=True, metavar="ID", help="The user id")
+    parser.add_argument("--nonce", required=True, metavar="NONCE", help="The nonce")
+    parser.add_argument("--secret-file", metavar="PATH", help="Read the secret from this file ('-' for stdin)")
+    parser.add_argument("--secret-env", metavar="NAME", default=SECRET_ENV,
+                        help=f"Read the secret from this environment variable (default: {SECRET_ENV})")
+    parser.add_argument("--headers", action="store_true", help="Print the four request headers, not just the signature")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _read_secret(secret_file: str | None, secret_env: str) -> str | None:
+    """The secret from the first source given, or None (after saying why) when there is none."""
+    if secret_file is not None:
+        if secret_file == "-":
+            return sys.stdin.read()
+        try:
+            with open(secret_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a readable text file"
+            _fail(f"cannot read the secret file {secret_file}: {reason}")
+            return None
+    if os.environ.get(secret_env):
+        return os.environ[secret_env]
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    _fail(f"give the secret with --secret-file, ${secret_env}, or on stdin")
+    return None
+
+
+def main(argv: list[str] | None = None, prog: str = "keygate sign") -> int:
+    """Run ``keygate sign`` with ``argv`` (the arguments after ``sign``); return the exit status."""
+    parser = _parser(prog)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Name unknown options only: the word after one may be the secret someone tried to pass.
+        unknown = [word.split("=", 1)[0] for word in extra if word.startswith("-")]
+        parser.error(f"no such option: {', '.join(unknown)}" if unknown else "unexpected argument")
+    secret = _read_secret(args.secret_file, args.secret_env)
+    if secret is None:
+        return 2
+    secret = secret.strip()
+    if not secret:
+        return _fail("the secret is empty")
+    signature = compute_signature(secret, args.nonce, args.user_id, args.api_key)
+    if args.headers:
+        print(f"APIKey: {args.api_key}\nSignature: {signature}\nUserId: {args.user_id}\nNonce: {args.nonce}")
+    else:
+        print(signature)
+    return 0
