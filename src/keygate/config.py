@@ -295,7 +295,7 @@ def accepts(field: str) -> str:
     low = next((m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
     high = next((m.le for m in info.metadata if isinstance(m, annotated_types.Le)), None)
     kind = "a whole number" if info.annotation is int else "a number"
-    unit = next((f" of {u}" for u in ("seconds", "bytes", "days", "failures") if field.endswith(u)), "")
+    unit = next((f" of {u}" for u in ("seconds", "bytes", "days", "failures") if f"_{u}_" in f"_{field}_"), "")
     if low is not None and high is not None:
         return f"{kind}{unit} from {low} to {high}"
     if low is not None:

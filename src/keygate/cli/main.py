@@ -148,13 +148,7 @@ def serve(
                                                  help="The certificate's PEM private key, unencrypted [KEYGATE_TLS_KEY_FILE]")] = None,
 ) -> None:
     """Set up on first start (as `init`), then serve the API (over TLS with --tls-cert and --tls-key)."""
-    import uvicorn
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from keygate.api import create_app
     from keygate.cli.tls import TlsFileError, check_tls_files
-    from keygate.service import Keygate, MasterKeyError
 
     given = {"host": host, "port": port, "tls_cert_file": tls_cert, "tls_key_file": tls_key}
     overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
@@ -169,6 +163,13 @@ def serve(
         except TlsFileError as exc:
             _refuse(str(exc))
         ssl_options = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+
+    # Imported once the settings are known to be good, so that a refusal comes at once.
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from keygate.api import create_app
+    from keygate.service import Keygate, MasterKeyError
 
     async def setup() -> Any:
         kg = Keygate(settings, create_master_key=True)
