@@ -51,11 +51,13 @@ class Pki:
 def _pem_key(key: ec.EllipticCurvePrivateKey, path: Path, password: bytes | None = None) -> Path:
     encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    path.chmod(0o600)
     return path
 
 
-def make_pki(folder: Path, days: int = 1) -> Pki:
-    now = datetime.datetime.now(datetime.timezone.utc)
+def make_pki(folder: Path, days: int = 1, expired: bool = False) -> Pki:
+    """A CA and a server certificate for 127.0.0.1, valid for ``days`` (or ended yesterday)."""
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days + 1 if expired else 0)
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keygate test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -211,11 +213,16 @@ def _serve(d: Deployment, *args: str) -> tuple[int, str]:
     ("cert", "cert", "the TLS private key (--tls-key / KEYGATE_TLS_KEY_FILE) {key} is not a PEM private key"),
     ("cert", "other_key", "the TLS private key (--tls-key / KEYGATE_TLS_KEY_FILE) {key} does not belong to the TLS certificate"),
     ("cert", "encrypted_key", "the TLS private key (--tls-key / KEYGATE_TLS_KEY_FILE) {key} is encrypted"),
+    ("cert", "shared_key", "the TLS private key (--tls-key / KEYGATE_TLS_KEY_FILE) {key} is readable by every user"),
 ])
 def test_a_bad_certificate_or_key_stops_the_start_in_one_line(deployment: Deployment, cert: str, key: str, message: str) -> None:
     pki, folder = deployment.pki, deployment.pki.cert.parent
     cert_path = getattr(pki, cert) if hasattr(pki, cert) else folder / cert
     key_path = getattr(pki, key) if hasattr(pki, key) else folder / key
+    if key == "shared_key":
+        key_path = folder / "shared-key.pem"
+        key_path.write_bytes(pki.key.read_bytes())
+        key_path.chmod(0o644)
     code, output = _serve(deployment, "--tls-cert", str(cert_path), "--tls-key", str(key_path))
     assert code == 2
     assert output.startswith("error: " + message.format(cert=cert_path, key=key_path)), output
@@ -224,3 +231,14 @@ def test_a_bad_certificate_or_key_stops_the_start_in_one_line(deployment: Deploy
 def test_a_certificate_without_its_key_stops_the_start(deployment: Deployment) -> None:
     code, output = _serve(deployment, "--tls-cert", str(deployment.pki.cert))
     assert code == 2 and "KEYGATE_TLS_KEY_FILE (--tls-key)" in output and "give both" in output
+
+
+def test_an_expired_certificate_is_a_warning(tmp_path: Path) -> None:
+    from keygate.cli.tls import check_tls_files
+
+    fresh = make_pki(tmp_path)
+    assert check_tls_files(fresh.cert, fresh.key) == []
+    (tmp_path / "old").mkdir()
+    old = make_pki(tmp_path / "old", expired=True)
+    (warning,) = check_tls_files(old.cert, old.key)
+    assert warning.startswith("warning: the TLS certificate") and "expired on" in warning

@@ -7,6 +7,7 @@ for an encrypted key, a passphrase prompt). Here each problem is one line that n
 from __future__ import annotations
 
 import ssl
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def check_tls_files(cert_file: Path, key_file: Path) -> list[str]:
                            "(readable by its user only)") from None
     except (ValueError, UnsupportedAlgorithm):
         raise TlsFileError(f"{KEY_LABEL} {key_file} is not a PEM private key") from None
+    if key_file.stat().st_mode & stat.S_IROTH:  # as for the master key file: a secret is not for every user
+        raise TlsFileError(f"{KEY_LABEL} {key_file} is readable by every user of this machine; "
+                           f"make it readable by keygate's user only (chmod 600 {key_file})")
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):  # type: ignore[union-attr]
         raise TlsFileError(f"{KEY_LABEL} {key_file} does not belong to {CERT_LABEL} {cert_file}")
