@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from keygate.domain.replay import ReplayMode
+from keygate.domain.secretbox import MASTER_KEY_BYTES
 from keygate.domain.throttle import NIST_MAX_CONSECUTIVE_FAILURES, ThrottlePolicy
 
 ENV_PREFIX = "KEYGATE_"
@@ -46,7 +47,6 @@ READ_ELSEWHERE_PREFIXES = ("KEYGATE_TEST_",)
 
 BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-MASTER_KEY_BYTES = 32
 
 _THROTTLE = ThrottlePolicy()  # the home of the throttling defaults
 _SECRET_FIELDS = frozenset({"master_key", "database_url", "redis_url"})  # values never echoed (may hold a password)

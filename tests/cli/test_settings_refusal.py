@@ -41,6 +41,11 @@ def test_every_command_stops_on_a_misspelt_boolean(tmp_path: Path, command: list
     assert not (tmp_path / "var").exists(), "nothing was set up"
 
 
+def test_the_readme_shows_the_line_as_printed() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"\n{TYPO}\n" in readme
+
+
 @pytest.mark.parametrize(("variable", "value", "fragment"), [
     ("KEYGATE_CACHE_TTL_SECONDS", "2s", "KEYGATE_CACHE_TTL_SECONDS='2s' is refused: it accepts a number of seconds"),
     ("KEYGATE_TRUSTED_PROXIES", "10.0.0.0/33", "KEYGATE_TRUSTED_PROXIES='10.0.0.0/33' is refused ('10.0.0.0/33' is not an IP address"),
