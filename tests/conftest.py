@@ -8,7 +8,6 @@ reason, except under CI (``CI=true``), where a missing service is a failure.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -168,7 +167,7 @@ async def strict_kg(settings: Settings, shared_state: str | None) -> AsyncIterat
             lockout_seconds=3600,
         )
         values.update(overrides)
-        kg = Keygate(dataclasses.replace(settings, **values))  # type: ignore[arg-type]
+        kg = Keygate(settings.model_copy(update=values))
         await kg.start(bootstrap_admin=False)
         await kg.start_background()
         made.append(kg)

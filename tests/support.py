@@ -9,10 +9,11 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,8 +130,14 @@ class Server:
         return self.output.read_text()
 
 
-def start_server(settings: Settings, extra_env: dict[str, str] | None = None) -> Server:
-    """Run ``python -m keygate serve`` as a real process on a free port and wait until it answers."""
+def start_server(settings: Settings, extra_env: dict[str, str] | None = None, args: Sequence[str] = (),
+                 ca_file: Path | None = None) -> Server:
+    """Run ``python -m keygate serve ARGS`` as a real process on a free port and wait until it answers.
+
+    With a certificate (``KEYGATE_TLS_CERT_FILE`` in ``extra_env``, or ``--tls-cert`` in ``args``) the
+    server speaks HTTPS, and the readiness probe verifies it against ``ca_file`` (default: the
+    certificate itself, as for a self-signed one).
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -142,14 +149,16 @@ def start_server(settings: Settings, extra_env: dict[str, str] | None = None) ->
     }
     output = Path(settings.data_dir) / f"server-{port}.log"
     out = output.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "keygate", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    base_url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "keygate", "serve", *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    cert = env.get("KEYGATE_TLS_CERT_FILE") or (args[list(args).index("--tls-cert") + 1] if "--tls-cert" in args else "")
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file or cert)) if cert else True
+    base_url = f"{'https' if cert else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"keygate server exited early:\n{output.read_text()}")
         try:
-            if httpx.get(f"{base_url}/AP/Ping", timeout=1).status_code == 200:
+            if httpx.get(f"{base_url}/AP/Ping", timeout=1, verify=verify).status_code == 200:
                 return Server(base_url, proc, env, output)
         except httpx.HTTPError:
             pass

@@ -1,59 +1,211 @@
-"""Settings, read from ``KEYGATE_*`` environment variables. Every default is a safe one."""
+"""Settings: one typed model, read from ``KEYGATE_*`` environment variables and checked at start.
+
+Every default is a safe one and is written once, here (the throttling ones come from
+:class:`~keygate.domain.throttle.ThrottlePolicy`, whose defaults they are). ``Settings.from_env()``
+reads the environment; ``Settings(field=...)`` builds settings from its arguments and the defaults
+alone, so code and tests that build settings are not changed by whatever the shell exports.
+
+A value the model cannot take stops the start: :class:`InvalidSetting` carries one line per
+problem, naming the variable and what it accepts (never the value of a secret). So does a
+``KEYGATE_*`` variable that no part of keygate reads: a typo (``..._BIND_SESION_IP``)
+would otherwise leave the setting at its default without a word. The few variables read outside
+the model are listed in :data:`READ_ELSEWHERE`.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import difflib
+import ipaddress
+import math
 import os
-from dataclasses import dataclass, field
+import re
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Annotated, Any
+
+import annotated_types
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from keygate.domain.replay import ReplayMode
+from keygate.domain.secretbox import MASTER_KEY_BYTES
+from keygate.domain.throttle import NIST_MAX_CONSECUTIVE_FAILURES, ThrottlePolicy
+
+ENV_PREFIX = "KEYGATE_"
+
+#: ``KEYGATE_*`` variables read outside the settings model (each by the one command that needs it),
+#: and prefixes of variables reserved for the test suite. Every other ``KEYGATE_*`` name must be a setting.
+READ_ELSEWHERE: Mapping[str, str] = {
+    "KEYGATE_PASSWORD": "the CLI's `user create` / `user passwd`",
+    "KEYGATE_API_SECRET": "`keygate sign` (the default of --secret-env)",
+    "KEYGATE_PREVIOUS_MASTER_KEYS": "the service, when it opens sealed secrets (service/container.py)",
+}
+READ_ELSEWHERE_PREFIXES = ("KEYGATE_TEST_",)
+
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+_THROTTLE = ThrottlePolicy()  # the home of the throttling defaults
+_SECRET_FIELDS = frozenset({"master_key", "database_url", "redis_url"})  # values never echoed (may hold a password)
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+def _boolean(value: object) -> object:
+    """Only the eight words of the README (any case); pydantic alone would also take ``t``, ``y``, ``f``, ``n``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[value.strip().lower()]
+    raise ValueError("not a boolean")
 
 
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+def _unset_if_empty(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
 
 
-@dataclass(frozen=True)
-class Settings:
+Boolean = Annotated[bool, BeforeValidator(_boolean), Field(json_schema_extra={"accepts": "true or false (also 1/0, yes/no, on/off, any case)"})]
+OptionalPath = Annotated[Path | None, BeforeValidator(_unset_if_empty)]
+
+
+def _seconds(default: int, minimum: int = 1) -> Any:
+    return Field(default, ge=minimum, le=10**9)
+
+
+class Settings(BaseSettings):
+    """Every setting of a keygate process; ``KEYGATE_<FIELD NAME>`` sets a field (see the README's table)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, env_ignore_empty=True, frozen=True, extra="forbid",
+        validate_default=False,
+    )
+
     data_dir: Path = Path("var")
-    database_url: str = ""
-    master_key: str | None = None  # base64 of 32 bytes; wins over the key file
-    master_key_file: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    session_idle_seconds: int = 3600
-    session_max_seconds: int = 86400
-    pending_2fa_seconds: int = 300
-    cache_ttl_seconds: float = 2.0
-    redis_url: str | None = None
-    redis_namespace: str = "kg"  # prefix of every Redis key and channel: one per deployment sharing a Redis
-    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
-    max_body_bytes: int = 65536
-    bind_session_ip: bool = True
-    default_replay_mode: str = "increasing"
-    unique_nonce_window_seconds: int = 86400
-    require_allowlist_for_withdraw: bool = False
-    key_max_idle_days_without_allowlist: int = 0
-    throttle_ip_failures: int = 20
-    throttle_key_failures: int = 10
-    throttle_user_failures: int = 10
-    throttle_window_seconds: int = 900
-    throttle_max_backoff_seconds: int = 900
-    lockout_failures: int = 50
-    lockout_seconds: int = 3600
-    log_level: str = "info"
+    database_url: str = Field("", json_schema_extra={"accepts": "a postgresql:// or sqlite:/// URL"})
+    master_key: str | None = Field(None, json_schema_extra={"accepts": "base64 of 32 random bytes"})  # wins over the key file
+    master_key_file: OptionalPath = None
+    host: str = Field("127.0.0.1", min_length=1, json_schema_extra={"accepts": "an address or host name to listen on"})
+    port: int = Field(8000, ge=1, le=65535)
+    tls_cert_file: OptionalPath = None  # with tls_key_file: `keygate serve` speaks HTTPS and WSS itself
+    tls_key_file: OptionalPath = None
+    session_idle_seconds: int = _seconds(3600)
+    session_max_seconds: int = _seconds(86400)
+    pending_2fa_seconds: int = _seconds(300)
+    cache_ttl_seconds: float = Field(2.0, ge=0, le=86400)
+    redis_url: str | None = Field(None, json_schema_extra={"accepts": "a redis://, rediss:// or unix:// URL"})
+    # prefix of every Redis key and channel: one per deployment sharing a Redis
+    redis_namespace: str = Field("kg", pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64,
+                                 json_schema_extra={"accepts": "letters, digits and _ . : - (at most 64)"})
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), json_schema_extra={"accepts": "IP addresses or CIDR ranges (e.g. 10.0.0.0/8), separated by commas or spaces"})
+    max_body_bytes: int = Field(65536, ge=1024, le=64 * 1024 * 1024)
+    bind_session_ip: Boolean = True
+    default_replay_mode: str = Field(ReplayMode.INCREASING.value,
+                                     json_schema_extra={"accepts": "one of " + ", ".join(m.value for m in ReplayMode)})
+    unique_nonce_window_seconds: int = _seconds(86400)
+    require_allowlist_for_withdraw: Boolean = False
+    key_max_idle_days_without_allowlist: int = Field(0, ge=0, le=100_000)  # 0: off
+    throttle_ip_failures: int = Field(_THROTTLE.ip_failures, ge=1)
+    throttle_key_failures: int = Field(_THROTTLE.key_failures, ge=1)
+    throttle_user_failures: int = Field(_THROTTLE.user_failures, ge=1)
+    throttle_window_seconds: int = _seconds(_THROTTLE.window_seconds)
+    throttle_max_backoff_seconds: int = _seconds(int(_THROTTLE.max_backoff_seconds))
+    lockout_failures: int = Field(_THROTTLE.lockout_failures, ge=1, le=NIST_MAX_CONSECUTIVE_FAILURES)
+    lockout_seconds: int = _seconds(_THROTTLE.lockout_seconds, minimum=0)  # 0: until an administrator unlocks
+    log_level: str = Field("info", json_schema_extra={"accepts": "one of " + ", ".join(LOG_LEVELS)})
 
+    # ----- checks beyond the types ---------------------------------------------------------------
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        url = _normalize_db_url(value.strip())
+        if url and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+            raise ValueError("not a PostgreSQL or SQLite URL")
+        return url
+
+    @field_validator("master_key", mode="before")
+    @classmethod
+    def _master_key(cls, value: object) -> object:
+        value = _unset_if_empty(value)
+        if isinstance(value, str):
+            value = value.strip()
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not base64") from None
+            if len(raw) != MASTER_KEY_BYTES:
+                raise ValueError(f"{len(raw)} bytes, not {MASTER_KEY_BYTES}")
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: object) -> object:
+        value = _unset_if_empty(value)
+        if isinstance(value, str):
+            value = value.strip()
+            if not re.match(r"^(redis|rediss|unix)://.", value):
+                raise ValueError("not a Redis URL")
+        return value
+
+    @field_validator("host", "redis_namespace", mode="before")
+    @classmethod
+    def _stripped(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("cache_ttl_seconds")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if isinstance(value, (list, tuple)):
+            entries = tuple(str(v).strip() for v in value if str(v).strip())
+            for entry in entries:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise PydanticCustomError("detail", f"{entry!r} is not an IP address or CIDR range") from None
+            return entries
+        return value
+
+    @field_validator("default_replay_mode", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("default_replay_mode")
+    @classmethod
+    def _replay_mode(cls, value: str) -> str:
+        if value not in {m.value for m in ReplayMode}:
+            raise ValueError("not a replay mode")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value not in LOG_LEVELS:
+            raise ValueError("not a log level")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "Settings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("KEYGATE_TLS_CERT_FILE (--tls-cert) and KEYGATE_TLS_KEY_FILE (--tls-key) go together: "
+                             "give both a certificate and its private key, or neither")
+        return self
+
+    # ----- derived values ------------------------------------------------------------------------
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'keygate.db'}"
@@ -62,41 +214,115 @@ class Settings:
     def resolved_master_key_file(self) -> Path:
         return self.master_key_file or self.data_dir / "master.key"
 
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    # ----- building ------------------------------------------------------------------------------
     @classmethod
-    def from_env(cls, **overrides: object) -> "Settings":
-        env = os.environ
-        data_dir = Path(env.get("KEYGATE_DATA_DIR") or "var")
-        values: dict[str, object] = dict(
-            data_dir=data_dir,
-            database_url=_normalize_db_url(env.get("KEYGATE_DATABASE_URL", "")),
-            master_key=env.get("KEYGATE_MASTER_KEY") or None,
-            master_key_file=Path(env["KEYGATE_MASTER_KEY_FILE"]) if env.get("KEYGATE_MASTER_KEY_FILE") else None,
-            host=env.get("KEYGATE_HOST") or "127.0.0.1",
-            port=_int("KEYGATE_PORT", 8000),
-            session_idle_seconds=_int("KEYGATE_SESSION_IDLE_SECONDS", 3600),
-            session_max_seconds=_int("KEYGATE_SESSION_MAX_SECONDS", 86400),
-            pending_2fa_seconds=_int("KEYGATE_PENDING_2FA_SECONDS", 300),
-            cache_ttl_seconds=float(env.get("KEYGATE_CACHE_TTL_SECONDS") or 2.0),
-            redis_url=env.get("KEYGATE_REDIS_URL") or None,
-            redis_namespace=env.get("KEYGATE_REDIS_NAMESPACE") or "kg",
-            trusted_proxies=tuple(p for p in (env.get("KEYGATE_TRUSTED_PROXIES") or "").replace(",", " ").split() if p),
-            max_body_bytes=_int("KEYGATE_MAX_BODY_BYTES", 65536),
-            bind_session_ip=_bool("KEYGATE_BIND_SESSION_IP", True),
-            default_replay_mode=(env.get("KEYGATE_DEFAULT_REPLAY_MODE") or "increasing").strip().lower(),
-            unique_nonce_window_seconds=_int("KEYGATE_UNIQUE_NONCE_WINDOW_SECONDS", 86400),
-            require_allowlist_for_withdraw=_bool("KEYGATE_REQUIRE_ALLOWLIST_FOR_WITHDRAW", False),
-            key_max_idle_days_without_allowlist=_int("KEYGATE_KEY_MAX_IDLE_DAYS_WITHOUT_ALLOWLIST", 0),
-            throttle_ip_failures=_int("KEYGATE_THROTTLE_IP_FAILURES", 20),
-            throttle_key_failures=_int("KEYGATE_THROTTLE_KEY_FAILURES", 10),
-            throttle_user_failures=_int("KEYGATE_THROTTLE_USER_FAILURES", 10),
-            throttle_window_seconds=_int("KEYGATE_THROTTLE_WINDOW_SECONDS", 900),
-            throttle_max_backoff_seconds=_int("KEYGATE_THROTTLE_MAX_BACKOFF_SECONDS", 900),
-            lockout_failures=_int("KEYGATE_LOCKOUT_FAILURES", 50),
-            lockout_seconds=_int("KEYGATE_LOCKOUT_SECONDS", 3600),
-            log_level=env.get("KEYGATE_LOG_LEVEL") or "info",
-        )
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Constructor arguments only: the environment is read by :meth:`from_env`, and nothing reads a ``.env`` file."""
+        return (init_settings,)
+
+    @classmethod
+    def from_env(
+        cls, *, option_names: Mapping[str, str] | None = None, also_read: Collection[str] = (), **overrides: object
+    ) -> "Settings":
+        """The settings of the environment, ``overrides`` winning; raises :class:`InvalidSetting`.
+
+        ``option_names`` names the command-line option an override came from (for the message);
+        ``also_read`` lists more ``KEYGATE_*`` variables the caller reads itself.
+        """
+        problems = unknown_variables(os.environ, also_read)
+        values: dict[str, Any] = {**EnvSettingsSource(cls)(), **overrides}
+        try:
+            settings = cls(**values)
+        except ValidationError as exc:
+            labels = {name: option_names[name] for name in overrides if option_names and name in option_names}
+            raise InvalidSetting(problems + _explain(exc, labels)) from None
+        if problems:
+            raise InvalidSetting(problems)
+        return settings
+
+
+class InvalidSetting(ValueError):
+    """Settings that cannot be used; ``lines`` holds one line per problem, ready for an operator."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def setting_names() -> dict[str, str]:
+    """Environment variable → field name, for every field of :class:`Settings`."""
+    return {env_name(field): field for field in Settings.model_fields}
+
+
+def unknown_variables(environ: Mapping[str, str], also_read: Collection[str] = ()) -> list[str]:
+    """One line for each ``KEYGATE_*`` variable that neither the model nor :data:`READ_ELSEWHERE` knows."""
+    known = set(setting_names()) | set(READ_ELSEWHERE) | {n.upper() for n in also_read}
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(READ_ELSEWHERE_PREFIXES):
+            continue
+        guess = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
+        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        lines.append(f"{name} is not a keygate setting{hint}; unset it: unknown KEYGATE_ variables are refused "
+                     "so that a misspelt setting cannot silently keep its default (see the README's configuration table)")
+    return lines
+
+
+def accepts(field: str) -> str:
+    """What a field accepts, in words: from its ``accepts`` note, or from its type and bounds."""
+    info = Settings.model_fields[field]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "accepts" in extra:
+        return str(extra["accepts"])
+    if info.annotation in (Path, Path | None):
+        return "a file or folder path"
+    low = next((m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in info.metadata if isinstance(m, annotated_types.Le)), None)
+    kind = "a whole number" if info.annotation is int else "a number"
+    unit = next((f" of {u}" for u in ("seconds", "bytes", "days", "failures") if f"_{u}_" in f"_{field}_"), "")
+    if low is not None and high is not None:
+        return f"{kind}{unit} from {low} to {high}"
+    if low is not None:
+        return f"{kind}{unit}, {low} or more"
+    return kind + unit
+
+
+def _explain(exc: ValidationError, labels: Mapping[str, str]) -> list[str]:
+    lines: list[str] = []
+    seen: set[str] = set()
+    for error in exc.errors(include_url=False):
+        if not error["loc"]:
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
+        if field in seen:
+            continue  # a union type reports each of its members
+        seen.add(field)
+        if field not in Settings.model_fields:
+            lines.append(f"{field} is not a setting")
+            continue
+        label = labels.get(field, env_name(field))
+        shown = " (value not shown)" if field in _SECRET_FIELDS else f"={error['input']!r}"
+        # a check's own words where they add to "what it accepts" (which entry of a list is wrong)
+        reason = f" ({error['msg']})" if error["type"] == "detail" and field not in _SECRET_FIELDS else ""
+        lines.append(f"{label}{shown} is refused{reason}: it accepts {accepts(field)}")
+    return lines
 
 
 def _normalize_db_url(url: str) -> str:

@@ -10,7 +10,6 @@ The client IP is the socket peer unless that peer is a configured trusted proxy;
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 
@@ -34,7 +33,7 @@ REFUSED_BY_ALLOWLIST = "This API key may not be used from your IP address"
 
 
 async def started(settings: Settings, **changes: object) -> Keygate:
-    service = Keygate(dataclasses.replace(settings, **changes))
+    service = Keygate(settings.model_copy(update=changes))
     await service.start(bootstrap_admin=False)
     return service
 

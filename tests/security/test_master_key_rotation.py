@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import subprocess
 import sys
@@ -38,7 +37,7 @@ def own_deployment(settings: Settings, tmp_path) -> Iterator[Settings]:  # type:
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     else:
         name, url = "", f"sqlite+aiosqlite:///{tmp_path / 'rotate.db'}"
-    yield dataclasses.replace(settings, data_dir=tmp_path, database_url=url, master_key=None)
+    yield settings.model_copy(update=dict(data_dir=tmp_path, database_url=url, master_key=None))
     if name:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -114,26 +113,26 @@ async def test_with_the_key_in_the_environment_old_values_are_resealed_under_the
     import base64
 
     old_key, new_key = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
-    first = Keygate(dataclasses.replace(own_deployment, master_key=old_key))
+    first = Keygate(own_deployment.model_copy(update=dict(master_key=old_key)))
     await first.start(bootstrap_admin=False)
     user = await first.users.create(OPERATOR, "env-rotator", "rotator-password-3")
     created = await first.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE)
     await first.close()
 
     monkeypatch.delenv("KEYGATE_PREVIOUS_MASTER_KEYS", raising=False)
-    refused = Keygate(dataclasses.replace(own_deployment, master_key=new_key))
+    refused = Keygate(own_deployment.model_copy(update=dict(master_key=new_key)))
     with pytest.raises(RuntimeError, match="KEYGATE_PREVIOUS_MASTER_KEYS"):
         await refused.rotate_master_key()
     await refused.close()
 
     monkeypatch.setenv("KEYGATE_PREVIOUS_MASTER_KEYS", old_key)
-    second = Keygate(dataclasses.replace(own_deployment, master_key=new_key))
+    second = Keygate(own_deployment.model_copy(update=dict(master_key=new_key)))
     await second.start(bootstrap_admin=False)
     assert await second.rotate_master_key() == 1
     await second.close()
 
     monkeypatch.delenv("KEYGATE_PREVIOUS_MASTER_KEYS")
-    third = Keygate(dataclasses.replace(own_deployment, master_key=new_key))
+    third = Keygate(own_deployment.model_copy(update=dict(master_key=new_key)))
     await third.start(bootstrap_admin=False)
     key = await third.keys.lookup(created.key.api_key)
     assert key is not None and third.keys.secret_of(key) == created.secret, "the new key alone opens it now"

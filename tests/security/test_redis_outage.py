@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import time
@@ -71,7 +70,7 @@ def _wait_for(predicate, seconds: float = 15.0) -> bool:  # type: ignore[no-unty
 async def test_redis_outage_fails_closed_then_recovers(settings: Settings, own_redis: OwnRedis, make_user, make_key):
     user = await make_user()
     created = await make_key(user.user_id)
-    server = start_server(dataclasses.replace(settings, redis_url=own_redis.url))
+    server = start_server(settings.model_copy(update=dict(redis_url=own_redis.url)))
     try:
         with httpx.Client(base_url=server.base_url, timeout=10) as http:
             assert _wait_for(lambda: http.post("/AP/AuthenticateUser", headers=signed(created, user.user_id, "1")).status_code == 200)

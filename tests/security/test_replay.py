@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 import httpx
@@ -98,7 +97,7 @@ async def test_two_nodes_accept_one_nonce_at_most_once_under_concurrency(setting
     """Two server processes on one database (and one Redis) receive the same signed request at once."""
     kg = await strict_kg(**LENIENT)
     user, created = await _user_and_key(kg, make_user, mode)
-    node_settings = dataclasses.replace(settings, redis_url=shared_state)
+    node_settings = settings.model_copy(update=dict(redis_url=shared_state))
     nodes: list[Server] = [start_server(node_settings), start_server(node_settings)]
     try:
         for round_ in range(3):

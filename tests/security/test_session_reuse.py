@@ -8,7 +8,6 @@ use is refused at once, and the database never holds a usable token.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 import time
@@ -118,7 +117,7 @@ async def test_session_token_from_another_ip_is_refused(app: FastAPI, owner: htt
 
 
 async def test_unbound_sessions_follow_the_operator_setting(settings: Settings, make_user) -> None:
-    kg2 = Keygate(dataclasses.replace(settings, bind_session_ip=False))
+    kg2 = Keygate(settings.model_copy(update=dict(bind_session_ip=False)))
     await kg2.start(bootstrap_admin=False)
     try:
         app2 = create_app(keygate=kg2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from keygate.service.principal import OPERATOR
 
 
 async def _short_lived(settings: Settings, idle: int, absolute: int) -> Keygate:
-    service = Keygate(dataclasses.replace(settings, session_idle_seconds=idle, session_max_seconds=absolute))
+    service = Keygate(settings.model_copy(update=dict(session_idle_seconds=idle, session_max_seconds=absolute)))
     await service.start(bootstrap_admin=False)
     return service
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from keygate.config import Settings
+from keygate.config import InvalidSetting, Settings
 from keygate.domain.errors import KeygateError
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
@@ -33,6 +33,15 @@ app.add_typer(user_app, name="user")
 app.add_typer(key_app, name="key")
 
 T = TypeVar("T")
+
+
+@app.callback()
+def _check_settings(ctx: typer.Context) -> None:
+    # Every command checks every KEYGATE_* variable first, so a bad one stops it with one line
+    # (see main()). `serve` and `sign` check them themselves: with their options (which win over
+    # the environment), and the variable `sign --secret-env` names.
+    if ctx.invoked_subcommand not in ("serve", "sign"):
+        Settings.from_env()
 
 
 def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = False) -> T:
@@ -120,26 +129,42 @@ def _print_bootstrap(boot: Any) -> None:
                    f"  username: {boot.admin_username}\n  password: {boot.admin_password}\n{bar}")
 
 
+SERVE_OPTIONS = {"host": "--host", "port": "--port", "tls_cert_file": "--tls-cert", "tls_key_file": "--tls-key"}
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on [KEYGATE_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [KEYGATE_PORT]")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", metavar="FILE",
+                                                  help="Serve HTTPS and WSS with this PEM certificate (chain) [KEYGATE_TLS_CERT_FILE]")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", metavar="FILE",
+                                                 help="The certificate's PEM private key, unencrypted [KEYGATE_TLS_KEY_FILE]")] = None,
 ) -> None:
-    """Set up on first start (as `init`), then serve the API."""
-    import uvicorn
+    """Set up on first start (as `init`), then serve the API (over TLS with --tls-cert and --tls-key)."""
+    from keygate.cli.tls import TlsFileError, check_tls_files
 
+    given = {"host": host, "port": port, "tls_cert_file": tls_cert, "tls_key_file": tls_key}
+    overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    settings = Settings.from_env(option_names=SERVE_OPTIONS, **overrides)
+    if workers < 1:
+        _refuse("--workers must be 1 or more")
+    ssl_options: dict[str, Any] = {}
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        try:
+            for warning in check_tls_files(settings.tls_cert_file, settings.tls_key_file):
+                typer.secho(warning, fg=typer.colors.YELLOW, err=True)
+        except TlsFileError as exc:
+            _refuse(str(exc))
+        ssl_options = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+
+    # Imported once the settings are known to be good, so that a refusal comes at once.
+    import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
     from keygate.api import create_app
     from keygate.service import Keygate, MasterKeyError
-
-    overrides: dict[str, Any] = {}
-    if host:
-        overrides["host"] = host
-    if port:
-        overrides["port"] = port
-    settings = Settings.from_env(**overrides)
 
     async def setup() -> Any:
         kg = Keygate(settings, create_master_key=True, serving=False)
@@ -155,14 +180,25 @@ def serve(
         raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError) as exc:
         _database_unavailable(exc)
-    typer.echo(f"keygate listening on http://{settings.host}:{settings.port} (docs: /docs, console: /console)")
+    scheme = "https" if ssl_options else "http"
+    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    typer.echo(f"keygate listening on {scheme}://{shown_host}:{settings.port} (docs: /docs, console: /console)")
     if workers > 1:
-        os.environ.setdefault("KEYGATE_HOST", settings.host)
+        # Each worker imports keygate.api.asgi and reads the environment: give it this command's settings.
+        os.environ.update({f"KEYGATE_{name.upper()}": str(value) for name, value in overrides.items()})
+        # TLS is uvicorn's (ssl_options); keygate.api.asgi refuses these, as uvicorn alone would ignore them.
+        for name in ("KEYGATE_TLS_CERT_FILE", "KEYGATE_TLS_KEY_FILE"):
+            os.environ.pop(name, None)
         uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
-                    log_level=settings.log_level, access_log=False, proxy_headers=False)
+                    log_level=settings.log_level, access_log=False, proxy_headers=False, **ssl_options)
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    access_log=False, proxy_headers=False)
+                    access_log=False, proxy_headers=False, **ssl_options)
+
+
+def _refuse(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
@@ -415,4 +451,9 @@ def audit(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except InvalidSetting as exc:
+        for line in exc.lines:
+            typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
