@@ -34,7 +34,7 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
-from keygate.service.principal import operator_acting_as
+from keygate.service.principal import OPERATOR
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
 
@@ -108,8 +108,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
         kg = Keygate(settings)
         await kg.start(bootstrap_admin=False)
         try:
-            user = await kg.users.create("tlsuser", password, "")
-            created = await kg.keys.create(operator_acting_as(user), user.user_id, parse_permissions(["Trading"]),
+            user = await kg.users.create(OPERATOR, "tlsuser", password, "")
+            created = await kg.keys.create(OPERATOR, user.user_id, parse_permissions(["Trading"]),
                                            IpAllowlist(), "tls")
             return Deployment(settings, make_pki(folder), user.user_id, user.username, password,
                               created.key.api_key, created.secret)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
