@@ -7,6 +7,7 @@ operator's API behind the proxy: it answers every request with the headers it re
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import json
@@ -23,9 +24,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 from support import free_port, need
+
+from keygate.domain.signature import compute_signature
+from keygate.service import Keygate
+from keygate.service.keys import CreatedKey
+
+IP_FAILURES = 3  # per-address failures before 429 on the test server: low, so that throttling by address shows
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -226,3 +234,26 @@ def free_ports(n: int) -> list[int]:
     while len(ports) < n:
         ports.add(free_port())
     return sorted(ports)
+
+
+def signed(created: CreatedKey) -> dict[str, str]:
+    """The four signed headers of ``created``'s key with a fresh nonce."""
+    nonce = str(secrets.randbelow(10**12) + 10**12)
+    uid, key = created.key.user_id, created.key.api_key
+    return {"APIKey": key, "Signature": compute_signature(created.secret, nonce, uid, key), "UserId": str(uid), "Nonce": nonce}
+
+
+def signed_payload(created: CreatedKey) -> dict[str, Any]:
+    """``AuthenticateUser``'s payload as a WebSocket frame carries it."""
+    headers = signed(created)
+    return {"APIKey": headers["APIKey"], "Signature": headers["Signature"], "UserId": int(headers["UserId"]), "Nonce": headers["Nonce"]}
+
+
+async def audited_addresses(kg: Keygate, created: CreatedKey, at_least: int = 1) -> list[str | None]:
+    """The client addresses of the key's authentication audit rows, once the server has written ``at_least``."""
+    for _ in range(60):
+        rows = [r for r in await kg.audit.query(api_key=created.key.api_key, limit=100) if r.action.startswith("auth.")]
+        if len(rows) >= at_least:
+            return [r.client_ip for r in rows]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the server wrote fewer than {at_least} audit rows for the key")

@@ -21,8 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import IP_FAILURES, audited_addresses, signed, signed_payload
 from proxy_support import (
+    IP_FAILURES,
+    audited_addresses,
+    signed,
+    signed_payload,
     NGINX,
     Proxy,
     client_from,
