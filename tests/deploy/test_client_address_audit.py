@@ -8,11 +8,11 @@ believed, the address that reaches the service is canonical, and the audit trail
 
 from __future__ import annotations
 
+import ipaddress
+
 import httpx
 from proxy_support import audited_addresses, signed
 from support import Server
-
-from keygate.domain.iprules import canonical_address
 
 LONG = "203.0.113.7%" + "a" * 80
 
@@ -43,7 +43,7 @@ async def test_no_long_or_odd_address_reaches_the_audit_trail(keygate_behind_pro
             assert client.post("/AP/AuthenticateUser", headers=signed(created)).status_code == 200
         addresses = await audited_addresses(kg, created, len(HEADERS) + 2 + 21)
         assert set(addresses) == {"127.0.0.1", "2001:db8::7", "198.51.100.8"}, addresses
-        assert all(a is not None and canonical_address(a) == a and len(a) <= 39 for a in addresses)
+        assert all(a is not None and str(ipaddress.ip_address(a)) == a and len(a) <= 39 for a in addresses)
         token = client.post("/AP/AuthenticateUser", json={"UserName": admin.username, "Password": admin.password}).json()["SessionToken"]
         log = client.post("/AP/GetAuditLog", headers={"aptoken": token}, json={"APIKey": created.key.api_key, "Limit": 1000})
         assert log.status_code == 200, log.text
