@@ -167,7 +167,7 @@ def run_nginx(folder: Path, http_body: str, port: int) -> Iterator[Proxy]:
     conf = folder / "nginx.conf"
     conf.write_text(nginx_main_config(folder, http_body))
     log = folder / "error.log"
-    test = subprocess.run([NGINX, "-t", "-p", str(folder), "-c", str(conf)], capture_output=True, text=True)
+    test = subprocess.run([NGINX, "-t", "-p", str(folder), "-c", str(conf)], capture_output=True, text=True, check=False)
     assert test.returncode == 0, f"nginx -t refused the config:\n{test.stderr}\n{conf.read_text()}"
     out = (folder / "stdout.log").open("wb")
     process = subprocess.Popen([NGINX, "-p", str(folder), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
@@ -185,7 +185,7 @@ def run_haproxy(folder: Path, config: str, port: int) -> Iterator[Proxy]:
     conf = folder / "haproxy.cfg"
     conf.write_text(config)
     log = folder / "haproxy.log"
-    test = subprocess.run([HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True)
+    test = subprocess.run([HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True, check=False)
     assert test.returncode == 0, f"haproxy -c refused the config:\n{test.stdout}{test.stderr}\n{config}"
     out = log.open("wb")
     process = subprocess.Popen([HAPROXY, "-db", "-f", str(conf), "-p", str(folder / "haproxy.pid")], stdout=out, stderr=subprocess.STDOUT)
@@ -206,7 +206,7 @@ def self_signed(folder: Path, host: str = "localhost") -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))

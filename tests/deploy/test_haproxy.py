@@ -52,9 +52,9 @@ def test_haproxy_adds_a_second_x_forwarded_for_line(tmp_path: Path) -> None:
     need_binary(HAPROXY, "haproxy")
     here, _ = loopback_pair()
     (port,) = free_ports(1)
-    with echo_upstream() as upstream, run_haproxy(tmp_path, haproxy_config(port, f"127.0.0.1:{upstream.port}"), port):
-        with client_from(here) as client:
-            reply = client.get(f"http://127.0.0.1:{port}/AP/Ping", headers={"X-Forwarded-For": SPOOF})
+    with (echo_upstream() as upstream, run_haproxy(tmp_path, haproxy_config(port, f"127.0.0.1:{upstream.port}"), port),
+          client_from(here) as client):
+        reply = client.get(f"http://127.0.0.1:{port}/AP/Ping", headers={"X-Forwarded-For": SPOOF})
     assert received(reply)["x-forwarded-for"] == [SPOOF, here]
     assert received(reply)["x-forwarded-proto"] == ["http"]
 

@@ -23,11 +23,9 @@ import httpx
 import pytest
 from proxy_support import (
     IP_FAILURES,
-    audited_addresses,
-    signed,
-    signed_payload,
     NGINX,
     Proxy,
+    audited_addresses,
     client_from,
     doc_block,
     echo_upstream,
@@ -37,6 +35,8 @@ from proxy_support import (
     received,
     run_nginx,
     self_signed,
+    signed,
+    signed_payload,
 )
 from support import Server
 from websockets.asyncio.client import connect

@@ -38,7 +38,7 @@ def refusal(exc: KeygateError) -> Response:
     """The APEX refusal, its body also in ``X-Keygate-Error`` (JSON, ASCII): nginx's ``auth_request``
     keeps only the status of this reply, but can hand a header of it to the client (see the README)."""
     reply = replies.error(exc)
-    reply.headers[ERROR_HEADER] = json.dumps(json.loads(reply.body), separators=(",", ":"))
+    reply.headers[ERROR_HEADER] = json.dumps(json.loads(bytes(reply.body)), separators=(",", ":"))
     reply.headers["Cache-Control"] = "no-store"
     return reply
 

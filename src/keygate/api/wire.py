@@ -170,9 +170,9 @@ class ClientAddress:
     def resolve(self, scope: Scope) -> tuple[tuple[str, int] | None, str | None]:
         """``(client, proto)``: the client as ASGI writes it (``(address, port)``, or None when unknown)
         and ``"http"``/``"https"`` when a trusted proxy said which one the client used."""
-        socket_peer = scope.get("client")
+        socket_peer: tuple[object, object] | None = scope.get("client")
         address = canonical_address(str(socket_peer[0])) if socket_peer else None
-        if address is None:
+        if socket_peer is None or address is None:
             return None, None
         peer = (address, socket_peer[1] if isinstance(socket_peer[1], int) else 0)
         if not self._trusted or not self.is_trusted(address):
