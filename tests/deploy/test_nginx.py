@@ -13,7 +13,9 @@ Only the ports, the upstream and the certificate paths are templated into the do
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,12 +202,27 @@ async def test_site_calls_and_console_behind_tls(tls_site, make_user, make_key, 
         assert slash.status_code in (307, 308) and slash.headers["location"] == f"{base}/console/", slash.headers
         home = client.get(f"{base}/")
         assert str(httpx.URL(f"{base}/").join(home.headers["location"])) == f"{base}/console/"
+        # A person signs in to the console through the proxy: a Secure session cookie that works over https.
+        csrf = re.search(r'name="csrf_token" value="([^"]*)"', login.text)
+        assert csrf is not None
+        signed_in = client.post(f"{base}/console/login", data={"csrf_token": csrf.group(1), "username": user.username, "password": user.password})
+        assert signed_in.status_code == 303, signed_in.text
+        session = [c for c in signed_in.headers.get_list("set-cookie") if c.startswith("kg_session=")]
+        assert session and "; secure" in session[0].lower(), session
+        assert str(httpx.URL(f"{base}/").join(signed_in.headers["location"])).startswith(f"{base}/console")
+        assert user.username in client.get(f"{base}/console/").text
     with client_from(there, verify=ssl.create_default_context(cafile=str(cert))) as client:
         signed_in = client.post(f"https://{host}/AP/AuthenticateUser", headers=signed(elsewhere))
         assert signed_in.status_code == 200, signed_in.text
         # A session made from one address is not accepted from another (KEYGATE_BIND_SESSION_IP).
         assert client.get(f"https://{host}/AP/GetUserInfo", headers={"aptoken": token}).status_code == 401
     assert set(await audited_addresses(kg, mine, 2)) == {here}
+    for _ in range(60):  # the console's sign-in, as the server's audit writer records it
+        console_sign_ins = await kg.audit.query(user_id=user.user_id, action="auth.password")
+        if console_sign_ins:
+            break
+        await asyncio.sleep(0.1)
+    assert [e.client_ip for e in console_sign_ins] == [here]
 
 
 async def _ask(ws: Any, i: int, name: str, payload: dict[str, Any]) -> dict[str, Any]:
