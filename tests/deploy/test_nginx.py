@@ -125,6 +125,9 @@ async def test_readme_auth_request_sees_the_client_address(auth_request_nginx, k
         assert client.post(f"{url}/AP/SendOrder", headers=signed(mine)).status_code == 200
         # A client's own X-Forwarded-For is replaced by the README's block ($remote_addr).
         assert client.post(f"{url}/AP/SendOrder", headers={**signed(mine), "X-Forwarded-For": there}).status_code == 200
+        # And a Forwarded header of its own is dropped.
+        assert client.post(f"{url}/AP/SendOrder", headers={**signed(mine), "Forwarded": f"for={there}"}).status_code == 200
+        assert_apex_refusal(client.post(f"{url}/AP/SendOrder", headers={**signed(elsewhere), "Forwarded": f"for={there}"}), 401, REFUSED_BY_ALLOWLIST)
         assert_apex_refusal(client.post(f"{url}/AP/SendOrder", headers={**signed(elsewhere), "X-Forwarded-For": there}), 401, REFUSED_BY_ALLOWLIST)
     with client_from(there) as client:
         assert client.post(f"{url}/AP/SendOrder", headers=signed(elsewhere)).status_code == 200
@@ -189,6 +192,7 @@ async def test_site_calls_and_console_behind_tls(tls_site, make_user, make_key, 
         assert ok.status_code == 200 and ok.json()["Authenticated"] is True, ok.text
         # $proxy_add_x_forwarded_for keeps the client's own entry; only the one nginx adds is believed.
         assert client.post(f"{base}/AP/AuthenticateUser", headers={**signed(mine), "X-Forwarded-For": there}).status_code == 200
+        assert client.post(f"{base}/AP/AuthenticateUser", headers={**signed(mine), "Forwarded": f"for={there}"}).status_code == 200
         refused = client.post(f"{base}/AP/AuthenticateUser", headers={**signed(elsewhere), "X-Forwarded-For": there})
         assert refused.status_code == 401 and refused.json()["errormsg"] == REFUSED_BY_ALLOWLIST
         token = ok.json()["SessionToken"]
