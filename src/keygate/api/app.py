@@ -21,6 +21,7 @@ from keygate.api.endpoints import ENDPOINTS
 from keygate.api.forward_auth import install_forward_auth
 from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
+from keygate.api.proxy import ProxyHeaders
 from keygate.api.routing import index_routes
 from keygate.api.websocket import install_websocket
 from keygate.api.wire import ClientAddress
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApexScope, endpoint_names=list(ENDPOINTS), context=context)
+    # Outermost (added last): every layer below sees the one client address and scheme it settles.
+    app.add_middleware(ProxyHeaders, client_address=app.state.client_address)
     return app
 
 

@@ -9,13 +9,16 @@ replay, allowlist, throttling and audit rules) and answers ``200`` with the call
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
 from keygate.api import replies
 from keygate.api.endpoints import authenticate_request
-from keygate.domain.permissions import format_permissions, parse_permissions
+from keygate.domain.errors import KeygateError
+from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 
 PATH = "/keygate/authorize"
 
@@ -23,15 +26,43 @@ DESCRIPTION = (
     "Authenticate the request whose headers are sent here (`aptoken`/`APToken`, or `APIKey`, `Signature`, "
     "`UserId`, `Nonce`) and answer 200 with `X-Keygate-User-Id`, `X-Keygate-Username`, `X-Keygate-Permissions`, "
     "`X-Keygate-Api-Key` and `X-Keygate-Auth` (`password` or `key`). `require` (repeatable) names permissions the "
-    "caller must hold (403 otherwise). Behind a proxy, list it in `KEYGATE_TRUSTED_PROXIES` so that "
+    "caller must hold (403 otherwise); so does the `X-Keygate-Require` header (comma-separated). A refusal carries its APEX body also in `X-Keygate-Error`. Behind a proxy, list it in `KEYGATE_TRUSTED_PROXIES` so that "
     "`X-Forwarded-For` gives the client's address."
 )
 
 
+ERROR_HEADER = "X-Keygate-Error"
+
+
+def refusal(exc: KeygateError) -> Response:
+    """The APEX refusal, its body also in ``X-Keygate-Error`` (JSON, ASCII): nginx's ``auth_request``
+    keeps only the status of this reply, but can hand a header of it to the client (see the README)."""
+    reply = replies.error(exc)
+    reply.headers[ERROR_HEADER] = json.dumps(json.loads(bytes(reply.body)), separators=(",", ":"))
+    reply.headers["Cache-Control"] = "no-store"
+    return reply
+
+
+def required(request: Request) -> frozenset[Permission]:
+    """Permissions named by ``?require=`` (repeatable) and by ``X-Keygate-Require`` lines (comma-separated).
+
+    Envoy's ``ext_authz`` cannot add a query to its check request, but can add a header. Either can only
+    add requirements, so a client that sends the header itself can only refuse itself.
+    """
+    names: list[str] = list(request.query_params.getlist("require"))
+    for name, value in request.scope["headers"]:
+        if name == b"x-keygate-require":
+            names.extend(value.decode("latin-1").split(","))
+    return parse_permissions(names)
+
+
 async def authorize(request: Request) -> Response:
-    principal = await authenticate_request(request)
-    for permission in parse_permissions(request.query_params.getlist("require")):
-        principal.require_permission(permission)
+    try:
+        principal = await authenticate_request(request)
+        for permission in required(request):
+            principal.require_permission(permission)
+    except KeygateError as exc:
+        return refusal(exc)
     permissions = format_permissions(principal.permissions)
     headers = {
         "X-Keygate-User-Id": str(principal.user_id),
@@ -60,6 +91,9 @@ def install_forward_auth(app: FastAPI) -> None:
 
 
 def _route(app: FastAPI, method: str, params: list[dict[str, object]], generic: dict[str, object]) -> None:
+    # Envoy's ext_authz appends the client's path to ``path_prefix``: /keygate/authorize/AP/SendOrder.
+    app.add_api_route(PATH + "/{forwarded_path:path}", authorize, methods=[method], include_in_schema=False,
+                      name=f"keygate_authorize_suffix_{method.lower()}", response_class=replies.ApexJSON)
     app.add_api_route(
         PATH, authorize, methods=[method], name=f"keygate_authorize_{method.lower()}",
         operation_id=f"keygate_authorize_{method.lower()}",

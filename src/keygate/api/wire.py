@@ -9,12 +9,16 @@ import json
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import Scope
 
+from keygate.api import forwarded as forwarded_headers
+from keygate.api.forwarded import Hop
 from keygate.domain.errors import InvalidRequest, PayloadTooLarge
-from keygate.domain.iprules import parse_address
+from keygate.domain.iprules import canonical_address, parse_address
 
 CREDENTIAL_HEADERS = ("apikey", "signature", "userid", "nonce")
 MAX_HEADER_VALUE = 512
+RESOLVED_KEY = "keygate.client_resolved"  # set by ProxyHeaders once scope["client"] and ["scheme"] are final
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -121,30 +125,91 @@ def session_token(request: Request) -> str | None:
     return header(request, "aptoken")
 
 
-class ClientAddress:
-    """The client IP: the socket peer, unless that peer is a trusted proxy.
+class ConflictingForwarding(InvalidRequest):
+    """A trusted proxy passed on ``X-Forwarded-For`` and ``Forwarded`` that name different clients."""
 
-    Only then is ``X-Forwarded-For`` read, right to left, skipping trusted hops; the first untrusted
-    address is the client. A header sent by anyone else is ignored, so it cannot be spoofed.
+
+class ClientAddress:
+    """Who the client is and which scheme it used: the socket peer, unless that peer is a trusted proxy.
+
+    Only then are ``X-Forwarded-For`` (every line, as one list) with ``X-Forwarded-Proto``, and RFC 7239
+    ``Forwarded``, read, right to left, skipping trusted hops; the first untrusted address is the
+    client. A hop that does not name an address (``unknown``, an obfuscated name, garbage, a zone id)
+    ends the walk: the client is then the trusted proxy that reported it. When every hop is trusted, the
+    leftmost is the client. A header sent by anyone else is ignored, so it cannot be spoofed.
+
+    When both headers are present they must name the same client; if they do not, one of them came
+    from the client through a proxy that writes only the other, and the request is refused
+    (``ConflictingForwarding``, a 400): believing either could be believing the client, and answering
+    as the proxy would let a client spend the proxy's own failure allowance. The address that comes out is canonical (``keygate.domain.iprules.canonical_address``)
+    or None, never longer than 39 characters.
+
+    ``keygate.api.proxy.ProxyHeaders`` resolves this once per HTTP request and per WebSocket
+    connection and writes it into the scope; calling the object reads it back from there.
     """
 
     def __init__(self, trusted_proxies: tuple[str, ...]) -> None:
         self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
 
-    def _is_trusted(self, address: str) -> bool:
-        ip = parse_address(address)
+    def is_trusted(self, address: str | None) -> bool:
+        ip = parse_address(address) if address else None
         return ip is not None and any(ip.version == n.version and ip in n for n in self._trusted)
 
+    def _walk(self, hops: list[Hop], peer: tuple[str, int]) -> tuple[tuple[str, int], int | None]:
+        """The client, and the index of the hop that named it (or reported it unreadably); None: no hop."""
+        current, last = peer, None
+        for i in range(len(hops) - 1, -1, -1):
+            hop = hops[i]
+            if hop.address is None:
+                return current, i
+            if not self.is_trusted(hop.address):
+                return (hop.address, hop.port), i
+            current, last = (hop.address, hop.port), i
+        return current, last
+
+    def resolve(self, scope: Scope) -> tuple[tuple[str, int] | None, str | None]:
+        """``(client, proto)``: the client as ASGI writes it (``(address, port)``, or None when unknown)
+        and ``"http"``/``"https"`` when a trusted proxy said which one the client used."""
+        socket_peer: tuple[object, object] | None = scope.get("client")
+        address = canonical_address(str(socket_peer[0])) if socket_peer else None
+        if socket_peer is None or address is None:
+            return None, None
+        peer = (address, socket_peer[1] if isinstance(socket_peer[1], int) else 0)
+        if not self._trusted or not self.is_trusted(address):
+            return peer, None
+        xff: list[bytes] = []
+        xfp: list[bytes] = []
+        fwd: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                xff.append(value)
+            elif name == b"forwarded":
+                fwd.append(value)
+            elif name == b"x-forwarded-proto":
+                xfp.append(value)
+        client, proto = peer, None
+        protos = forwarded_headers.x_forwarded_proto(xfp)
+        if protos:
+            proto = protos[0]
+        if xff:
+            hops = forwarded_headers.x_forwarded_for(xff)
+            client, at = self._walk(hops, peer)
+            if len(protos) > 1 and len(protos) == len(hops) and at is not None:
+                proto = protos[at]  # a list of them: the one written beside the client's hop
+        if fwd:
+            elements = forwarded_headers.forwarded(fwd)
+            named, at = self._walk(elements, peer)
+            if xff and named[0] != client[0]:
+                raise ConflictingForwarding(
+                    "X-Forwarded-For and Forwarded name different clients; a proxy must write one of them")
+            client = named
+            proto = (elements[at].proto if at is not None else None) or proto
+        return client, proto
+
     def __call__(self, request: Request) -> str | None:
-        client = request.scope.get("client")
-        peer = client[0] if client else None
-        if peer is None or not self._trusted or not self._is_trusted(peer):
-            return peer
-        forwarded = request.headers.get("x-forwarded-for", "")
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-        for hop in reversed(hops):
-            if parse_address(hop) is None:
-                return peer  # a garbled chain is not trusted
-            if not self._is_trusted(hop):
-                return hop
-        return peer
+        scope = request.scope
+        if RESOLVED_KEY not in scope:  # a scope built without the middleware (a WebSocket frame's)
+            client, _ = self.resolve(scope)
+            return client[0] if client else None
+        client = scope.get("client")
+        return client[0] if client else None

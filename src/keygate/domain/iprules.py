@@ -42,6 +42,29 @@ def parse_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return ip
 
 
+@lru_cache(maxsize=4096)
+def canonical_address(address: str) -> str | None:
+    """The one spelling of a client address that reaches the service, or None for anything else.
+
+    IPv4 dotted quad, or IPv6 compressed and lower-case (at most 39 characters); an IPv4-mapped IPv6
+    address is its IPv4 address. An IPv6 zone (``fe80::1%eth0``) names an interface of this host,
+    not the client, and is dropped; text after ``%`` on an IPv4 address, or anything that is not an
+    address, gives None.
+    """
+    if len(address) > 64:
+        return None
+    text, sep, zone = address.partition("%")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if sep and (ip.version != 6 or not zone):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 @dataclass(frozen=True)
 class IpAllowlist:
     networks: tuple[IpNetwork, ...] = ()
