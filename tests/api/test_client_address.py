@@ -192,7 +192,7 @@ async def test_middleware_on_websocket_connections() -> None:
 
 
 async def test_console_cookies_secure_and_redirects_https_behind_a_tls_proxy(kg) -> None:  # type: ignore[no-untyped-def]
-    proxied = create_app(dataclasses.replace(kg.settings, trusted_proxies=("127.0.0.1",)), keygate=kg)
+    proxied = create_app(kg.settings.model_copy(update={"trusted_proxies": ("127.0.0.1",)}), keygate=kg)
     via_tls = {"X-Forwarded-For": CLIENT, "X-Forwarded-Proto": "https"}
     transport = httpx.ASGITransport(app=proxied, client=("127.0.0.1", 5000))
     async with httpx.AsyncClient(transport=transport, base_url="http://keygate.example") as c:
