@@ -17,6 +17,19 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise SystemExit(f"{name} must be more than 0, got {raw!r}")
+    return value
+
+
 def _bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -28,6 +41,8 @@ def _bool(name: str, default: bool) -> bool:
 class Settings:
     data_dir: Path = Path("var")
     database_url: str = ""
+    database_connect_timeout_seconds: float = 2.0  # longest wait for a pooled or a new database connection
+    database_statement_timeout_seconds: float = 10.0  # PostgreSQL: longest wait for one statement
     master_key: str | None = None  # base64 of 32 bytes; wins over the key file
     master_key_file: Path | None = None
     host: str = "127.0.0.1"
@@ -69,6 +84,8 @@ class Settings:
         values: dict[str, object] = dict(
             data_dir=data_dir,
             database_url=_normalize_db_url(env.get("KEYGATE_DATABASE_URL", "")),
+            database_connect_timeout_seconds=_float("KEYGATE_DATABASE_CONNECT_TIMEOUT_SECONDS", 2.0),
+            database_statement_timeout_seconds=_float("KEYGATE_DATABASE_STATEMENT_TIMEOUT_SECONDS", 10.0),
             master_key=env.get("KEYGATE_MASTER_KEY") or None,
             master_key_file=Path(env["KEYGATE_MASTER_KEY_FILE"]) if env.get("KEYGATE_MASTER_KEY_FILE") else None,
             host=env.get("KEYGATE_HOST") or "127.0.0.1",

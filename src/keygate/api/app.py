@@ -17,8 +17,10 @@ from starlette.responses import Response
 
 from keygate import __version__
 from keygate.api import replies
+from keygate.api.docs import install_docs
 from keygate.api.endpoints import ENDPOINTS
 from keygate.api.forward_auth import install_forward_auth
+from keygate.api.health import install_health
 from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.routing import index_routes
@@ -63,7 +65,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
             if owned:
                 await kg.close()
 
-    app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # keygate serves /docs itself, without a CDN (api/docs.py)
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     context = ApexContext(app.state.client_address, keygate)
     if keygate is not None:
@@ -87,6 +90,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     index_routes(app)
     install_forward_auth(app)
     install_websocket(app)
+    install_health(app)
+    install_docs(app)
 
     _install_error_handlers(app)
     mount_console(app)
