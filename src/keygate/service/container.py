@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from keygate.config import Settings
+from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.throttle import ThrottlePolicy
@@ -197,6 +198,8 @@ class Keygate:
                 if ticks % PURGE_EVERY == 0:
                     await self.sessions.purge_expired()
                     await self.state.purge()
+            except ServiceUnavailable:  # an outage, logged once where it is seen (store/outage.py); retried
+                pass
             except Exception:  # keep flushing; the next tick retries what failed
                 log.exception("background flush failed")
 

@@ -34,11 +34,27 @@ class Readiness:
         return [part for part, v in self.checks.items() if v != OK]
 
 
+_LINGERING: set[asyncio.Task[object]] = set()
+
+
+def _forget(task: asyncio.Task[object]) -> None:
+    _LINGERING.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved, so that asyncio does not report it as lost
+
+
 async def _check(probe: Callable[[], Awaitable[object]], timeout: float) -> str:
-    try:
-        await asyncio.wait_for(probe(), timeout)
-    except TimeoutError:
+    # Not ``wait_for``: it waits for the cancelled probe to finish, and a connection stuck on a silent
+    # network finishes only at its own timeout. The probe is cancelled and left to end by itself.
+    task: asyncio.Task[object] = asyncio.ensure_future(probe())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        _LINGERING.add(task)
+        task.add_done_callback(_forget)
+        task.cancel()
         return f"did not answer within {timeout:g} s"
+    try:
+        task.result()
     except ServiceUnavailable as exc:
         cause = exc.__cause__
         return f"unreachable ({type(cause).__name__})" if cause is not None else "unreachable"

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from datetime import datetime, timedelta
 
-from keygate.domain.errors import NotAuthorized
+from keygate.domain.errors import NotAuthorized, ServiceUnavailable
 from keygate.domain.permissions import Permission
 from keygate.domain.sessions import ISSUED_SHAPE, MAX_TOKEN_LENGTH, Session, SessionKind, hash_token, new_token
 from keygate.service.cache import TTLCache
@@ -113,6 +113,8 @@ class SessionManager:
             await asyncio.sleep(WRITE_BEHIND_SECONDS if self._failures == 0 else 1.0)
             try:
                 await self._save_unsaved()
+            except ServiceUnavailable:  # an outage, logged once where it is seen (store/outage.py); retried
+                pass
             except Exception:  # the rows stay unsaved; the next round (or flush) retries them
                 log.exception("writing new sessions failed")
 
@@ -167,6 +169,8 @@ class SessionManager:
             await self._repo.insert_many(batch)
             self._failures = 0
             return
+        except ServiceUnavailable:
+            raise  # an outage, not a bad row: the whole batch waits for the database to return
         except Exception:
             self._failures += 1
             if self._failures < GIVE_UP_AFTER:
@@ -177,6 +181,8 @@ class SessionManager:
         for session in batch:
             try:
                 await self._repo.insert(session)
+            except ServiceUnavailable:
+                raise
             except Exception:
                 failed.append(session)
         if len(failed) == len(batch):
