@@ -16,6 +16,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keygate.domain.errors import ServiceUnavailable
@@ -26,10 +29,17 @@ from keygate.store.redis_state import UNAVAILABLE
 log = logging.getLogger("keygate.redis")
 
 
+def _retry_once() -> dict[str, object]:
+    """A pooled connection left idle through a Redis restart fails once ("Connection closed by
+    server") on its next use. The commands sent with these options (GET, SET, DEL, PUBLISH) are
+    idempotent, so they are sent once more on a fresh connection instead of answering 503."""
+    return {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
+
+
 class RedisBus:
     def __init__(self, url: str, on_message: Callable[[str, str], None], on_reset: Callable[[], None], namespace: str = "kg") -> None:
         self._channel = f"{namespace}:invalidate"
-        self._redis = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0, decode_responses=True)
+        self._redis = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0, decode_responses=True, **_retry_once())
         self._listen = aioredis.from_url(url, socket_connect_timeout=1.0, decode_responses=True)
         self._node = secrets.token_hex(6)
         self._on_message = on_message
@@ -59,6 +69,9 @@ class RedisBus:
             pubsub = self._listen.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
+                # After Redis restarted, the client's pooled connection is stale: find out before
+                # reporting healthy, not on the first ping below (which made the health flap).
+                await self._listen.ping()
                 self._on_reset()  # whatever happened while we were away is forgotten
                 self.connected = True
                 while True:
@@ -114,7 +127,7 @@ class RedisSessionTier:
 
     def __init__(self, url: str, namespace: str = "kg") -> None:
         self._ns = namespace
-        self._redis = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0, decode_responses=True)
+        self._redis = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0, decode_responses=True, **_retry_once())
 
     async def get(self, token_hash: str) -> Session | None:
         try:
