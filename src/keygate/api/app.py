@@ -109,6 +109,17 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     return app
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the requested path takes: GET and POST for every APEX endpoint (reached through the
+    index, which has no single path), those of its route for the others (``/healthz``: GET)."""
+    path, allowed = request.scope["path"], set()
+    for route in request.app.router.routes:
+        regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and methods and regex.match(path):
+            allowed |= methods
+    return sorted(allowed) or ["GET", "POST"]
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeygateError)
     async def keygate_error(request: Request, exc: KeygateError) -> Response:
@@ -120,8 +131,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             name = request.url.path.rsplit("/", 1)[-1][:64]
             return replies.generic(False, f"Unknown endpoint {name!r}; see /openapi.json for the list", 104, status=404)
         if exc.status_code == 405:
-            reply = replies.generic(False, "Method not allowed; use GET or POST", 106, status=405)
-            reply.headers["Allow"] = "GET, POST"  # every APEX endpoint takes both; RFC 9110 requires the header
+            allowed = _allowed_methods(request)
+            reply = replies.generic(False, f"Method not allowed; use {' or '.join(allowed)}", 106, status=405)
+            reply.headers["Allow"] = ", ".join(allowed)  # RFC 9110 requires the header
             return reply
         return replies.generic(False, str(exc.detail), 100, status=exc.status_code if 400 <= exc.status_code < 500 else 400)
 
