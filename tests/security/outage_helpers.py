@@ -17,11 +17,11 @@ import httpx
 import pyotp
 from websockets.sync.client import ClientConnection, connect
 
+from keygate.domain.iprules import IpAllowlist
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 from keygate.service.principal import operator_acting_as
-from keygate.domain.iprules import IpAllowlist
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
 

@@ -25,6 +25,7 @@ from keygate.config import Settings
 from keygate.service import Keygate
 
 MENTION = "database"
+SHORT_TIMEOUTS = {"KEYGATE_DATABASE_CONNECT_TIMEOUT_SECONDS": "1", "KEYGATE_DATABASE_STATEMENT_TIMEOUT_SECONDS": "2"}
 MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 
 
@@ -71,7 +72,7 @@ async def test_database_cut_then_restored(tmp_path: Path, pg_database: str, prox
     direct = _settings(tmp_path, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_database}")
     caller = await _caller(direct)
     proxied = _settings(tmp_path, f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{pg_database}")
-    server = start_server(proxied, {"KEYGATE_DATABASE_CONNECT_TIMEOUT_SECONDS": "1", "KEYGATE_DATABASE_STATEMENT_TIMEOUT_SECONDS": "2"})
+    server = start_server(proxied, SHORT_TIMEOUTS)
     try:
         with httpx.Client(base_url=server.base_url, timeout=30) as http:
             sign_in_everywhere(http, server.base_url.replace("http://", "ws://") + "/WSGateway", caller)
@@ -110,7 +111,7 @@ async def test_a_silent_database_fails_fast(tmp_path: Path, pg_database: str, pr
     direct = _settings(tmp_path, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_database}")
     caller = await _caller(direct)
     proxied = _settings(tmp_path, f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{pg_database}")
-    server = start_server(proxied, {"KEYGATE_DATABASE_CONNECT_TIMEOUT_SECONDS": "1", "KEYGATE_DATABASE_STATEMENT_TIMEOUT_SECONDS": "2"})
+    server = start_server(proxied, SHORT_TIMEOUTS)
     try:
         with httpx.Client(base_url=server.base_url, timeout=30) as http:
             assert http.post("/AP/AuthenticateUser", headers=caller.signed()).status_code == 200

@@ -24,7 +24,8 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keygate.domain.errors import DatabaseUnavailable, KeygateError
