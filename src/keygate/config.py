@@ -85,6 +85,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("var")
     database_url: str = Field("", json_schema_extra={"accepts": "a postgresql:// or sqlite:/// URL"})
+    # longest wait for a pooled or a new database connection; PostgreSQL: longest wait for one statement
+    database_connect_timeout_seconds: float = Field(2.0, gt=0, le=600)
+    database_statement_timeout_seconds: float = Field(10.0, gt=0, le=3600)
     master_key: str | None = Field(None, json_schema_extra={"accepts": "base64 of 32 random bytes"})  # wins over the key file
     master_key_file: OptionalPath = None
     host: str = Field("127.0.0.1", min_length=1, json_schema_extra={"accepts": "an address or host name to listen on"})

@@ -1,7 +1,9 @@
-"""When Redis is unreachable, authentication fails closed (503) and recovers by itself; nothing stored is lost."""
+"""When Redis is unreachable, authentication fails closed (503) on every path, /readyz says so, and all recovers by
+itself; nothing stored is lost."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from abuse_helpers import signed
+from outage_helpers import make_caller, probe, refused_as_unavailable, served, sign_in_everywhere
 from support import free_port, need, start_server, stop_server
 
 from keygate.config import Settings
@@ -94,3 +97,32 @@ async def test_redis_outage_fails_closed_then_recovers(settings: Settings, own_r
             assert "Traceback" not in server.log()
     finally:
         stop_server(server)
+
+
+async def test_redis_outage_on_every_authenticating_path_and_readyz(settings: Settings, own_redis: OwnRedis, kg) -> None:  # type: ignore[no-untyped-def]
+    caller = await make_caller(kg, secrets.token_hex(3))
+    server = start_server(settings.model_copy(update={"redis_url": own_redis.url}))
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=30) as http:
+            assert _wait_for(lambda: http.get("/readyz").status_code == 200)
+            assert http.get("/readyz").json()["checks"] == {"database": "ok", "redis": "ok"}
+            sign_in_everywhere(http, server.base_url.replace("http://", "ws://") + "/WSGateway", caller)
+
+            own_redis.stop()
+            assert _wait_for(lambda: http.post("/AP/GetUserInfo", headers={"aptoken": caller.token}).status_code == 503)
+            seen = probe(http, server.base_url, caller)
+            assert not refused_as_unavailable(seen, "Redis"), refused_as_unavailable(seen, "Redis")
+            ready = http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
+            assert ready.json()["checks"]["redis"] != "ok" and "redis" in ready.json()["errormsg"]
+            assert http.get("/healthz").status_code == 200
+
+            own_redis.start()
+            assert _wait_for(lambda: http.get("/readyz").status_code == 200), "/readyz did not recover"
+            seen = probe(http, server.base_url, caller)
+            assert not served(seen), served(seen)
+            assert "Traceback" not in server.log()
+    finally:
+        stop_server(server)
+        if caller.ws is not None:
+            caller.ws.close()

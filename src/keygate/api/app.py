@@ -17,8 +17,10 @@ from starlette.responses import Response
 
 from keygate import __version__
 from keygate.api import replies
+from keygate.api.docs import install_docs
 from keygate.api.endpoints import ENDPOINTS
 from keygate.api.forward_auth import install_forward_auth
+from keygate.api.health import install_health
 from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.proxy import ProxyHeaders
@@ -64,7 +66,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
             if owned:
                 await kg.close()
 
-    app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # keygate serves /docs itself, without a CDN (api/docs.py)
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     context = ApexContext(app.state.client_address, keygate)
     if keygate is not None:
@@ -88,6 +91,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     index_routes(app)
     install_forward_auth(app)
     install_websocket(app)
+    install_health(app)
+    install_docs(app)
 
     _install_error_handlers(app)
     mount_console(app)
@@ -107,6 +112,17 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     return app
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the requested path takes: GET and POST for every APEX endpoint (reached through the
+    index, which has no single path), those of its route for the others (``/healthz``: GET)."""
+    path, allowed = request.scope["path"], set()
+    for route in request.app.router.routes:
+        regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and methods and regex.match(path):
+            allowed |= methods
+    return sorted(allowed) or ["GET", "POST"]
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeygateError)
     async def keygate_error(request: Request, exc: KeygateError) -> Response:
@@ -118,8 +134,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             name = request.url.path.rsplit("/", 1)[-1][:64]
             return replies.generic(False, f"Unknown endpoint {name!r}; see /openapi.json for the list", 104, status=404)
         if exc.status_code == 405:
-            reply = replies.generic(False, "Method not allowed; use GET or POST", 106, status=405)
-            reply.headers["Allow"] = "GET, POST"  # every APEX endpoint takes both; RFC 9110 requires the header
+            allowed = _allowed_methods(request)
+            reply = replies.generic(False, f"Method not allowed; use {' or '.join(allowed)}", 106, status=405)
+            reply.headers["Allow"] = ", ".join(allowed)  # RFC 9110 requires the header
             return reply
         return replies.generic(False, str(exc.detail), 100, status=exc.status_code if 400 <= exc.status_code < 500 else 400)
 

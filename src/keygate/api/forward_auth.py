@@ -109,6 +109,6 @@ def _route(app: FastAPI, method: str, params: list[dict[str, object]], generic: 
             401: {"description": "Not authenticated", "content": generic},
             403: {"description": "Missing a required permission", "content": generic},
             429: {"description": "Too many failed attempts", "content": generic},
-            503: {"description": "Shared state store unreachable", "content": generic},
+            503: {"description": "Database or shared state store (Redis) unreachable", "content": generic},
         },
     )

@@ -147,7 +147,7 @@ def responses_for(ep: Endpoint) -> dict[int | str, dict[str, Any]]:
         ok.update({400: {"description": "Malformed credentials", **fail}, 401: {"description": "Credentials refused", **fail},
                    413: {"description": "Body too large", "content": _ref("Generic")},
                    429: {"description": "Too many failed attempts; see Retry-After", **fail},
-                   503: {"description": "Shared state store unreachable; authentication fails closed", **fail}})
+                   503: {"description": "Database or shared state store (Redis) unreachable; authentication fails closed", **fail}})
         return ok
     err = {"content": _ref("Generic")}
     ok.update({
@@ -155,6 +155,6 @@ def responses_for(ep: Endpoint) -> dict[int | str, dict[str, Any]]:
         403: {"description": "Not allowed for this session or key", **err}, 404: {"description": "Not found", **err},
         409: {"description": "Conflict", **err}, 413: {"description": "Body too large", **err},
         429: {"description": "Too many failed attempts; see Retry-After", **err},
-        503: {"description": "Shared state store unreachable; authentication fails closed", **err},
+        503: {"description": "Database or shared state store (Redis) unreachable; authentication fails closed", **err},
     })
     return ok

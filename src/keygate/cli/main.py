@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from keygate.config import InvalidSetting, Settings
-from keygate.domain.errors import KeygateError
+from keygate.domain.errors import DatabaseUnavailable, KeygateError
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
 from keygate.domain.replay import parse_replay_mode
@@ -65,6 +65,8 @@ def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = F
 
     try:
         return asyncio.run(main())
+    except DatabaseUnavailable as exc:
+        _database_unavailable(exc)
     except (KeygateError, MasterKeyError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -74,6 +76,8 @@ def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = F
 
 def _database_unavailable(exc: BaseException) -> NoReturn:
     """The database could not be opened: say so in one line (never echoing the URL, which may hold a password)."""
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__
     cause = getattr(exc, "orig", None) or exc
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     typer.secho(f"error: cannot open the database named by KEYGATE_DATABASE_URL (or the SQLite file in "
@@ -179,7 +183,7 @@ def serve(
     except MasterKeyError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, SQLAlchemyError, DatabaseUnavailable) as exc:
         _database_unavailable(exc)
     scheme = "https" if ssl_options else "http"
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -89,3 +89,9 @@ class ServiceUnavailable(KeygateError):
     errorcode = 102
     http_status = 503
     default_message = "Service temporarily unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database could not be reached or used (down, unreachable, timed out, locked); never a bug."""
+
+    default_message = "Service temporarily unavailable: the database cannot be reached; retry shortly"

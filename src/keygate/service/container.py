@@ -65,7 +65,8 @@ class Keygate:
             settings.master_key, settings.resolved_master_key_file, create=create_master_key
         )
         self.box = SecretBox(master, previous + _env_previous_keys(), loader=None if settings.master_key else self._read_keyring)
-        self.engine = create_engine(settings.resolved_database_url)
+        self.engine = create_engine(settings.resolved_database_url, settings.database_connect_timeout_seconds,
+                                    settings.database_statement_timeout_seconds)
         self.state: SharedState = RedisState(settings.redis_url, settings.redis_namespace) if settings.redis_url else SqlState(self.engine)
         self.coherence = Coherence()
         self.changes: ChangeListener | None = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.sessions import Session
 from keygate.store.repositories import SessionRepository
 
@@ -76,6 +77,8 @@ class SessionWriter:
             await asyncio.sleep(WRITE_BEHIND_SECONDS if self._failures == 0 else 1.0)
             try:
                 await self.flush()
+            except ServiceUnavailable:  # an outage, logged once where it is seen (store/outage.py); retried
+                pass
             except Exception:  # the rows stay unsaved; the next round (or flush) retries them
                 log.exception("writing new sessions failed")
 
@@ -101,6 +104,8 @@ class SessionWriter:
             await self._repo.insert_many(batch)
             self._failures = 0
             return
+        except ServiceUnavailable:
+            raise  # an outage, not a bad row: the whole batch waits for the database to return
         except Exception:
             self._failures += 1
             if self._failures < GIVE_UP_AFTER:
@@ -111,6 +116,8 @@ class SessionWriter:
         for session in batch:
             try:
                 await self._repo.insert(session)
+            except ServiceUnavailable:
+                raise
             except Exception:
                 failed.append(session)
         if len(failed) == len(batch):

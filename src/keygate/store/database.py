@@ -6,14 +6,28 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from keygate.store.outage import OutageAwareEngine
+from keygate.store.tables import users
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_SECONDS = 2.0
+STATEMENT_TIMEOUT_SECONDS = 10.0
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+                  statement_timeout: float = STATEMENT_TIMEOUT_SECONDS) -> AsyncEngine:
+    """The engine every repository uses (an ``OutageAwareEngine``: an outage raises ``DatabaseUnavailable``).
+
+    A request waits at most ``connect_timeout`` for a free pooled connection and as long again for a
+    new one, and on PostgreSQL at most ``statement_timeout`` for one statement: without that bound a
+    database behind a silent network (no reset, no answer) holds a request, and its pooled
+    connection's liveness ping, forever.
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
@@ -21,7 +35,9 @@ def create_engine(url: str) -> AsyncEngine:
             # SQLite gives its -wal and -shm files the database file's mode.
             Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             Path(path).touch(mode=0o600, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # SQLite's own busy timeout stays 30 s: a write waits that long for another process's lock.
+        pooled = {"pool_timeout": connect_timeout} if path and path != ":memory:" else {}  # memory: one static connection
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pooled)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -31,8 +47,24 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return OutageAwareEngine(engine.sync_engine)
+    engine = create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=connect_timeout,
+        connect_args=_pg_timeouts(url.split("://", 1)[0], connect_timeout, statement_timeout),
+    )
+    return OutageAwareEngine(engine.sync_engine)
+
+
+def _pg_timeouts(driver: str, connect_timeout: float, statement_timeout: float | None) -> dict[str, float | None]:
+    if "asyncpg" not in driver:
+        return {}
+    return {"timeout": connect_timeout, "command_timeout": statement_timeout}
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """One cheap read of keygate's own schema: proves the database answers and holds keygate's tables."""
+    async with engine.connect() as conn:
+        await conn.execute(select(users.c.user_id).limit(1))
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -47,6 +79,20 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision; safe to run on every start."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    """Bring the schema to the newest revision; safe to run on every start.
+
+    On PostgreSQL it runs on a connection of its own without the statement timeout, which a long
+    migration of a large table may exceed.
+    """
+    if engine.dialect.name != "postgresql":
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        return
+    own = OutageAwareEngine(create_async_engine(
+        engine.url, poolclass=NullPool, connect_args=_pg_timeouts(engine.url.drivername, CONNECT_TIMEOUT_SECONDS, None)
+    ).sync_engine)
+    try:
+        async with own.begin() as conn:
+            await conn.run_sync(_upgrade)
+    finally:
+        await own.dispose()

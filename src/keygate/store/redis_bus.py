@@ -9,6 +9,9 @@ import json
 from datetime import datetime, timedelta
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keygate.domain.errors import ServiceUnavailable
