@@ -95,6 +95,8 @@ async def test_database_cut_then_restored(tmp_path: Path, pg_database: str, prox
 
             proxy.restore()
             assert wait_for(lambda: _readyz(http).status_code == 200), "/readyz did not recover"
+            # The change log is read again within its interval (0.5 s on PostgreSQL): then every path serves.
+            assert wait_for(lambda: http.post("/AP/GetUserInfo", headers={"aptoken": caller.token}).status_code == 200)
             seen = probe(http, server.base_url, caller)
             assert not served(seen), served(seen)
         log = server.log()
