@@ -24,6 +24,15 @@ def _bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("var")
@@ -53,6 +62,7 @@ class Settings:
     lockout_failures: int = 50
     lockout_seconds: int = 3600
     log_level: str = "info"
+    refusal_status: str = "4xx"  # "200": refusals on APEX paths answer 200 with the APEX body
 
     @property
     def resolved_database_url(self) -> str:
@@ -94,6 +104,7 @@ class Settings:
             lockout_failures=_int("KEYGATE_LOCKOUT_FAILURES", 50),
             lockout_seconds=_int("KEYGATE_LOCKOUT_SECONDS", 3600),
             log_level=env.get("KEYGATE_LOG_LEVEL") or "info",
+            refusal_status=_choice("KEYGATE_REFUSAL_STATUS", ("4xx", "200"), "4xx"),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -45,7 +45,9 @@ async def test_authenticate_over_websocket_then_call_without_aptoken(server, mak
 async def test_bad_frames_get_clear_errors_and_the_connection_stays(server):
     async with connect(_url(server, "/ws")) as ws:
         assert (await _ask(ws, "not json"))["m"] == 5
-        assert "A frame is" in json.loads((await _ask(ws, json.dumps({"m": 0, "i": 3})))["o"])["errormsg"]
+        missing_name = await _ask(ws, json.dumps({"m": 0, "i": 3}))
+        assert missing_name["m"] == 1 and missing_name["i"] == 3
+        assert "n must name an endpoint" in json.loads(missing_name["o"])["errormsg"]
         reply = await _ask(ws, _frame(5, "NoSuchEndpoint", {}))
         assert reply["m"] == 1 and json.loads(reply["o"])["errorcode"] == 104
         body = json.loads((await _ask(ws, _frame(7, "AuthenticateUser", {"APIKey": "x", "Signature": "zz", "UserId": "1", "Nonce": "1"})))["o"])
