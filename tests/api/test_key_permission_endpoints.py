@@ -42,6 +42,12 @@ async def test_add_and_remove_one_permission_over_http(server, make_user, make_k
 
         removed = (await client.post("/AP/RemoveUserAPIKeyPermission", headers=password, json={"APIKey": api_key, "Permission": "Trading"})).json()
         assert removed["Permissions"] == ["Withdraw"] and removed["SessionsEnded"] is True
+        lacking = (await client.post("/AP/RemoveUserAPIKeyPermission", headers=password, json={"APIKey": api_key, "Permission": "Deposit"})).json()
+        assert lacking["Permissions"] == ["Withdraw"] and lacking["SessionsEnded"] is False
+        as_list = (await client.post("/AP/AddUserAPIKeyPermission", headers=password, json={"APIKey": api_key, "Permissions": ["Deposit"]})).json()
+        assert as_list["Permissions"] == ["Withdraw", "Deposit"]
+        as_list = (await client.post("/AP/RemoveUserAPIKeyPermission", headers=password, json={"APIKey": api_key, "Permissions": ["Deposit"]})).json()
+        assert as_list["Permissions"] == ["Withdraw"]
         listed = (await client.post("/AP/GetUserAPIKeys", headers=password)).json()
         assert [k["Permissions"] for k in listed if k["APIKey"] == api_key] == [["Withdraw"]]
 

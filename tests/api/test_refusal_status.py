@@ -70,3 +70,21 @@ def test_the_setting_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KEYGATE_REFUSAL_STATUS", "201")
     with pytest.raises(SystemExit, match="KEYGATE_REFUSAL_STATUS"):
         Settings.from_env()
+
+
+async def test_only_refusals_change_status_server_faults_keep_theirs() -> None:
+    """A 5xx is a fault, not a refusal: it keeps its status; a 429 keeps its Retry-After."""
+    from starlette.responses import JSONResponse
+
+    from keygate.api.middleware import ApexContext, ApexScope
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        status = int(scope["path"].rsplit("/", 1)[-1].removeprefix("Status"))
+        await JSONResponse({"result": False}, status_code=status, headers={"Retry-After": "7"})(scope, receive, send)
+
+    wrapped = ApexScope(app, ["Status503", "Status429", "Status500"], ApexContext(client_address=None), refusal_status="200")  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped), base_url="http://test") as client:
+        assert (await client.get("/AP/Status503")).status_code == 503
+        assert (await client.get("/ap/status500/")).status_code == 500
+        throttled = await client.get("/AP/Status429")
+        assert throttled.status_code == 200 and throttled.headers["retry-after"] == "7"

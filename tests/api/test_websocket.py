@@ -99,7 +99,7 @@ async def test_error_frames_echo_what_can_be_echoed(server) -> None:  # type: ig
         assert body(not_request)["errorcode"] == 100
         no_m = await ask(ws, json.dumps({"i": 33, "n": "LogOut"}))
         assert (no_m["m"], no_m["i"], no_m["n"]) == (5, 33, "LogOut")
-        for text in ("not json", "[1,2]", '"frame"'):
+        for text in ("not json", "[1,2]", '"frame"', json.dumps({"m": 0, "i": 35, "n": "Ping", "o": "x" * 70000})):
             unreadable = await ask(ws, text)
             assert (unreadable["m"], unreadable["i"], unreadable["n"]) == (5, 0, ""), text
             assert body(unreadable)["result"] is False
