@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import httpx
 from api_helpers import signed_headers
-from live_helpers import ask, body, check_against_document, frame, password_token, reply_schema, ws_url
+from live_helpers import (
+    ask,
+    body,
+    check_against_document,
+    frame,
+    password_token,
+    reply_schema,
+    ws_url,
+)
 from websockets.asyncio.client import connect
 
 

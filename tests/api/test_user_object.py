@@ -6,7 +6,15 @@ import asyncio
 from datetime import datetime, timezone
 
 import httpx
-from live_helpers import ask, body, check_against_document, frame, password_token, reply_schema, ws_url
+from live_helpers import (
+    ask,
+    body,
+    check_against_document,
+    frame,
+    password_token,
+    reply_schema,
+    ws_url,
+)
 from websockets.asyncio.client import connect
 
 from keygate.service import Keygate

@@ -25,8 +25,8 @@ from keygate.api.routing import index_routes
 from keygate.api.websocket import PATHS as WEBSOCKET_PATHS
 from keygate.api.websocket import install_websocket
 from keygate.api.wire import ClientAddress
-from keygate.console import mount_console
 from keygate.config import Settings
+from keygate.console import mount_console
 from keygate.domain.errors import KeygateError
 from keygate.service import Keygate
 from keygate.store.database import migrate

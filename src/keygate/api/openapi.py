@@ -170,7 +170,7 @@ def responses_for(ep: Endpoint, refusal_status: str = "4xx") -> dict[int | str, 
     """The replies of one endpoint. With ``refusal_status="200"`` (``KEYGATE_REFUSAL_STATUS``) the
     refusals are answered with 200, so the 200 reply is the success or the refusal body."""
     success = _ref(ep.reply)
-    refusals: dict[int, dict[str, Any]]
+    refusals: dict[int | str, dict[str, Any]]
     if ep.auth == "none":
         refusals = {413: {"description": "Body too large", "content": _ref("Generic")}}
         fail_schema = "Generic"

@@ -11,7 +11,6 @@ from keygate.domain.errors import AuthenticationFailed, KeygateError, TooManyReq
 from keygate.domain.users import User
 from keygate.service.clock import utcnow
 
-
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
