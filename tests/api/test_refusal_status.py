@@ -23,7 +23,7 @@ async def test_refusals_answer_200_with_the_apex_body(server_200: Server) -> Non
     async with httpx.AsyncClient(base_url=server_200.base_url) as client:
         doc = (await client.get("/openapi.json")).json()
         not_signed_in = await client.post("/ap/getuserinfo/")
-        assert not_signed_in.status_code == 200
+        assert not_signed_in.status_code == 200 and not_signed_in.headers["x-keygate-status"] == "401"
         assert not_signed_in.json() == {"result": False, "errormsg": not_signed_in.json()["errormsg"], "errorcode": 20, "detail": None}
         check_against_document(doc, reply_schema(doc, "/AP/GetUserInfo", 200), not_signed_in.json())
 
@@ -42,6 +42,22 @@ async def test_refusals_answer_200_with_the_apex_body(server_200: Server) -> Non
 
         # Forward authentication is for proxies, which read the status: it keeps its 401.
         assert (await client.get("/keygate/authorize")).status_code == 401
+        assert "x-keygate-status" not in (await client.get("/AP/Ping")).headers
+
+
+async def test_the_sdk_reads_refusals_of_a_200_server_and_signs_in_again(server_200: Server, make_user, make_key, kg) -> None:  # type: ignore[no-untyped-def]
+    import keygate
+
+    user = await make_user()
+    created = await make_key(user.user_id, ["Trading"])
+    async with keygate.AsyncClient(server_200.base_url, user.user_id, created.key.api_key, created.secret) as client:
+        assert (await client.call("GetUserInfo"))["UserId"] == user.user_id
+        with pytest.raises(keygate.KeygateAPIError) as refused:
+            await client.call("AddUserAPIKey")  # a key session may not manage keys
+        assert (refused.value.status, refused.value.errorcode) == (403, 20)
+        await client.call("LogOut")
+        # The session is gone: the SDK reads the 401 behind the 200, signs in again and answers.
+        assert (await client.call("GetUserInfo"))["UserId"] == user.user_id
 
 
 async def test_the_document_of_a_200_server_declares_no_4xx(server_200: Server) -> None:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from keygate.service import Keygate
 
 CONTEXT_KEY = "keygate.context"
+STATUS_HEADER = b"x-keygate-status"  # with KEYGATE_REFUSAL_STATUS=200: the 4xx status a refusal would have had
 
 
 class ApexContext:
@@ -81,14 +82,16 @@ class ApexScope:
 
 
 def _refusals_as_200(send: Send) -> Send:
-    """Answer a 4xx with 200 (headers such as ``Retry-After`` and ``Allow`` and the body unchanged).
+    """Answer a 4xx with 200 (headers such as ``Retry-After`` and ``Allow`` and the body unchanged),
+    adding ``X-Keygate-Status`` with the status it replaces, for clients that want it (the SDK does).
 
     Server faults (5xx) keep their status: they are not refusals, and proxies and monitors read them.
     """
 
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
-            message = {**message, "status": 200}
+            headers = [*message.get("headers", ()), (STATUS_HEADER, str(message["status"]).encode())]
+            message = {**message, "status": 200, "headers": headers}
         await send(message)
 
     return sender

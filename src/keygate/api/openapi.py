@@ -195,6 +195,8 @@ def responses_for(ep: Endpoint, refusal_status: str = "4xx") -> dict[int | str, 
         faults[503] = {"description": "Shared state store unreachable; authentication fails closed", "content": _ref(fail_schema)}
     if refusal_status == "200":
         return {200: {"description": "Success, or a refusal (KEYGATE_REFUSAL_STATUS=200: refusals answer 200 with the APEX error body)",
+                      "headers": {"X-Keygate-Status": {"description": "On a refusal only: the 4xx status it stands for",
+                                                       "schema": {"type": "string"}}},
                       "content": _any_of(ep.reply, fail_schema, *(["Generic"] if fail_schema != "Generic" else []))}, **faults}
     return {200: {"description": "Success", "content": success}, **refusals, **faults}
 
