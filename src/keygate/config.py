@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Literal, Annotated, Any
 
 import annotated_types
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     lockout_failures: int = Field(_THROTTLE.lockout_failures, ge=1, le=NIST_MAX_CONSECUTIVE_FAILURES)
     lockout_seconds: int = _seconds(_THROTTLE.lockout_seconds, minimum=0)  # 0: until an administrator unlocks
     log_level: str = Field("info", json_schema_extra={"accepts": "one of " + ", ".join(LOG_LEVELS)})
+    # "200": refusals on /AP/ paths answer HTTP 200 with the APEX error body, for SDKs that raise on any
+    # status of 400 or more before reading the body (X-Keygate-Status carries the 4xx); "4xx" is the default
+    refusal_status: Literal["4xx", "200"] = Field("4xx", json_schema_extra={"accepts": "4xx or 200"})
 
     # ----- checks beyond the types ---------------------------------------------------------------
     @field_validator("database_url", mode="before")

@@ -11,8 +11,15 @@ REQUIRED = {"Ping", "AuthenticateUser", "Authenticate", "Authenticate2FA", "WebA
 
 
 def _resolve(doc: dict, schema: dict) -> dict:
+    """The schema behind a ``$ref``; for a choice (``oneOf``/``anyOf``), the properties of every alternative."""
     while "$ref" in schema:
         schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    choices = schema.get("oneOf") or schema.get("anyOf")
+    if choices:
+        properties: dict = {}
+        for choice in choices:
+            properties.update(_resolve(doc, choice).get("properties", {}))
+        return {**schema, "properties": properties}
     return schema
 
 

@@ -25,10 +25,11 @@ from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.proxy import ProxyHeaders
 from keygate.api.routing import index_routes
+from keygate.api.websocket import PATHS as WEBSOCKET_PATHS
 from keygate.api.websocket import install_websocket
 from keygate.api.wire import ClientAddress
-from keygate.console import mount_console
 from keygate.config import Settings
+from keygate.console import mount_console
 from keygate.domain.errors import KeygateError
 from keygate.service import Keygate
 from keygate.store.database import migrate
@@ -42,6 +43,11 @@ Sign `Nonce + UserId + APIKey` with HMAC-SHA256 keyed by the API secret, send th
 as the `aptoken` header on later calls. Paths are matched without regard to case: `/AP/...` and `/ap/...`.
 Errors answer a 4xx with `{"result": false, "errormsg", "errorcode", "detail"}`.
 """
+
+DESCRIPTION_200 = DESCRIPTION.replace(
+    "Errors answer a 4xx with",
+    "This server runs with `KEYGATE_REFUSAL_STATUS=200`: refusals answer HTTP 200 (server faults keep their 5xx) with",
+)
 
 
 def create_app(settings: Settings | None = None, keygate: Keygate | None = None) -> FastAPI:
@@ -66,7 +72,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
             if owned:
                 await kg.close()
 
-    app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+    description = DESCRIPTION_200 if settings.refusal_status == "200" else DESCRIPTION
+    app = FastAPI(title="keygate", version=__version__, description=description, lifespan=lifespan,
                   docs_url=None, redoc_url=None)  # keygate serves /docs itself, without a CDN (api/docs.py)
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     context = ApexContext(app.state.client_address, keygate)
@@ -84,7 +91,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
                 summary=ep.summary,
                 description=ep.description,
                 tags=["APEX: " + ("public" if ep.auth in ("none", "credentials") else "private")],
-                responses=responses_for(ep),  # type: ignore[arg-type]
+                responses=responses_for(ep, settings.refusal_status),  # type: ignore[arg-type]
                 openapi_extra=operation_extra(ep, method),
                 response_class=replies.ApexJSON,
             )
@@ -106,7 +113,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ApexScope, endpoint_names=list(ENDPOINTS), context=context)
+    app.add_middleware(ApexScope, endpoint_names=list(ENDPOINTS), context=context, websocket_paths=WEBSOCKET_PATHS,
+                       refusal_status=settings.refusal_status)
     # Outermost (added last): every layer below sees the one client address and scheme it settles.
     app.add_middleware(ProxyHeaders, client_address=app.state.client_address)
     return app

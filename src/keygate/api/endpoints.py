@@ -27,13 +27,14 @@ from keygate.api.wire import (
     basic_auth,
     credential_headers,
     header,
+    over_websocket,
     read_payload,
     session_token,
 )
 from keygate.domain.errors import Forbidden, InvalidRequest, KeygateError, NotAuthorized
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
-from keygate.domain.permissions import format_permissions, parse_permissions
+from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.users import parse_user_id
 from keygate.service import Keygate, Principal
@@ -103,6 +104,17 @@ async def _payload(request: Request) -> dict[str, Any]:
     return await read_payload(request, _kg(request).settings.max_body_bytes)
 
 
+_NO_SIGN_IN_FIELDS = {
+    False: "Send the APIKey, Signature, UserId and Nonce headers (or a JSON body with them, or UserName and Password)",
+    True: "Send APIKey, Signature, UserId and Nonce in the frame's payload (or UserName and Password)",
+}
+_NOT_SIGNED_IN = {
+    False: "Not Authorized: send the aptoken header, or the APIKey, Signature, UserId and Nonce headers",
+    True: "Not Authorized: sign in on this connection first (AuthenticateUser with APIKey, Signature, UserId and "
+          "Nonce in the frame's payload)",
+}
+
+
 async def authenticate_request(request: Request) -> Principal:
     """A private call: ``aptoken``/``APToken``, or the four signed headers on the request itself."""
     kg, ip = _kg(request), _ip(request)
@@ -112,7 +124,7 @@ async def authenticate_request(request: Request) -> Principal:
     creds = credential_headers(request)
     if creds:
         return await kg.auth.principal_for_signature(KeyCredentials.parse(creds), ip)
-    raise NotAuthorized("Not Authorized: send the aptoken header, or the APIKey, Signature, UserId and Nonce headers")
+    raise NotAuthorized(_NOT_SIGNED_IN[over_websocket(request)])
 
 
 def _target_user(payload: dict[str, Any], principal: Principal) -> int:
@@ -120,32 +132,34 @@ def _target_user(payload: dict[str, Any], principal: Principal) -> int:
     return principal.user_id if raw in (None, "") else parse_user_id(raw)
 
 
-def _render_grant(result: SessionGrant | Pending2FA) -> Response:
+def _render_grant(result: SessionGrant | Pending2FA, web: bool = False) -> Response:
     if isinstance(result, Pending2FA):
         return replies.auth_pending_2fa(result.token)
-    return replies.auth_success(result.token, result.user)
+    return replies.auth_success(result.token, result.user, user_id_field=web)
 
 
 async def _sign_in(request: Request, allow_resume: bool = False) -> Response:
+    """A sign-in; ``allow_resume`` (``WebAuthenticateUser``) also resumes a session by ``SessionToken``
+    and answers APEX's top-level ``UserId`` string."""
     kg, ip = _kg(request), _ip(request)
     try:
         creds = credential_headers(request)
         if creds:
-            return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(creds), ip))
+            return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(creds), ip), allow_resume)
         payload = await _payload(request)
         if any(k in payload for k in ("apikey", "signature", "nonce")):
-            return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(payload), ip))
+            return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(payload), ip), allow_resume)
         if "username" in payload or "password" in payload:
-            return _render_grant(await kg.auth.authenticate_password(payload.get("username"), payload.get("password"), ip))
+            return _render_grant(await kg.auth.authenticate_password(payload.get("username"), payload.get("password"), ip), allow_resume)
         if allow_resume and payload.get("sessiontoken"):
             token = payload["sessiontoken"]
             if not isinstance(token, str):
                 raise InvalidRequest("SessionToken must be a string")
-            return _render_grant(await kg.auth.resume(token, ip))
+            return _render_grant(await kg.auth.resume(token, ip), allow_resume)
         basic = basic_auth(request)
         if basic:
-            return _render_grant(await kg.auth.authenticate_password(basic[0], basic[1], ip))
-        raise InvalidRequest("Send the APIKey, Signature, UserId and Nonce headers (or a JSON body with them, or UserName and Password)")
+            return _render_grant(await kg.auth.authenticate_password(basic[0], basic[1], ip), allow_resume)
+        raise InvalidRequest(_NO_SIGN_IN_FIELDS[over_websocket(request)])
     except KeygateError as exc:
         return replies.auth_failure(exc)
 
@@ -184,7 +198,7 @@ async def authenticate(request: Request) -> Response:
 
 @endpoint(
     "WebAuthenticateUser", "Sign in with username and password, or resume a session by `SessionToken`",
-    auth="credentials", body={"UserName": "string", "Password": "string", "SessionToken": "string"}, reply="Authenticated",
+    auth="credentials", body={"UserName": "string", "Password": "string", "SessionToken": "string"}, reply="WebAuthenticated",
 )
 async def web_authenticate_user(request: Request) -> Response:
     return await _sign_in(request, allow_resume=True)
@@ -309,6 +323,64 @@ async def update_user_api_key(request: Request, principal: Principal) -> Respons
         expires_at=parse_expiry(payload["expiresat"]) if "expiresat" in payload else False,
     )
     return replies.ApexJSON(key.public_view())
+
+
+def _one_permission(payload: dict[str, Any], action: str) -> frozenset[Permission]:
+    """``Permission`` (one name), or ``Permissions`` (a list, or names separated by commas)."""
+    single = payload.get("permission")
+    if single is not None:
+        if not isinstance(single, str):
+            raise InvalidRequest("Permission must be one name: Trading, Withdraw or Deposit")
+        found = parse_permissions([single])
+    else:
+        found = parse_permissions(payload.get("permissions"))
+    if not found:
+        raise InvalidRequest(f"Missing Permission: name the permission to {action} (Trading, Withdraw or Deposit)")
+    return found
+
+
+_KEY_PERMISSION_BODY = {"UserId": "integer|string", "APIKey": "string", "Permission": "string", "Permissions": "array"}
+
+
+async def _change_permission(request: Request, principal: Principal, grant: bool) -> Response:
+    payload = await _payload(request)
+    api_key = _api_key_field(payload, "change")
+    permissions = _one_permission(payload, "add" if grant else "remove")
+    key = await _kg(request).keys.change_permissions(
+        principal, _target_user(payload, principal), api_key, permissions, grant=grant)
+    return replies.ApexJSON(key.public_view())
+
+
+@endpoint(
+    "AddUserAPIKeyPermission", "Give a key one more permission, keeping the others",
+    "`Permission` names one of `Trading`, `Withdraw`, `Deposit` (or `Permissions`, a list). The same rules as "
+    "`UpdateUserAPIKey`: a password session of the key's owner or an administrator; the key's live sessions "
+    "have the new permission at once; adding a permission the key holds changes nothing.",
+    auth="password-session", body=_KEY_PERMISSION_BODY, reply="Key",
+)
+async def add_user_api_key_permission(request: Request, principal: Principal) -> Response:
+    return await _change_permission(request, principal, grant=True)
+
+
+@endpoint(
+    "RemoveUserAPIKeyPermission", "Take one permission from a key, keeping the others",
+    "`Permission` names one of `Trading`, `Withdraw`, `Deposit` (or `Permissions`, a list). The same rules as "
+    "`UpdateUserAPIKey`: a password session of the key's owner or an administrator; the key's live sessions "
+    "lose the permission at once, on every server; removing a permission the key lacks changes nothing.",
+    auth="password-session", body=_KEY_PERMISSION_BODY, reply="Key",
+)
+async def remove_user_api_key_permission(request: Request, principal: Principal) -> Response:
+    return await _change_permission(request, principal, grant=False)
+
+
+@endpoint("GetAvailablePermissionList", "Every permission a key can carry, sorted by name",
+          "As in APEX, an alphabetically sorted array of names: `[\"Deposit\",\"Trading\",\"Withdraw\"]`. "
+          "A key with none of them can still read.", auth="session", reply="PermissionList")
+async def get_available_permission_list(request: Request, principal: Principal) -> Response:
+    return replies.ApexJSON(AVAILABLE_PERMISSIONS)
+
+
+AVAILABLE_PERMISSIONS = sorted(p.value for p in Permission)
 
 
 @endpoint("RemoveUserAPIKey", "Delete a key; it and every session made with it stop working at once",

@@ -6,13 +6,14 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from keygate.api.wire import ClientAddress
     from keygate.service import Keygate
 
 CONTEXT_KEY = "keygate.context"
+STATUS_HEADER = b"x-keygate-status"  # with KEYGATE_REFUSAL_STATUS=200: the 4xx status a refusal would have had
 
 
 class ApexContext:
@@ -30,28 +31,70 @@ class ApexContext:
 
 
 class ApexScope:
-    """Put the ``ApexContext`` in the scope, and rewrite ``/ap/authenticateuser`` (any case) to
-    ``/AP/AuthenticateUser`` before routing.
+    """Put the ``ApexContext`` in the scope, and give every APEX path its one canonical form before
+    routing: ``/ap/authenticateuser/``, ``/AP//AuthenticateUser`` and ``//Ap/AUTHENTICATEUSER`` all
+    become ``/AP/AuthenticateUser``, and ``/wsgateway/`` becomes ``/WSGateway``, for HTTP and WebSocket.
 
-    APEX clients use both ``/AP/`` and ``/ap/`` and name endpoints without regard to case.
+    APEX clients use both ``/AP/`` and ``/ap/``, name endpoints without regard to case, and some add a
+    trailing slash. Rewriting here, rather than redirecting, answers them at once: the router's
+    ``redirect_slashes`` never sees a trailing slash on an APEX path.
+
+    With ``refusal_status="200"`` a refusal on an APEX path (any 4xx) is answered with status 200 and
+    the same APEX body, for SDKs that raise on a status of 400 or more before reading the body.
     """
 
-    def __init__(self, app: ASGIApp, endpoint_names: Iterable[str], context: ApexContext) -> None:
+    def __init__(self, app: ASGIApp, endpoint_names: Iterable[str], context: ApexContext,
+                 websocket_paths: Iterable[str] = (), refusal_status: str = "4xx") -> None:
         self.app = app
         self._names = {n.lower(): n for n in endpoint_names}
+        self._canonical = frozenset(f"/AP/{n}" for n in self._names.values())
+        self._websocket = {p.strip("/").lower(): p for p in websocket_paths}
         self._context = context
+        self._refusals_as_200 = refusal_status == "200"
+
+    def canonical_path(self, path: str, websocket: bool) -> str | None:
+        """The canonical form of an APEX (or WebSocket gateway) path, or None for any other path."""
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 2 and parts[0].lower() == "ap":
+            return "/AP/" + self._names.get(parts[1].lower(), parts[1])
+        if websocket and len(parts) == 1:
+            return self._websocket.get(parts[0].lower())
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
             scope[CONTEXT_KEY] = self._context
             path: str = scope["path"]
-            parts = path.split("/")
-            if len(parts) == 3 and parts[1].lower() == "ap":
-                name = self._names.get(parts[2].lower(), parts[2])
-                canonical = f"/AP/{name}"
-                if canonical != path:
-                    scope = dict(scope, path=canonical, raw_path=canonical.encode())
+            apex = path in self._canonical  # the common case: nothing to rewrite
+            if not apex:
+                root: str = scope.get("root_path", "")
+                prefix = root if root and path.startswith(root) else ""
+                canonical = self.canonical_path(path[len(prefix):], kind == "websocket")
+                if canonical is not None:
+                    apex = True
+                    if prefix + canonical != path:
+                        full = prefix + canonical
+                        scope = dict(scope, path=full, raw_path=full.encode())
+            if apex and kind == "http" and self._refusals_as_200:
+                send = _refusals_as_200(send)
         await self.app(scope, receive, send)
+
+
+def _refusals_as_200(send: Send) -> Send:
+    """Answer a 4xx with 200 (headers such as ``Retry-After`` and ``Allow`` and the body unchanged),
+    adding ``X-Keygate-Status`` with the status it replaces, for clients that want it (the SDK does).
+
+    Server faults (5xx) keep their status: they are not refusals, and proxies and monitors read them.
+    """
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            headers = [*message.get("headers", ()), (STATUS_HEADER, str(message["status"]).encode())]
+            message = {**message, "status": 200, "headers": headers}
+        await send(message)
+
+    return sender
 
 
 class BodyLimit:

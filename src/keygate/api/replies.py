@@ -9,9 +9,14 @@ from starlette.responses import JSONResponse, Response
 
 from keygate.domain.errors import AuthenticationFailed, KeygateError, TooManyRequests
 from keygate.domain.users import User
-
+from keygate.service.clock import utcnow
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode(content: Any) -> bytes:
+    """Compact JSON (no spaces), the one serialisation of every reply and WebSocket frame."""
+    return _ENCODER.encode(content).encode()
 
 
 class ApexJSON(JSONResponse):
@@ -31,30 +36,34 @@ class StoredReply(Response):
         self.raw_headers = list(raw_headers)  # a copy: middleware may add headers to a reply
 
 
-_USER_BODIES: dict[int, tuple[User, bytes, list[tuple[bytes, bytes]]]] = {}
+_USER_BODIES: dict[int, tuple[User, bool, bytes, list[tuple[bytes, bytes]]]] = {}
 _USER_BODIES_MAX = 1024
 
 
 def user_info(user: User) -> Response:
-    """The ``GetUserInfo`` reply. Its body depends only on the (immutable) ``User``, and the user
-    cache hands out one object until the user changes, so the reply is kept per object: an entry
-    holds its object, whose identity therefore cannot be reused while the entry lives."""
+    """The ``GetUserInfo`` reply. Its body depends only on the (immutable) ``User`` and on whether
+    the user is locked now, and the user cache hands out one object until the user changes, so the
+    reply is kept per object: an entry holds its object, whose identity therefore cannot be reused
+    while the entry lives. A lock after failures ends by itself, with the same object: the entry
+    remembers the lock state it was rendered with and is rendered again once that state changes."""
     entry = _user_entry(user)
-    return StoredReply(entry[1], entry[2])
+    return StoredReply(entry[2], entry[3])
 
 
 def _user_body(user: User) -> bytes:
-    return _user_entry(user)[1]
+    return _user_entry(user)[2]
 
 
-def _user_entry(user: User) -> tuple[User, bytes, list[tuple[bytes, bytes]]]:
+def _user_entry(user: User) -> tuple[User, bool, bytes, list[tuple[bytes, bytes]]]:
+    now = utcnow() if user.locked else None  # the clock is read only for a locked user
+    locked = now is not None and user.is_locked(now)
     entry = _USER_BODIES.get(id(user))
-    if entry is None or entry[0] is not user:
+    if entry is None or entry[0] is not user or entry[1] is not locked:
         if len(_USER_BODIES) >= _USER_BODIES_MAX:
             _USER_BODIES.clear()
-        body = _ENCODER.encode(user.apex_view()).encode()
+        body = _ENCODER.encode(user.apex_view(now or utcnow())).encode()
         rendered = Response(body, media_type=ApexJSON.media_type)
-        entry = _USER_BODIES[id(user)] = (user, body, rendered.raw_headers)
+        entry = _USER_BODIES[id(user)] = (user, locked, body, rendered.raw_headers)
     return entry
 
 
@@ -74,10 +83,14 @@ def error(exc: KeygateError) -> ApexJSON:
 _AUTH_SUCCESS_TAIL = b',"Locked":false,"Requires2FA":false,"EnforceEnable2FA":false,"TwoFAType":null,"TwoFAToken":null,"errormsg":null}'
 
 
-def auth_success(token: str, user: User) -> Response:
+def auth_success(token: str, user: User, user_id_field: bool = False) -> Response:
     """``{"Authenticated": true, "SessionToken", "User", "Locked": false, ...}``, assembled around the
-    user's remembered body (see ``user_info``); byte for byte what encoding the whole dict gives."""
-    body = b"".join((b'{"Authenticated":true,"SessionToken":', _ENCODER.encode(token).encode(), b',"User":',
+    user's remembered body (see ``user_info``); byte for byte what encoding the whole dict gives.
+
+    ``user_id_field`` adds APEX's top-level ``"UserId": "<id>"`` (a string), which
+    ``WebAuthenticateUser`` replies carry."""
+    user_id = b',"UserId":"%d"' % user.user_id if user_id_field else b""
+    body = b"".join((b'{"Authenticated":true,"SessionToken":', _ENCODER.encode(token).encode(), user_id, b',"User":',
                      _user_body(user), _AUTH_SUCCESS_TAIL))
     return Response(body, media_type=ApexJSON.media_type)
 

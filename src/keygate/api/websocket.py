@@ -1,16 +1,28 @@
 """The APEX WebSocket gateway: the same endpoints, carried in frames.
 
-A frame is ``{"m": 0, "i": <sequence>, "n": "<Endpoint>", "o": "<payload as a JSON string>"}``; the
-reply echoes ``i`` and ``n`` with ``m: 1`` and the reply body as a JSON string in ``o`` (``m: 5``
-for a frame that cannot be read at all). Each frame runs through the very handler that serves the
-HTTP endpoint, so the rules are identical. A successful ``AuthenticateUser``, ``Authenticate``,
-``WebAuthenticateUser`` or ``Authenticate2FA`` on the connection makes its session token the
-connection's own: later frames need no ``aptoken``, as in APEX. Nothing is sent unsolicited.
+A frame is ``{"m": 0, "i": <sequence>, "n": "<Endpoint>", "o": "<payload as a JSON string>"}``. Each
+request frame runs through the very handler that serves the HTTP endpoint, so the rules are
+identical. A successful ``AuthenticateUser``, ``Authenticate``, ``WebAuthenticateUser`` or
+``Authenticate2FA`` on the connection makes its session token the connection's own: later frames
+need no ``aptoken``, as in APEX. Nothing is sent unsolicited.
+
+Which answer a frame gets (some clients read nothing but ``m: 1`` replies, matched by ``i``):
+
+- ``m`` 0 (request), 2 (subscribe) or 4 (unsubscribe): always an ``m: 1`` reply echoing ``i`` and
+  ``n`` exactly as sent, with the reply body as a JSON string in ``o``; a refusal (unknown endpoint,
+  unreadable ``o``, not signed in, ...) is the APEX error body ``{"result": false, "errormsg",
+  "errorcode", "detail"}``. keygate publishes no events, so ``m`` 2 and 4 answer errorcode 106.
+- any other ``m`` (or none): ``m: 5``, echoing ``i`` and ``n`` as sent: the frame is not a request.
+- a frame that is not a JSON object, or is too large to read: ``m: 5`` with ``i: 0`` and ``n: ""``,
+  since nothing in it can be echoed.
+
+Every frame, and the body in its ``o``, is compact JSON (no spaces), like the HTTP replies.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,19 +30,31 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from keygate.api import replies
-from keygate.api.endpoints import ENDPOINTS
+from keygate.api.endpoints import ENDPOINTS, Endpoint
 from keygate.api.middleware import CONTEXT_KEY
+from keygate.api.wire import WEBSOCKET_KEY
 from keygate.domain.errors import KeygateError
 
-PATHS = ("/WSGateway", "/WSGateway/", "/ws", "/ws/")
+log = logging.getLogger("keygate.api")
+
+# The canonical paths; ``ApexScope`` maps every other form (any case, trailing slash) onto them.
+PATHS = ("/WSGateway", "/ws")
 MAX_FRAME = 65536
 SIGN_IN = {"authenticateuser", "authenticate", "webauthenticateuser", "authenticate2fa"}
-REQUEST, REPLY, ERROR = 0, 1, 5
+REQUEST, REPLY, SUBSCRIBE, EVENT, UNSUBSCRIBE, ERROR = 0, 1, 2, 3, 4, 5
+_ENDPOINTS_BY_LOWER: dict[str, Endpoint] = {}
 
 
-def _frame_error(i: object, n: object, message: str) -> dict[str, Any]:
-    body = {"result": False, "errormsg": message, "errorcode": 100, "detail": None}
-    return {"m": ERROR, "i": i if isinstance(i, int) else 0, "n": n if isinstance(n, str) else "", "o": json.dumps(body)}
+def _encode(value: object) -> str:
+    return replies.encode(value).decode()
+
+
+def _body(message: str, errorcode: int) -> str:
+    return _encode({"result": False, "errormsg": message, "errorcode": errorcode, "detail": None})
+
+
+def _frame(m: int, i: object, n: object, o: str) -> str:
+    return _encode({"m": m, "i": i, "n": n, "o": o})
 
 
 def _http_request(ws: WebSocket, name: str, payload: bytes, token: str | None) -> Request:
@@ -42,7 +66,7 @@ def _http_request(ws: WebSocket, name: str, payload: bytes, token: str | None) -
         "type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": f"/AP/{name}",
         "raw_path": f"/AP/{name}".encode(), "query_string": b"", "root_path": "", "headers": headers,
         "client": ws.scope.get("client"), "server": ws.scope.get("server"), "app": ws.scope["app"],
-        CONTEXT_KEY: ws.scope[CONTEXT_KEY],
+        CONTEXT_KEY: ws.scope[CONTEXT_KEY], WEBSOCKET_KEY: True,
     }
     sent = False
 
@@ -56,29 +80,47 @@ def _http_request(ws: WebSocket, name: str, payload: bytes, token: str | None) -
     return Request(scope, receive)
 
 
-async def _answer(ws: WebSocket, frame: object, token: str | None) -> tuple[dict[str, Any], str | None]:
-    if not isinstance(frame, dict) or frame.get("m") != REQUEST or not isinstance(frame.get("n"), str):
-        return _frame_error(frame.get("i") if isinstance(frame, dict) else 0, None,
-                            'A frame is {"m": 0, "i": <number>, "n": "<Endpoint>", "o": "<JSON payload>"}'), token
-    i, n, o = frame.get("i"), frame["n"], frame.get("o", "")
-    endpoint = {name.lower(): ep for name, ep in ENDPOINTS.items()}.get(n.lower())
+def _endpoint(name: str) -> Endpoint | None:
+    if len(_ENDPOINTS_BY_LOWER) != len(ENDPOINTS):
+        _ENDPOINTS_BY_LOWER.clear()
+        _ENDPOINTS_BY_LOWER.update({n.lower(): ep for n, ep in ENDPOINTS.items()})
+    return _ENDPOINTS_BY_LOWER.get(name.lower())
+
+
+async def _answer(ws: WebSocket, frame: dict[str, Any], token: str | None) -> tuple[str, str | None]:
+    """The reply to one frame that is a JSON object, and the connection's token afterwards."""
+    m, i, n, o = frame.get("m"), frame.get("i", 0), frame.get("n", ""), frame.get("o", "")
+    if isinstance(m, bool) or m not in (REQUEST, SUBSCRIBE, UNSUBSCRIBE):
+        return _frame(ERROR, i, n, _body(
+            'Not a request frame: send {"m":0,"i":<number>,"n":"<Endpoint>","o":"<payload as a JSON string>"}', 100)), token
+    if not isinstance(n, str) or not n:
+        return _frame(REPLY, i, n, _body("The frame's n must name an endpoint, e.g. \"AuthenticateUser\"", 100)), token
+    endpoint = _endpoint(n)
+    if m != REQUEST:
+        what = "subscribe to" if m == SUBSCRIBE else "unsubscribe from"
+        return _frame(REPLY, i, n, _body(
+            f"Operation Not Supported: keygate publishes no events, so there is nothing to {what}; "
+            f"send {n[:64]!r} as a request frame (m: 0)" if endpoint else
+            f"Operation Not Supported: keygate publishes no events, so there is nothing to {what}", 106)), token
     if endpoint is None:
-        body = {"result": False, "errormsg": f"Unknown endpoint {n[:64]!r}", "errorcode": 104, "detail": None}
-        return {"m": REPLY, "i": i, "n": n, "o": json.dumps(body)}, token
+        return _frame(REPLY, i, n, _body(f"Unknown endpoint {n[:64]!r}", 104)), token
     if isinstance(o, (dict, list)):
-        o = json.dumps(o)
+        o = _encode(o)
     if not isinstance(o, str):
-        return _frame_error(i, n, "The frame's o must be the payload as a JSON string"), token
+        return _frame(REPLY, i, n, _body("The frame's o must be the payload as a JSON string", 100)), token
     try:
         response = await endpoint.handler(_http_request(ws, endpoint.name, o.encode(), token))
     except KeygateError as exc:
         response = replies.error(exc)
+    except Exception as exc:  # as over HTTP: a fault is logged, and the client gets no stack trace
+        log.error("internal error on WebSocket frame %s: %s", endpoint.name, type(exc).__name__, exc_info=exc)
+        return _frame(REPLY, i, n, _body("Server Error", 102)), token
     body = bytes(response.body)
     if endpoint.name.lower() in SIGN_IN and response.status_code == 200:
         token = json.loads(body).get("SessionToken") or token
     elif endpoint.name == "LogOut" and response.status_code == 200:
         token = None
-    return {"m": REPLY, "i": i, "n": endpoint.name, "o": body.decode()}, token
+    return _frame(REPLY, i, n, body.decode()), token
 
 
 async def gateway(ws: WebSocket) -> None:
@@ -86,17 +128,25 @@ async def gateway(ws: WebSocket) -> None:
     token: str | None = None
     try:
         while True:
-            text = await ws.receive_text()
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:  # a binary frame: read it as UTF-8 text, as some clients send JSON that way
+                text = (message.get("bytes") or b"").decode("utf-8", "replace")
             if len(text) > MAX_FRAME:
-                await ws.send_json(_frame_error(0, None, f"Frame larger than {MAX_FRAME} bytes"))
+                await ws.send_text(_frame(ERROR, 0, "", _body(f"Frame larger than {MAX_FRAME} bytes", 100)))
                 continue
             try:
                 frame = json.loads(text)
-            except ValueError:
-                await ws.send_json(_frame_error(0, None, "The frame is not valid JSON"))
+            except (ValueError, RecursionError):
+                await ws.send_text(_frame(ERROR, 0, "", _body("The frame is not valid JSON", 100)))
+                continue
+            if not isinstance(frame, dict):
+                await ws.send_text(_frame(ERROR, 0, "", _body("A frame is a JSON object: {\"m\":0,\"i\":<number>,\"n\":\"<Endpoint>\",\"o\":\"<payload>\"}", 100)))
                 continue
             reply, token = await _answer(ws, frame, token)
-            await ws.send_json(reply)
+            await ws.send_text(reply)
     except WebSocketDisconnect:
         return
 

@@ -121,6 +121,14 @@ def basic_auth(request: Request) -> tuple[str, str] | None:
     return username, password
 
 
+WEBSOCKET_KEY = "keygate.websocket"  # set in the scope of a request made from a WebSocket frame
+
+
+def over_websocket(request: Request) -> bool:
+    """Whether this request is a WebSocket frame's: its messages then name frame fields, not headers."""
+    return WEBSOCKET_KEY in request.scope
+
+
 def session_token(request: Request) -> str | None:
     return header(request, "aptoken")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from keygate.domain.errors import InvalidRequest
 
@@ -63,13 +63,46 @@ class User:
     def uses_2fa(self) -> bool:
         return self.sealed_totp_secret is not None
 
-    def apex_view(self) -> dict[str, object]:
+    def apex_view(self, now: datetime) -> dict[str, object]:
+        """APEX's full user object, every field present and typed as APEX clients parse it.
+
+        Fields that mean nothing here carry APEX's own empty values ("" for strings, 0 for ids,
+        ``ZERO_TIME`` for times). ``PasswordHash`` and ``Salt`` are always empty, as APEX sends them:
+        the real hash never leaves the store. ``NumberOfFailedAttempt`` is 0: failures are counted per
+        window in the shared state store, which a read of the user does not consult.
+        """
+        locked = self.is_locked(now)
         return {
             "UserId": self.user_id,
             "UserName": self.username,
             "Email": self.email,
+            "PasswordHash": "",
+            "PendingEmailCode": "",
             "EmailVerified": bool(self.email),
             "AccountId": self.account_id,
+            "DateTimeCreated": apex_time(self.created_at),
+            "AffiliateId": 0,
+            "RefererId": 0,
             "OMSId": 1,
             "Use2FA": self.uses_2fa,
+            "Salt": "",
+            "PendingCodeTime": ZERO_TIME,
+            "Locked": locked,
+            # keygate records when a lock after failures ends, not when it began; an administrator's
+            # lock has no end, so it shows the zero time like an unlocked user.
+            "LockedTime": apex_time(self.locked_until) if locked and self.locked_until is not None else ZERO_TIME,
+            "NumberOfFailedAttempt": 0,
+            "MarginBorrowerEnabled": False,
+            "MarginAcquisitionHalt": False,
+            "OperatorId": 1,
         }
+
+
+ZERO_TIME = "0001-01-01T00:00:00Z"  # APEX's "no time" (.NET's DateTime.MinValue), e.g. in PendingCodeTime
+
+
+def apex_time(at: datetime) -> str:
+    """A time as APEX writes it: ISO 8601 in UTC, whole seconds, ``Z`` (``2017-10-26T17:25:58Z``)."""
+    if at.tzinfo is not None:
+        at = at.astimezone(timezone.utc)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -74,10 +74,13 @@ class _Base:
             body = response.json()
         except ValueError:
             body = {"errormsg": response.text[:200]}
-        if response.status_code >= 400:
-            raise KeygateAPIError(response.status_code, body)
-        if isinstance(body, dict) and body.get("Authenticated") is False:
-            raise KeygateAPIError(response.status_code, body)
+        # A server with KEYGATE_REFUSAL_STATUS=200 answers refusals with 200 and names their status here.
+        named = response.headers.get("x-keygate-status", "")
+        status = int(named) if named.isdigit() else response.status_code
+        if status >= 400:
+            raise KeygateAPIError(status, body)
+        if isinstance(body, dict) and (body.get("Authenticated") is False or body.get("result") is False):
+            raise KeygateAPIError(status, body)
         return body
 
     @staticmethod

@@ -262,6 +262,19 @@ class KeyManager:
             unit.changed("key", api_key)
         return changed
 
+    async def change_permissions(
+        self, actor: Principal, user_id: int, api_key: str, permissions: frozenset[Permission], *, grant: bool
+    ) -> ApiKey:
+        """Add (``grant``) or remove some permissions of a key, keeping the others: APEX's
+        ``AddUserAPIKeyPermission`` / ``RemoveUserAPIKeyPermission``. The same rules and effects as
+        ``update``; adding a permission the key holds (or removing one it lacks) changes nothing."""
+        actor.require_password_session()
+        key = await self._owned_key(actor, user_id, api_key)
+        wanted = key.permissions | permissions if grant else key.permissions - permissions
+        if wanted == key.permissions:
+            return key
+        return await self.update(actor, user_id, api_key, permissions=wanted)
+
     async def delete(self, actor: Principal, user_id: int, api_key: str) -> None:
         actor.require_password_session()
         key = await self._owned_key(actor, user_id, api_key)
