@@ -9,7 +9,7 @@ import pytest
 from live_helpers import check_against_document, reply_schema
 from support import Server, start_server, stop_server
 
-from keygate.config import Settings
+from keygate.config import InvalidSetting, Settings
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_the_setting_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KEYGATE_REFUSAL_STATUS", "200")
     assert Settings.from_env().refusal_status == "200"
     monkeypatch.setenv("KEYGATE_REFUSAL_STATUS", "201")
-    with pytest.raises(SystemExit, match="KEYGATE_REFUSAL_STATUS"):
+    with pytest.raises(InvalidSetting, match="KEYGATE_REFUSAL_STATUS='201' is refused: it accepts 4xx or 200"):
         Settings.from_env()
 
 
