@@ -106,9 +106,11 @@ class Settings(BaseSettings):
         (), json_schema_extra={"accepts": "IP addresses or CIDR ranges (e.g. 10.0.0.0/8), separated by commas or spaces"})
     max_body_bytes: int = Field(65536, ge=1024, le=64 * 1024 * 1024)
     bind_session_ip: Boolean = True
-    default_replay_mode: str = Field(ReplayMode.INCREASING.value,
+    default_replay_mode: str = Field(ReplayMode.WINDOW.value,
                                      json_schema_extra={"accepts": "one of " + ", ".join(m.value for m in ReplayMode)})
     unique_nonce_window_seconds: int = _seconds(86400)
+    # the ``window`` mode: how many accepted nonces a key remembers (domain.replay states the guarantee)
+    nonce_window_size: int = Field(4096, ge=16, le=1_000_000)
     require_allowlist_for_withdraw: Boolean = False
     key_max_idle_days_without_allowlist: int = Field(0, ge=0, le=100_000)  # 0: off
     throttle_ip_failures: int = Field(_THROTTLE.ip_failures, ge=1)

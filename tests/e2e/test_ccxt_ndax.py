@@ -118,3 +118,35 @@ async def test_sign_in_with_a_wrong_totp_secret_is_refused(server: Server, kg: K
     with pytest.raises(ccxt.ExchangeError):
         exchange.sign_in()
     assert exchange.options.get("sessionToken") is None
+
+
+async def test_ccxt_async_sixteen_concurrent_private_calls_on_a_default_mode_key(server: Server, kg: Keygate, make_user) -> None:  # type: ignore[no-untyped-def]
+    """ccxt's async client signs each private call with a millisecond nonce; sixteen in flight at once
+    arrive in any order (and two in one millisecond would be one header set: ccxt's nonce is made
+    strictly increasing here, as its docs advise for concurrent use). Every call is answered."""
+    import asyncio
+
+    import ccxt.async_support as accxt
+
+    from keygate.domain.iprules import IpAllowlist
+    from keygate.domain.replay import ReplayMode
+
+    user = await make_user()
+    created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.WINDOW)
+    account_id = (await kg.users.require(user.user_id)).account_id
+    exchange = accxt.ndax({"apiKey": created.key.api_key, "secret": created.secret, "uid": str(user.user_id),
+                           "login": user.username, "password": user.password, "enableRateLimit": False, "timeout": 10000})
+    exchange.urls["api"] = {"public": f"{server.base_url}/AP", "private": f"{server.base_url}/AP"}
+    last = [0]
+
+    def nonce() -> int:
+        last[0] = max(exchange.milliseconds(), last[0] + 1)
+        return last[0]
+
+    exchange.nonce = nonce
+    try:
+        for _ in range(3):
+            answers = await asyncio.gather(*(exchange.privateGetGetUserAccounts() for _ in range(16)))
+            assert answers == [[account_id]] * 16
+    finally:
+        await exchange.close()

@@ -69,6 +69,7 @@ def _key_form(request: Request, signed: Signed, kf: KeyForm, status: int = 200, 
 
 
 REPLAY_MODES = {
+    "window": "Window: any fresh nonce, each accepted once (timestamps in any order, random numbers, counters; recommended)",
     "increasing": "Increasing: each nonce must be a larger number than the last (millisecond timestamps; ccxt, the keygate SDK)",
     "unique": "Unique: each nonce may be used once (clients that send random nonces)",
     "compatible": "Compatible: any nonce, as APEX accepts (needed to reuse the nonce shown at creation every time; weakest)",

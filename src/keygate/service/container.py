@@ -113,6 +113,7 @@ class Keygate:
             ),
             self.users,
             settings.unique_nonce_window_seconds,
+            settings.nonce_window_size,
         )
         self.auth = Authenticator(
             self.users, self.keys, self.sessions, self.audit, self.guard,

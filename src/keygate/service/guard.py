@@ -22,8 +22,10 @@ LOCKOUT_WINDOW_SECONDS = 86400
 
 
 class AbuseGuard:
-    def __init__(self, state: SharedState, policy: ThrottlePolicy, users: UserManager, unique_window_seconds: int) -> None:
+    def __init__(self, state: SharedState, policy: ThrottlePolicy, users: UserManager, unique_window_seconds: int,
+                 window_size: int = 4096) -> None:
         self.state = state
+        self._window_size = window_size
         self.policy = policy
         self._users = users
         self._unique_window = unique_window_seconds
@@ -47,6 +49,12 @@ class AbuseGuard:
             if value is not None and value <= key.replay_floor:
                 return AuthenticationFailed("nonce at or below the floor of an earlier mode (replay?)", public_message=(
                     "Nonce was already used with this key; send a new random nonce for every request"))
+        if key.replay_mode is ReplayMode.WINDOW:
+            if not await self.state.claim_window(key.api_key, nonce, self._window_size, self._unique_window):
+                return AuthenticationFailed("nonce already used or below the key's floor (replay?)", public_message=(
+                    "Nonce was already used with this key (or is older than what it remembers); send a fresh nonce, "
+                    "e.g. a millisecond timestamp"))
+            return None
         if not await self.state.claim_unique(key.api_key, nonce, self._unique_window):
             return AuthenticationFailed("nonce reused (replay?)", public_message=(
                 "Nonce was already used with this key; send a new random nonce for every request"))

@@ -39,7 +39,7 @@ MAX_GRACE_SECONDS = 30 * 86400
 class KeyPolicy:
     """Operator options for keys (see the README's configuration table)."""
 
-    default_replay_mode: ReplayMode = ReplayMode.INCREASING
+    default_replay_mode: ReplayMode = ReplayMode.WINDOW
     require_allowlist_for_withdraw: bool = False
     max_idle_days_without_allowlist: int = 0
 
@@ -252,9 +252,10 @@ class KeyManager:
         )
         self._check_policy(changed.permissions, changed.ip_allowlist)
         async with self._units.begin() as unit:
-            if changed.replay_mode is ReplayMode.UNIQUE and key.replay_mode is not ReplayMode.UNIQUE:
-                # The other modes may have accepted any nonce up to the key's highest: the unique mode,
-                # which remembers only its own window, refuses those for as long as that window lasts.
+            remembering = (ReplayMode.UNIQUE, ReplayMode.WINDOW)
+            if changed.replay_mode in remembering and key.replay_mode not in remembering:
+                # The other modes may have accepted any nonce up to the key's highest: the modes that
+                # remember nonces (not every one of those) refuse them for as long as their window lasts.
                 changed = replace(changed, replay_floor=await self._state.highest_nonce(api_key),
                                   replay_floor_until=now + timedelta(seconds=self._unique_window))
             await self._repo.save(changed, unit.conn)

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry
 
 from keygate.domain.errors import ServiceUnavailable
-from keygate.domain.replay import nonce_as_u64, sortable
+from keygate.domain.replay import SPREAD_GAP, nonce_as_u64, sortable
 
 T = TypeVar("T")
 
@@ -28,6 +28,42 @@ _CLAIM_INCREASING = """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur >= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# The ``window`` mode (domain.replay), as one atomic script. KEYS: the key's state hash (f: floor,
+# s: random-style), its remembered nonces (a sorted set: by value while increasing-style, by time,
+# after SPREAD_BASE, once random-style) and its highest nonce. ARGV: nonce, its 20-digit form ('' if
+# not a number), now (ms), window (ms), limit, SPREAD_GAP.
+_CLAIM_WINDOW = """
+local hk, zk, nk = KEYS[1], KEYS[2], KEYS[3]
+local nonce, padded, now, window, limit, gap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local SPREAD_BASE = 1e15
+local st = redis.call('HMGET', hk, 'f', 's')
+local floor, spread = st[1], st[2] == '1'
+if spread then redis.call('ZREMRANGEBYSCORE', zk, SPREAD_BASE, SPREAD_BASE + now - window) end
+if padded ~= '' and floor and padded <= floor then return 0 end
+if redis.call('ZSCORE', zk, nonce) then return 0 end
+local high = redis.call('GET', nk)
+if not spread and (padded == '' or (high and tonumber(high) - tonumber(padded) > gap)) then
+  spread = true
+  redis.call('HSET', hk, 's', '1')
+end
+redis.call('ZADD', zk, spread and (SPREAD_BASE + now) or tonumber(padded), nonce)
+local n = redis.call('ZCARD', zk)
+if n > limit then
+  if not spread then
+    for _, m in ipairs(redis.call('ZRANGE', zk, 0, n - limit - 1)) do
+      if string.match(m, '^%d+$') and #m <= 20 then
+        local v = string.rep('0', 20 - #m) .. m
+        if not floor or v > floor then floor = v end
+      end
+    end
+    if floor then redis.call('HSET', hk, 'f', floor) end
+  end
+  redis.call('ZREMRANGEBYRANK', zk, 0, n - limit - 1)
+end
+if padded ~= '' and (not high or padded > high) then redis.call('SET', nk, padded) end
 return 1
 """
 
@@ -66,6 +102,7 @@ class RedisState:
         self._redis = connect(url)
         self._claim = self._redis.register_script(_CLAIM_INCREASING)
         self._fail = self._redis.register_script(_RECORD_FAILURE)
+        self._window = self._redis.register_script(_CLAIM_WINDOW)
 
     @staticmethod
     async def _guard(op: Callable[[], Awaitable[T]]) -> T:
@@ -83,6 +120,12 @@ class RedisState:
         if claimed and value is not None:  # every strict mode keeps the highest: a switch to ``increasing`` refuses these
             await self.raise_highest_nonce(api_key, value)
         return claimed
+
+    async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
+        value = nonce_as_u64(nonce)
+        keys = [f"{self._ns}:w:{api_key}", f"{self._ns}:z:{api_key}", f"{self._ns}:n:{api_key}"]
+        args = [nonce, sortable(value) if value is not None else "", int(time.time() * 1000), window_seconds * 1000, limit, SPREAD_GAP]
+        return bool(await self._guard(lambda: self._window(keys=keys, args=args)))
 
     async def highest_nonce(self, api_key: str) -> int | None:
         value = await self._guard(lambda: self._redis.get(f"{self._ns}:n:{api_key}"))

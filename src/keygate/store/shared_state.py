@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keygate.domain.replay import nonce_as_u64, sortable
+from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
 from keygate.store.tables import api_keys, throttle_counters, used_nonces
 
 
@@ -25,6 +25,10 @@ class SharedState(Protocol):
 
     async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
         """Accept ``nonce`` only if the key has not used it within the window, and remember it."""
+
+    async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
+        """The ``window`` mode (domain.replay): accept ``nonce`` only if the key does not remember it and,
+        if numeric, it lies above the key's floor; remember it, within ``limit`` nonces."""
 
     async def highest_nonce(self, api_key: str) -> int | None:
         """The highest numeric nonce the key accepted in any mode (None: none yet)."""
@@ -87,6 +91,53 @@ class SqlState:
         value = nonce_as_u64(nonce)
         if value is not None:  # every strict mode keeps the highest: a switch to ``increasing`` refuses these
             await self.raise_highest_nonce(api_key, value)
+        return True
+
+    async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
+        """One transaction, holding the key's row: two processes claiming at once are serialised."""
+        now = _now()
+        value = nonce_as_u64(nonce)
+        padded = sortable(value) if value is not None else None
+        k = api_keys.c
+        async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                lock = select(k.last_nonce, k.nonce_floor, k.nonce_spread, k.nonce_count).where(k.api_key == api_key).with_for_update()
+                row = (await conn.execute(lock)).first()
+            else:  # take SQLite's write lock before reading, so no other process writes between
+                await conn.execute(update(api_keys).where(k.api_key == api_key).values(nonce_count=k.nonce_count))
+                row = (await conn.execute(select(k.last_nonce, k.nonce_floor, k.nonce_spread, k.nonce_count).where(k.api_key == api_key))).first()
+            if row is None:
+                return False
+            high, floor, spread, count = row[0], row[1], bool(row[2]), int(row[3])
+            u = used_nonces.c
+            if spread:  # a random-style key forgets by age too
+                aged = await conn.execute(delete(used_nonces).where(u.api_key == api_key, u.expires_at <= now))
+                count = max(0, count - aged.rowcount)
+            if padded is not None and floor is not None and padded <= floor:
+                return False
+            if not spread and (padded is None or (high is not None and int(high) - value > SPREAD_GAP)):  # type: ignore[operator]
+                spread = True
+            expires = now + timedelta(seconds=window_seconds if spread else FAR_FUTURE_SECONDS)
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(used_nonces).values(api_key=api_key, nonce=nonce, expires_at=expires))
+            except IntegrityError:
+                return False
+            count += 1
+            if count > limit:
+                order = (u.expires_at, u.nonce) if spread else (func.length(u.nonce), u.nonce)
+                doomed = [r[0] for r in (await conn.execute(
+                    select(u.nonce).where(u.api_key == api_key).order_by(*order).limit(count - limit))).all()]
+                await conn.execute(delete(used_nonces).where(u.api_key == api_key, u.nonce.in_(doomed)))
+                count -= len(doomed)
+                if not spread:  # forgotten for good: the floor refuses them from now on
+                    values = [v for v in (nonce_as_u64(d) for d in doomed) if v is not None]
+                    if values and (floor is None or sortable(max(values)) > floor):
+                        floor = sortable(max(values))
+            if padded is not None and (high is None or padded > high):
+                high = padded
+            await conn.execute(update(api_keys).where(k.api_key == api_key)
+                               .values(last_nonce=high, nonce_floor=floor, nonce_spread=spread, nonce_count=count))
         return True
 
     async def highest_nonce(self, api_key: str) -> int | None:

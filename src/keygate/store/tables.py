@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy import false
 from sqlalchemy.types import TypeDecorator
 
 
@@ -83,6 +84,11 @@ api_keys = Table(
     # ``replay_floor_until`` (the other modes may have accepted them; see domain.replay).
     Column("replay_floor", String(20), nullable=True),
     Column("replay_floor_until", UTCDateTime, nullable=True),
+    # The ``window`` mode (domain.replay): nonces at or below the floor are refused; ``nonce_spread``:
+    # the key sends random nonces; ``nonce_count``: how many it remembers in ``used_nonces``.
+    Column("nonce_floor", String(20), nullable=True),
+    Column("nonce_spread", Boolean, nullable=False, default=False, server_default=false()),
+    Column("nonce_count", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_api_keys_user_id", "user_id"),
 )
 
