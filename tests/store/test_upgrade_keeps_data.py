@@ -84,7 +84,8 @@ async def _read_rows(url: str) -> tuple[Rows, str, list[object]]:
 
 
 def _seed_with_old_code(old_source: Path, settings: Settings) -> dict[str, Any]:
-    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(old_source)}
+    # The code before these changes knew no "window" mode: its own default was "increasing".
+    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(old_source), "KEYGATE_DEFAULT_REPLAY_MODE": "increasing"}
     check = subprocess.run([sys.executable, "-c", "import keygate; print(keygate.__file__)"], check=False, env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.stdout.strip().startswith(str(old_source)), f"the old code is not the one imported: {check.stdout}{check.stderr}"
