@@ -24,6 +24,13 @@ def _bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (os.environ.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("var")
@@ -53,6 +60,8 @@ class Settings:
     lockout_failures: int = 50
     lockout_seconds: int = 3600
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one JSON object a line, with the request id)
+    metrics: bool = True  # serve Prometheus metrics at /metrics
 
     @property
     def resolved_database_url(self) -> str:
@@ -94,6 +103,8 @@ class Settings:
             lockout_failures=_int("KEYGATE_LOCKOUT_FAILURES", 50),
             lockout_seconds=_int("KEYGATE_LOCKOUT_SECONDS", 3600),
             log_level=env.get("KEYGATE_LOG_LEVEL") or "info",
+            log_format=_choice("KEYGATE_LOG_FORMAT", ("text", "json"), "text"),
+            metrics=_bool("KEYGATE_METRICS", True),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

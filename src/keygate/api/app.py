@@ -19,6 +19,7 @@ from keygate import __version__
 from keygate.api import replies
 from keygate.api.endpoints import ENDPOINTS
 from keygate.api.forward_auth import install_forward_auth
+from keygate.api.metrics import Observe, install_metrics
 from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.routing import index_routes
@@ -29,6 +30,7 @@ from keygate.config import Settings
 from keygate.domain.errors import KeygateError
 from keygate.service import Keygate
 from keygate.store.database import migrate
+from keygate.telemetry import forget_process
 
 log = logging.getLogger("keygate.api")
 
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
         finally:
             if owned:
                 await kg.close()
+            forget_process()
 
     app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.client_address = ClientAddress(settings.trusted_proxies)
@@ -87,6 +90,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     index_routes(app)
     install_forward_auth(app)
     install_websocket(app)
+    if settings.metrics:
+        install_metrics(app)
 
     _install_error_handlers(app)
     mount_console(app)
@@ -101,6 +106,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApexScope, endpoint_names=list(ENDPOINTS), context=context)
+    app.add_middleware(Observe, endpoint_names=list(ENDPOINTS))  # outermost: sees every request, 413s too
     return app
 
 

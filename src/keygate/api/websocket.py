@@ -11,6 +11,7 @@ connection's own: later frames need no ``aptoken``, as in APEX. Nothing is sent 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from keygate.api import replies
 from keygate.api.endpoints import ENDPOINTS
+from keygate.api.metrics import observe_frame
 from keygate.api.middleware import CONTEXT_KEY
 from keygate.domain.errors import KeygateError
 
@@ -56,19 +58,20 @@ def _http_request(ws: WebSocket, name: str, payload: bytes, token: str | None) -
     return Request(scope, receive)
 
 
-async def _answer(ws: WebSocket, frame: object, token: str | None) -> tuple[dict[str, Any], str | None]:
+async def _answer(ws: WebSocket, frame: object, token: str | None) -> tuple[dict[str, Any], str | None, int]:
+    """The reply frame, the connection's token after it, and the HTTP status of the answer (for the metrics)."""
     if not isinstance(frame, dict) or frame.get("m") != REQUEST or not isinstance(frame.get("n"), str):
         return _frame_error(frame.get("i") if isinstance(frame, dict) else 0, None,
-                            'A frame is {"m": 0, "i": <number>, "n": "<Endpoint>", "o": "<JSON payload>"}'), token
+                            'A frame is {"m": 0, "i": <number>, "n": "<Endpoint>", "o": "<JSON payload>"}'), token, 400
     i, n, o = frame.get("i"), frame["n"], frame.get("o", "")
     endpoint = {name.lower(): ep for name, ep in ENDPOINTS.items()}.get(n.lower())
     if endpoint is None:
         body = {"result": False, "errormsg": f"Unknown endpoint {n[:64]!r}", "errorcode": 104, "detail": None}
-        return {"m": REPLY, "i": i, "n": n, "o": json.dumps(body)}, token
+        return {"m": REPLY, "i": i, "n": n, "o": json.dumps(body)}, token, 404
     if isinstance(o, (dict, list)):
         o = json.dumps(o)
     if not isinstance(o, str):
-        return _frame_error(i, n, "The frame's o must be the payload as a JSON string"), token
+        return _frame_error(i, n, "The frame's o must be the payload as a JSON string"), token, 400
     try:
         response = await endpoint.handler(_http_request(ws, endpoint.name, o.encode(), token))
     except KeygateError as exc:
@@ -78,7 +81,7 @@ async def _answer(ws: WebSocket, frame: object, token: str | None) -> tuple[dict
         token = json.loads(body).get("SessionToken") or token
     elif endpoint.name == "LogOut" and response.status_code == 200:
         token = None
-    return {"m": REPLY, "i": i, "n": endpoint.name, "o": body.decode()}, token
+    return {"m": REPLY, "i": i, "n": endpoint.name, "o": body.decode()}, token, response.status_code
 
 
 async def gateway(ws: WebSocket) -> None:
@@ -89,14 +92,18 @@ async def gateway(ws: WebSocket) -> None:
             text = await ws.receive_text()
             if len(text) > MAX_FRAME:
                 await ws.send_json(_frame_error(0, None, f"Frame larger than {MAX_FRAME} bytes"))
+                observe_frame(413, 0.0)
                 continue
             try:
                 frame = json.loads(text)
             except ValueError:
                 await ws.send_json(_frame_error(0, None, "The frame is not valid JSON"))
+                observe_frame(400, 0.0)
                 continue
-            reply, token = await _answer(ws, frame, token)
+            started = time.perf_counter()
+            reply, token, status = await _answer(ws, frame, token)
             await ws.send_json(reply)
+            observe_frame(status, time.perf_counter() - started)
     except WebSocketDisconnect:
         return
 

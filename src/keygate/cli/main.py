@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from datetime import datetime
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from keygate import logs
 from keygate.config import Settings
 from keygate.domain.errors import KeygateError
 from keygate.domain.iprules import IpAllowlist
@@ -161,13 +165,33 @@ def serve(
     except (OSError, SQLAlchemyError) as exc:
         _database_unavailable(exc)
     typer.echo(f"keygate listening on http://{settings.host}:{settings.port} (docs: /docs, console: /console)")
+    log_config = logs.log_config(settings.log_format, settings.log_level)
     if workers > 1:
         os.environ.setdefault("KEYGATE_HOST", settings.host)
-        uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
-                    log_level=settings.log_level, access_log=False, proxy_headers=False)
+        with _metrics_folder():
+            uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
+                        log_level=settings.log_level, log_config=log_config, access_log=False, proxy_headers=False)
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    access_log=False, proxy_headers=False)
+                    log_config=log_config, access_log=False, proxy_headers=False)
+
+
+@contextmanager
+def _metrics_folder() -> Iterator[None]:
+    """Where the workers keep their metrics (prometheus-client's multiprocess mode), so that /metrics
+    on any worker answers for all of them. ``PROMETHEUS_MULTIPROC_DIR`` if the operator set it (emptied
+    of the last run's files), else a private temporary folder, removed at exit."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="keygate-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from keygate.service.clock import utcnow
 from keygate.store.repositories import AuditEvent, AuditRepository
+from keygate.telemetry import count_audit
 
 MAX_BUFFER = 10_000
 
@@ -41,11 +42,13 @@ class AuditLog:
         client_ip: str | None = None,
         detail: str | None = None,
     ) -> None:
+        count_audit(action, outcome, reason)  # the metrics' count of outcomes by (bounded) reason
         self._buffer.append(  # positional, in field order: the hot path records one per authentication
             AuditEvent(utcnow(), action, outcome, reason, actor_user_id, subject_user_id, api_key, client_ip, detail))
 
     def tally(self, action: str, *, subject_user_id: int, api_key: str | None, client_ip: str | None) -> None:
         """Count one success of a high-volume kind; written as one row per flush (see the module doc)."""
+        count_audit(action, "success", None)
         now = time.time()
         entry = self._tallies.get((action, subject_user_id, api_key, client_ip))
         if entry is None:

@@ -26,6 +26,7 @@ from keygate.store.redis_bus import RedisBus, RedisSessionTier
 from keygate.store.redis_state import RedisState
 from keygate.store.repositories import AuditRepository, KeyRepository, SessionRepository, UserRepository
 from keygate.store.shared_state import SharedState, SqlState
+from keygate.telemetry import sample_queue
 
 log = logging.getLogger("keygate")
 FLUSH_SECONDS = 1.0
@@ -192,12 +193,19 @@ class Keygate:
             ticks += 1
             try:
                 self._reload_keyring_if_changed()
+                self.sample_queues()
                 await self.flush()
                 if ticks % PURGE_EVERY == 0:
                     await self.sessions.purge_expired()
                     await self.state.purge()
             except Exception:  # keep flushing; the next tick retries what failed
                 log.exception("background flush failed")
+
+    def sample_queues(self) -> None:
+        """The batched writers' backlog, for the metrics: taken just before each flush."""
+        sample_queue("audit", self.audit.pending)
+        sample_queue("session_writes", self.sessions.unsaved_count)
+        sample_queue("key_last_used", self.keys.pending_uses)
 
     async def flush(self) -> None:
         await self.sessions.flush()

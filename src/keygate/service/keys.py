@@ -78,7 +78,7 @@ class KeyManager:
         self._opened: dict[str, tuple[bytes, str, SigningKey]] = {}  # api_key -> (sealed secret, plain text, prepared HMAC)
         sessions.fence_with(repo.get)  # new key sessions are checked against the stored key once written
         self._audit = audit
-        self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl)
+        self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl, name="keys")
         self._coherence.on("key", self._cache.evict, self._cache.clear)
         self._used: dict[str, float] = {}  # api key -> Unix time of its last use here
 
@@ -112,6 +112,11 @@ class KeyManager:
 
     def mark_used(self, api_key: str) -> None:
         self._used[api_key] = time.time()  # a datetime only once per key and flush, not per request
+
+    @property
+    def pending_uses(self) -> int:
+        """Keys whose last use is not yet written (a queue depth in the metrics)."""
+        return len(self._used)
 
     async def flush(self) -> None:
         used, self._used = self._used, {}

@@ -61,7 +61,7 @@ class SessionManager:
         self._coherence.on("session", self._evict_hashes, lambda: self._cache.clear())
         self.idle = idle
         self.absolute = absolute
-        self._cache: TTLCache[str, Session] = TTLCache(cache_ttl)
+        self._cache: TTLCache[str, Session] = TTLCache(cache_ttl, name="sessions")
         self._touched: dict[str, datetime] = {}
         self._unsaved: dict[str, Session] = {}  # issued here, not yet in the database
         self._in_flight: set[str] = set()  # being inserted right now
@@ -277,6 +277,11 @@ class SessionManager:
         await self.flush()
         now = utcnow()
         return [s for s in await self._repo.list(user_id) if not s.expired(now, self.idle)]
+
+    @property
+    def unsaved_count(self) -> int:
+        """Sessions issued here and not yet written (a queue depth in the metrics)."""
+        return len(self._unsaved)
 
     async def flush(self) -> None:
         await self._save_unsaved()

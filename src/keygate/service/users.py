@@ -43,7 +43,7 @@ class UserManager:
         self._box = box
         self._sessions = sessions
         self._audit = audit
-        self._cache: TTLCache[int, User] = TTLCache(cache_ttl)
+        self._cache: TTLCache[int, User] = TTLCache(cache_ttl, name="users")
         self._coherence.on("user", lambda ident: self._cache.evict(int(ident)), self._cache.clear)
 
     async def get(self, user_id: int) -> User | None:

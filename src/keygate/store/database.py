@@ -7,8 +7,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from keygate.telemetry import database_error
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -31,8 +33,18 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return _counted(engine)
+    return _counted(create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True))
+
+
+def _counted(engine: AsyncEngine) -> AsyncEngine:
+    """Count every error the driver raises (failed connections included) in the metrics."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _count(context: ExceptionContext) -> None:
+        database_error(context.sqlalchemy_exception or context.original_exception)
+
+    return engine
 
 
 def _alembic_config(connection: Connection) -> Config:

@@ -22,6 +22,7 @@ from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.permissions import format_permissions, parse_permissions
 from keygate.domain.sessions import Session, SessionKind
 from keygate.store.redis_state import UNAVAILABLE
+from keygate.telemetry import redis_error
 
 log = logging.getLogger("keygate.redis")
 
@@ -51,6 +52,7 @@ class RedisBus:
         try:
             await self._redis.publish(self._channel, f"{self._node}|{kind}|{ident}")
         except (RedisError, OSError):
+            redis_error("bus")
             self.connected = False
             raise ServiceUnavailable(UNAVAILABLE) from None
 
@@ -72,6 +74,7 @@ class RedisBus:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ValueError) as exc:
+                redis_error("bus")
                 if self.connected:
                     log.warning("lost the Redis invalidation channel (%s); failing closed until it returns", type(exc).__name__)
                 self.connected = False
@@ -120,6 +123,7 @@ class RedisSessionTier:
         try:
             raw = await self._redis.get(f"{self._ns}:s:{token_hash}")
         except (RedisError, OSError):
+            redis_error("sessions")
             raise ServiceUnavailable(UNAVAILABLE) from None
         return _decode(token_hash, raw) if raw else None
 
@@ -128,6 +132,7 @@ class RedisSessionTier:
         try:
             await self._redis.set(f"{self._ns}:s:{session.token_hash}", _encode(session), ex=ttl)
         except (RedisError, OSError):
+            redis_error("sessions")
             raise ServiceUnavailable(UNAVAILABLE) from None
 
     async def delete(self, token_hashes: list[str]) -> None:
@@ -136,6 +141,7 @@ class RedisSessionTier:
         try:
             await self._redis.delete(*[f"{self._ns}:s:{h}" for h in token_hashes])
         except (RedisError, OSError):
+            redis_error("sessions")
             raise ServiceUnavailable(UNAVAILABLE) from None
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import sortable
+from keygate.telemetry import redis_error
 
 T = TypeVar("T")
 
@@ -49,6 +50,7 @@ class RedisState:
         try:
             return await op()
         except (RedisError, OSError):
+            redis_error("state")
             raise ServiceUnavailable(UNAVAILABLE) from None
 
     async def claim_increasing(self, api_key: str, nonce: int) -> bool:

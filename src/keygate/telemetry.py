@@ -1,0 +1,153 @@
+"""Prometheus metrics: every metric keygate exports, defined once, with bounded label values.
+
+Every layer counts here (the store its database and Redis errors, the service its audit events and
+cache lookups, the API its requests); ``keygate.api.metrics`` serves them at ``/metrics``. No label
+value comes from a client: endpoint names, audit actions and reasons, cache and queue names are
+fixed sets in the code, so a caller of random paths or a failing client from many addresses cannot
+make new series. Nothing secret is ever a label: API keys, user ids and addresses are left out too.
+
+With several worker processes (``keygate serve --workers N``), ``serve`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before any worker starts; prometheus-client then keeps
+each value in a memory-mapped file per process, and ``/metrics`` on any worker reports the sum over
+all of them (see docs/observability.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # no ``*_created`` series: Prometheus does not need them, and they double the output
+
+PREFIX = "keygate_"
+
+REQUESTS = Counter(
+    "keygate_requests", "HTTP requests and WebSocket frames answered, by endpoint and HTTP status",
+    ["endpoint", "status"],
+)
+LATENCY = Histogram(
+    "keygate_request_duration_seconds", "Time from a request's arrival to the end of its reply, by endpoint",
+    ["endpoint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+AUDIT_EVENTS = Counter(
+    "keygate_audit_events", "Audit events (every authentication outcome among them), by action, outcome and reason",
+    ["action", "outcome", "reason"],
+)
+CACHE_LOOKUPS = Counter(
+    "keygate_cache_lookups", "In-process cache lookups, by cache and result (hit or miss)", ["cache", "result"],
+)
+QUEUE_DEPTH = Gauge(
+    "keygate_queue_depth", "Items waiting in a batched writer, sampled every second just before it is flushed",
+    ["queue"], multiprocess_mode="livesum",
+)
+DATABASE_ERRORS = Counter("keygate_database_errors", "Errors raised by the database driver, by error class", ["error"])
+REDIS_ERRORS = Counter("keygate_redis_errors", "Redis commands that failed, by component", ["component"])
+
+QUEUES = ("audit", "session_writes", "key_last_used")
+REDIS_COMPONENTS = ("state", "bus", "sessions")
+DATABASE_ERROR_CLASSES = frozenset({
+    "IntegrityError", "OperationalError", "InterfaceError", "ProgrammingError", "DataError", "InternalError",
+    "NotSupportedError", "DatabaseError", "DBAPIError", "TimeoutError", "DisconnectionError",
+})
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of the per-process metric files when running several workers, else ``None``."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+# ----- audit reasons ------------------------------------------------------------------------------
+# The internal reasons the code records, as they are; anything else is folded into one of the
+# patterns below or into "other", so a reason that carries a value (an address, a count) never
+# becomes a series of its own.
+KNOWN_REASONS = frozenset({
+    "", "unknown api key", "api key belongs to another user", "signature mismatch", "api key expired",
+    "api key without allowlist unused too long", "user locked", "nonce not an unsigned integer",
+    "nonce not increasing (replay?)", "nonce reused (replay?)", "unknown user", "wrong password", "wrong code",
+    "administrator", "cli", "console",
+})
+_PATTERNS = (
+    (re.compile(r"client ip .* not in allowlist\Z", re.S), "client ip not in allowlist"),
+    (re.compile(r"\d+ consecutive failed authentications\Z"), "consecutive failed authentications"),
+)
+_ACTION = re.compile(r"[a-z0-9_.\-]{1,48}\Z")
+
+
+def normalise_reason(reason: str | None) -> str:
+    if reason is None or reason in KNOWN_REASONS:
+        return reason or ""
+    for pattern, label in _PATTERNS:
+        if pattern.match(reason):
+            return label
+    return "other"
+
+
+def _bounded_word(value: str) -> str:
+    return value if _ACTION.match(value) else "other"
+
+
+_audit_children: dict[tuple[str, str, str | None], Any] = {}
+
+
+def count_audit(action: str, outcome: str, reason: str | None, amount: float = 1.0) -> None:
+    """Count one audit event. The bound counters are kept per exact (action, outcome, reason) for
+    the reasons that are fixed strings, so the hot path (a success per authentication) costs one
+    dictionary lookup and one increment."""
+    key = (action, outcome, reason)
+    child = _audit_children.get(key)
+    if child is None:
+        child = AUDIT_EVENTS.labels(_bounded_word(action), _bounded_word(outcome), normalise_reason(reason))
+        if reason is None or reason in KNOWN_REASONS:
+            if len(_audit_children) < 4096:
+                _audit_children[key] = child
+    child.inc(amount)
+
+
+# ----- errors -------------------------------------------------------------------------------------
+def database_error(exc: BaseException) -> None:
+    name = type(exc).__name__
+    DATABASE_ERRORS.labels(name if name in DATABASE_ERROR_CLASSES else "other").inc()
+
+
+_redis_children = {c: REDIS_ERRORS.labels(c) for c in REDIS_COMPONENTS}
+
+
+def redis_error(component: str) -> None:
+    _redis_children[component].inc()
+
+
+# ----- caches and queues --------------------------------------------------------------------------
+class CacheCounter:
+    """The two bound counters of one named cache: ``hit()`` and ``miss()`` cost one increment each."""
+
+    __slots__ = ("hit", "miss")
+
+    def __init__(self, name: str | None) -> None:
+        if name is None:
+            self.hit = self.miss = _noop
+        else:
+            self.hit = CACHE_LOOKUPS.labels(name, "hit").inc
+            self.miss = CACHE_LOOKUPS.labels(name, "miss").inc
+
+
+def _noop(amount: float = 1.0) -> None:
+    return None
+
+
+_queue_children = {q: QUEUE_DEPTH.labels(q) for q in QUEUES}
+
+
+def sample_queue(queue: str, depth: int) -> None:
+    _queue_children[queue].set(depth)
+
+
+def forget_process() -> None:
+    """At a worker's clean shutdown: drop its live gauges from the shared folder (multiprocess mode)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
