@@ -51,7 +51,7 @@ QUEUES = ("audit", "session_writes", "key_last_used")
 REDIS_COMPONENTS = ("state", "bus", "sessions")
 DATABASE_ERROR_CLASSES = frozenset({
     "IntegrityError", "OperationalError", "InterfaceError", "ProgrammingError", "DataError", "InternalError",
-    "NotSupportedError", "DatabaseError", "DBAPIError", "TimeoutError", "DisconnectionError",
+    "NotSupportedError", "DatabaseError", "DBAPIError", "TimeoutError", "DisconnectionError", "connection",
 })
 
 
@@ -68,7 +68,7 @@ KNOWN_REASONS = frozenset({
     "", "unknown api key", "api key belongs to another user", "signature mismatch", "api key expired",
     "api key without allowlist unused too long", "user locked", "nonce not an unsigned integer",
     "nonce not increasing (replay?)", "nonce reused (replay?)", "unknown user", "wrong password", "wrong code",
-    "administrator", "cli", "console",
+    "administrator", "cli", "console", "wrong 2fa code", "unknown or expired pending 2fa token",
 })
 _PATTERNS = (
     (re.compile(r"client ip .* not in allowlist\Z", re.S), "client ip not in allowlist"),
@@ -108,8 +108,9 @@ def count_audit(action: str, outcome: str, reason: str | None, amount: float = 1
 
 
 # ----- errors -------------------------------------------------------------------------------------
-def database_error(exc: BaseException) -> None:
-    name = type(exc).__name__
+def database_error(exc: BaseException | None) -> None:
+    """Count a driver error by its SQLAlchemy class; ``None``: a connection that could not be opened."""
+    name = "connection" if exc is None else type(exc).__name__
     DATABASE_ERRORS.labels(name if name in DATABASE_ERROR_CLASSES else "other").inc()
 
 

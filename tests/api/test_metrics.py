@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Server, settings_env, start_server, stop_server
+from support import Server, free_port, settings_env, start_server, stop_server
 from websockets.sync.client import connect
 
 from keygate.api.endpoints import ENDPOINTS
@@ -270,3 +270,43 @@ def test_every_metric_named_in_the_docs_exists(observed: Observed) -> None:
     documented = set(re.findall(r"`([a-z_]+)`", doc))
     assert ALLOWED_ENDPOINT_LABELS - set(ENDPOINTS) <= documented, "every endpoint label outside the APEX names is documented"
     assert "observability.md" in (ROOT / "README.md").read_text()
+
+
+# ----- several workers ----------------------------------------------------------------------------
+def test_metrics_of_every_worker_add_up(tmp_path: Path) -> None:
+    """With ``serve --workers 2`` each worker is a process; /metrics on any of them counts all of them."""
+    settings = Settings(data_dir=tmp_path / "data", master_key=base64.b64encode(secrets.token_bytes(32)).decode())
+    folder = tmp_path / "prom"
+    port = free_port()
+    env = {**os.environ, **settings_env(settings), "KEYGATE_PORT": str(port), "KEYGATE_HOST": "127.0.0.1",
+           "KEYGATE_LOG_LEVEL": "warning", "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"left over from an earlier run")  # must be cleared at start
+    out = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "keygate", "serve", "--workers", "2"], env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(f"{base}/AP/Ping", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        for _ in range(60):  # a new connection each: the kernel spreads them over both workers
+            assert httpx.get(f"{base}/AP/Ping", timeout=5).status_code == 200
+        pids = {p.stem.rsplit("_", 1)[1] for p in folder.glob("counter_*.db")}
+        assert len(pids - {"1"}) >= 2, sorted(folder.iterdir())
+        for _ in range(6):  # whichever worker answers, it reports the sum
+            text = httpx.get(f"{base}/metrics", timeout=5).text
+            assert value(text, "keygate_requests_total", endpoint="Ping", status="200") >= 61
+            assert value(text, "keygate_request_duration_seconds_count", endpoint="Ping") >= 61
+        per_worker = [value(httpx.get(f"{base}/metrics", timeout=5).text, "keygate_requests_total", endpoint="Ping", status="200")
+                      for _ in range(4)]
+        assert len(set(per_worker)) == 1, per_worker  # the same figure from every worker
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "left over" not in "".join(p.read_text(errors="ignore") for p in folder.glob("*.db"))

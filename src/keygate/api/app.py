@@ -106,7 +106,9 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApexScope, endpoint_names=list(ENDPOINTS), context=context)
-    app.add_middleware(Observe, endpoint_names=list(ENDPOINTS))  # outermost: sees every request, 413s too
+    # Outside even Starlette's error middleware, so that a 500 is counted and carries X-Request-Id too.
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: Observe(build(), endpoint_names=list(ENDPOINTS))  # type: ignore[method-assign]
     return app
 
 

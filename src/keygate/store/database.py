@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -43,6 +44,15 @@ def _counted(engine: AsyncEngine) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "handle_error")
     def _count(context: ExceptionContext) -> None:
         database_error(context.sqlalchemy_exception or context.original_exception)
+
+    # A refused or timed-out connection is raised by the driver as it is, without handle_error.
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: object, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception:
+            database_error(None)
+            raise
 
     return engine
 
