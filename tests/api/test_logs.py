@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_text_stays_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert Settings.from_env().log_format == "text"
     proc, base, log = _serve(tmp_path, "text")
     try:
-        httpx.get(f"{base}/boom")
+        assert re.fullmatch(r"[0-9a-f]{16}", httpx.get(f"{base}/boom").headers["x-request-id"])
         time.sleep(0.3)
     finally:
         proc.terminate()

@@ -139,6 +139,7 @@ def _drive(seen: Observed, password: str) -> None:
             c.get(f"/AP/{secrets.token_hex(8)}")
             c.get(f"/{secrets.token_hex(8)}/{secrets.token_hex(4)}")
         assert c.get("/console/login").status_code == 200
+        assert c.get("/openapi.json").status_code == 200
 
     with connect(base.replace("http://", "ws://") + "/WSGateway") as ws:
         payload = json.dumps({"UserName": "admin", "Password": password})
@@ -164,6 +165,8 @@ def test_requests_are_counted_by_canonical_endpoint_and_status(observed: Observe
     assert value(m, "keygate_requests_total", endpoint="websocket", status="200") == 2
     assert value(m, "keygate_requests_total", endpoint="websocket", status="400") == 1
     assert value(m, "keygate_requests_total", endpoint="other", status="404") == 60
+    assert value(m, "keygate_requests_total", endpoint="docs", status="200") == 1
+    assert "process_cpu_seconds_total" in m and "python_info" in m  # one process: its own metrics too
     assert value(m, "keygate_request_duration_seconds_count", endpoint="GetUserInfo") == 3
     assert value(m, "keygate_request_duration_seconds_bucket", endpoint="GetUserInfo", le="+Inf") == 3
 
@@ -257,7 +260,7 @@ def test_dashboard_is_valid_grafana_json() -> None:
 def test_every_metric_the_dashboard_reads_exists(observed: Observed) -> None:
     live = metric_names(observed.metrics)
     used = {name for expr in _queries(json.loads(DASHBOARD.read_text())) for name in re.findall(r"\bkeygate_[a-z_]+", expr)}
-    assert len(used) >= 8
+    assert len(used) == 7
     assert used <= live, f"the dashboard reads metrics /metrics does not have: {sorted(used - live)}"
 
 
@@ -265,7 +268,7 @@ def test_every_metric_the_dashboard_reads_exists(observed: Observed) -> None:
 def test_every_metric_named_in_the_docs_exists(observed: Observed) -> None:
     doc = (ROOT / "docs" / "observability.md").read_text()
     named = set(re.findall(r"`(keygate_[a-z_]+)", doc))
-    assert len(named) >= 8
+    assert len(named) >= 7
     assert named <= metric_names(observed.metrics), sorted(named - metric_names(observed.metrics))
     documented = set(re.findall(r"`([a-z_]+)`", doc))
     assert ALLOWED_ENDPOINT_LABELS - set(ENDPOINTS) <= documented, "every endpoint label outside the APEX names is documented"
@@ -276,12 +279,11 @@ def test_every_metric_named_in_the_docs_exists(observed: Observed) -> None:
 def test_metrics_of_every_worker_add_up(tmp_path: Path) -> None:
     """With ``serve --workers 2`` each worker is a process; /metrics on any of them counts all of them."""
     settings = Settings(data_dir=tmp_path / "data", master_key=base64.b64encode(secrets.token_bytes(32)).decode())
-    folder = tmp_path / "prom"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     port = free_port()
-    env = {**os.environ, **settings_env(settings), "KEYGATE_PORT": str(port), "KEYGATE_HOST": "127.0.0.1",
-           "KEYGATE_LOG_LEVEL": "warning", "PROMETHEUS_MULTIPROC_DIR": str(folder)}
-    folder.mkdir()
-    (folder / "counter_1.db").write_bytes(b"left over from an earlier run")  # must be cleared at start
+    env = {**{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}, **settings_env(settings),
+           "KEYGATE_PORT": str(port), "KEYGATE_HOST": "127.0.0.1", "KEYGATE_LOG_LEVEL": "warning", "TMPDIR": str(tmp)}
     out = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "keygate", "serve", "--workers", "2"], env=env, stdout=out,
                             stderr=subprocess.STDOUT)
@@ -295,18 +297,31 @@ def test_metrics_of_every_worker_add_up(tmp_path: Path) -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        for _ in range(60):  # a new connection each: the kernel spreads them over both workers
+        for _ in range(40):  # a new connection each: the kernel spreads them over both workers
             assert httpx.get(f"{base}/AP/Ping", timeout=5).status_code == 200
+        (folder,) = tmp.glob("keygate-metrics-*")  # the private folder serve made
+        assert folder.stat().st_mode & 0o077 == 0
         pids = {p.stem.rsplit("_", 1)[1] for p in folder.glob("counter_*.db")}
-        assert len(pids - {"1"}) >= 2, sorted(folder.iterdir())
+        assert len(pids) >= 2, sorted(folder.iterdir())
+        figures = []
         for _ in range(6):  # whichever worker answers, it reports the sum
             text = httpx.get(f"{base}/metrics", timeout=5).text
-            assert value(text, "keygate_requests_total", endpoint="Ping", status="200") >= 61
-            assert value(text, "keygate_request_duration_seconds_count", endpoint="Ping") >= 61
-        per_worker = [value(httpx.get(f"{base}/metrics", timeout=5).text, "keygate_requests_total", endpoint="Ping", status="200")
-                      for _ in range(4)]
-        assert len(set(per_worker)) == 1, per_worker  # the same figure from every worker
+            assert value(text, "keygate_request_duration_seconds_count", endpoint="Ping") >= 41
+            assert "python_info" not in text
+            figures.append(value(text, "keygate_requests_total", endpoint="Ping", status="200"))
+        assert len(set(figures)) == 1 and figures[0] >= 41, figures
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    assert "left over" not in "".join(p.read_text(errors="ignore") for p in folder.glob("*.db"))
+    assert not list(tmp.glob("keygate-metrics-*")), "serve removes its folder at exit"
+
+
+def test_a_chosen_metrics_folder_is_emptied_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keygate.cli.main import _metrics_folder
+
+    (tmp_path / "counter_99.db").write_bytes(b"left over")
+    (tmp_path / "keep.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with _metrics_folder():
+        assert not list(tmp_path.glob("*.db")) and (tmp_path / "keep.txt").exists()
+    assert tmp_path.exists()
