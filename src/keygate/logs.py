@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
+import os
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +28,7 @@ def pick_request_id(incoming: bytes | None) -> str:
     """The client's ``X-Request-Id`` when it is sane, else a new random one (16 hex digits)."""
     if incoming is not None and _SANE.match(incoming):
         return incoming.decode("ascii")
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()
 
 
 class RequestIdFilter(logging.Filter):

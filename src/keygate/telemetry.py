@@ -6,6 +6,11 @@ value comes from a client: endpoint names, audit actions and reasons, cache and 
 fixed sets in the code, so a caller of random paths or a failing client from many addresses cannot
 make new series. Nothing secret is ever a label: API keys, user ids and addresses are left out too.
 
+The hot path does not touch prometheus-client (whose increments take a lock, and in multiprocess
+mode write a memory-mapped file): requests, cache lookups and audit events are counted in plain
+Python numbers (``LocalCounter``, ``LocalHistogram``; everything runs on the event loop's thread),
+and ``sync()`` adds them to the Prometheus series before every scrape and once a second.
+
 With several worker processes (``keygate serve --workers N``), ``serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before any worker starts; prometheus-client then keeps
 each value in a memory-mapped file per process, and ``/metrics`` on any worker reports the sum over
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
@@ -60,6 +66,65 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
 
+# ----- cheap local counts, added to the Prometheus series by sync() ------------------------------
+_locals: list["LocalCounter | LocalHistogram"] = []
+
+
+class LocalCounter:
+    """One counter series, counted as a plain integer; ``inc()`` is all the hot path pays."""
+
+    __slots__ = ("value", "_synced", "_child")
+
+    def __init__(self, child: Any) -> None:
+        self.value = 0
+        self._synced = 0
+        self._child = child
+        _locals.append(self)
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def sync(self) -> None:
+        delta = self.value - self._synced
+        if delta:
+            self._child.inc(delta)
+            self._synced += delta
+
+
+class LocalHistogram:
+    """One histogram series, with its bucket counts and sum kept locally until ``sync()``."""
+
+    __slots__ = ("_bounds", "_counts", "_sum", "_child")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds = list(child._upper_bounds)  # prometheus-client's buckets, +Inf last
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        _locals.append(self)
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(self._bounds, seconds)] += 1  # the first bucket whose bound is >= the value
+        self._sum += seconds
+
+    def sync(self) -> None:
+        counts, total = self._counts, self._sum
+        if not any(counts):
+            return
+        self._counts, self._sum = [0] * len(counts), 0.0
+        # prometheus-client's own Histogram.observe does exactly this, one observation at a time.
+        for bucket, count in zip(self._child._buckets, counts):
+            if count:
+                bucket.inc(count)
+        self._child._sum.inc(total)
+
+
+def sync() -> None:
+    """Add every local count to its Prometheus series (before a scrape, and once a second)."""
+    for local in list(_locals):
+        local.sync()
+
+
 # ----- audit reasons ------------------------------------------------------------------------------
 # The internal reasons the code records, as they are; anything else is folded into one of the
 # patterns below or into "other", so a reason that carries a value (an address, a count) never
@@ -93,18 +158,20 @@ def _bounded_word(value: str) -> str:
 _audit_children: dict[tuple[str, str, str | None], Any] = {}
 
 
-def count_audit(action: str, outcome: str, reason: str | None, amount: float = 1.0) -> None:
+def count_audit(action: str, outcome: str, reason: str | None) -> None:
     """Count one audit event. The bound counters are kept per exact (action, outcome, reason) for
     the reasons that are fixed strings, so the hot path (a success per authentication) costs one
     dictionary lookup and one increment."""
     key = (action, outcome, reason)
     child = _audit_children.get(key)
     if child is None:
-        child = AUDIT_EVENTS.labels(_bounded_word(action), _bounded_word(outcome), normalise_reason(reason))
-        if reason is None or reason in KNOWN_REASONS:
-            if len(_audit_children) < 4096:
-                _audit_children[key] = child
-    child.inc(amount)
+        if (reason is None or reason in KNOWN_REASONS) and len(_audit_children) < 4096:
+            child = _audit_children[key] = LocalCounter(
+                AUDIT_EVENTS.labels(_bounded_word(action), _bounded_word(outcome), normalise_reason(reason)))
+        else:  # a reason that carries a value: counted directly, never kept per value
+            AUDIT_EVENTS.labels(_bounded_word(action), _bounded_word(outcome), normalise_reason(reason)).inc()
+            return
+    child.inc()
 
 
 # ----- errors -------------------------------------------------------------------------------------
@@ -131,12 +198,23 @@ class CacheCounter:
         if name is None:
             self.hit = self.miss = _noop
         else:
-            self.hit = CACHE_LOOKUPS.labels(name, "hit").inc
-            self.miss = CACHE_LOOKUPS.labels(name, "miss").inc
+            self.hit = LocalCounter(CACHE_LOOKUPS.labels(name, "hit")).inc
+            self.miss = LocalCounter(CACHE_LOOKUPS.labels(name, "miss")).inc
 
 
-def _noop(amount: float = 1.0) -> None:
+def _noop() -> None:
     return None
+
+
+_cache_counters: dict[str | None, CacheCounter] = {}
+
+
+def cache_counter(name: str | None) -> CacheCounter:
+    """The counters of the caches called ``name`` (every ``TTLCache`` of that name shares them)."""
+    found = _cache_counters.get(name)
+    if found is None:
+        found = _cache_counters[name] = CacheCounter(name)
+    return found
 
 
 _queue_children = {q: QUEUE_DEPTH.labels(q) for q in QUEUES}

@@ -299,6 +299,7 @@ def test_metrics_of_every_worker_add_up(tmp_path: Path) -> None:
                 time.sleep(0.2)
         for _ in range(40):  # a new connection each: the kernel spreads them over both workers
             assert httpx.get(f"{base}/AP/Ping", timeout=5).status_code == 200
+        time.sleep(1.5)  # each worker adds its counts to the shared files once a second (and at every scrape)
         (folder,) = tmp.glob("keygate-metrics-*")  # the private folder serve made
         assert folder.stat().st_mode & 0o077 == 0
         pids = {p.stem.rsplit("_", 1)[1] for p in folder.glob("counter_*.db")}

@@ -18,12 +18,13 @@ from keygate.service.audit import AuditLog
 from keygate.service.cache import TTLCache
 from keygate.store.database import create_engine
 from keygate.store.redis_state import RedisState
-from keygate.telemetry import KNOWN_REASONS, normalise_reason
+from keygate.telemetry import KNOWN_REASONS, normalise_reason, sync
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "keygate"
 
 
 def sample(name: str, **labels: str) -> float:
+    sync()
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 

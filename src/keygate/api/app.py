@@ -31,6 +31,7 @@ from keygate.domain.errors import KeygateError
 from keygate.service import Keygate
 from keygate.store.database import migrate
 from keygate.telemetry import forget_process
+from keygate.telemetry import sync as sync_metrics
 
 log = logging.getLogger("keygate.api")
 
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
         finally:
             if owned:
                 await kg.close()
+            sync_metrics()
             forget_process()
 
     app = FastAPI(title="keygate", version=__version__, description=DESCRIPTION, lifespan=lifespan)

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keygate.logs import pick_request_id, request_id
-from keygate.telemetry import LATENCY, REQUESTS, multiprocess_dir
+from keygate.telemetry import LATENCY, REQUESTS, LocalCounter, LocalHistogram, multiprocess_dir, sync
 
 PATH = "/metrics"
 FIXED = {
@@ -32,7 +32,7 @@ FIXED = {
 
 
 class _Series:
-    """The bound counter and histogram of one endpoint label, and its counters per status."""
+    """The local counter and histogram of one endpoint label, and its counters per status."""
 
     __slots__ = ("observe", "by_status", "label")
 
@@ -42,13 +42,13 @@ class _Series:
         self.by_status: dict[int, Any] = {}
 
     def _first_observe(self, seconds: float) -> None:
-        self.observe = LATENCY.labels(self.label).observe
+        self.observe = LocalHistogram(LATENCY.labels(self.label)).observe
         self.observe(seconds)
 
     def count(self, status: int) -> None:
         inc = self.by_status.get(status)
         if inc is None:
-            inc = self.by_status[status] = REQUESTS.labels(self.label, str(status)).inc
+            inc = self.by_status[status] = LocalCounter(REQUESTS.labels(self.label, str(status))).inc
         inc()
 
 
@@ -133,6 +133,7 @@ def _registry() -> CollectorRegistry:
 
 
 async def metrics(request: Request) -> Response:
+    sync()
     return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
 

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from keygate.telemetry import CacheCounter
+from keygate.telemetry import cache_counter
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -34,7 +34,7 @@ class TTLCache(Generic[K, V]):
     def __init__(self, ttl: float, max_entries: int = 100_000, name: str | None = None) -> None:
         """``name`` labels the cache's hit and miss counts in the metrics (``keygate_cache_lookups_total``)."""
         self._ttl = ttl
-        self._counts = CacheCounter(name)
+        self._counts = cache_counter(name)
         self._max = max_entries
         self._data: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V | None]] = {}

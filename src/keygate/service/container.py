@@ -27,6 +27,7 @@ from keygate.store.redis_state import RedisState
 from keygate.store.repositories import AuditRepository, KeyRepository, SessionRepository, UserRepository
 from keygate.store.shared_state import SharedState, SqlState
 from keygate.telemetry import sample_queue
+from keygate.telemetry import sync as sync_metrics
 
 log = logging.getLogger("keygate")
 FLUSH_SECONDS = 1.0
@@ -193,7 +194,7 @@ class Keygate:
             ticks += 1
             try:
                 self._reload_keyring_if_changed()
-                self.sample_queues()
+                self.sample_metrics()
                 await self.flush()
                 if ticks % PURGE_EVERY == 0:
                     await self.sessions.purge_expired()
@@ -201,11 +202,12 @@ class Keygate:
             except Exception:  # keep flushing; the next tick retries what failed
                 log.exception("background flush failed")
 
-    def sample_queues(self) -> None:
-        """The batched writers' backlog, for the metrics: taken just before each flush."""
+    def sample_metrics(self) -> None:
+        """For the metrics, once a second: the batched writers' backlog just before they flush, and the local counts."""
         sample_queue("audit", self.audit.pending)
         sample_queue("session_writes", self.sessions.unsaved_count)
         sample_queue("key_last_used", self.keys.pending_uses)
+        sync_metrics()  # this process's local counts into the shared series (see keygate.telemetry)
 
     async def flush(self) -> None:
         await self.sessions.flush()
