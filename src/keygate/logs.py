@@ -39,6 +39,18 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class NoWireTrace(logging.Filter):
+    """Drops the websockets library's wire trace (debug lines ``< TEXT '...'``, ``> TEXT``, ``< aptoken: ...``).
+
+    At ``KEYGATE_LOG_LEVEL=debug`` it logs every frame (its head and tail) and every upgrade header, and
+    so pieces of passwords, tokens and signatures: those lines never reach keygate's log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (isinstance(msg, str) and msg[:2] in ("< ", "> ") and record.levelno <= logging.DEBUG)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line. Exceptions go in ``exception`` as their traceback text."""
 
@@ -72,11 +84,11 @@ def log_config(log_format: str, level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "keygate.logs.RequestIdFilter"}},
+        "filters": {"request_id": {"()": "keygate.logs.RequestIdFilter"}, "no_wire_trace": {"()": "keygate.logs.NoWireTrace"}},
         "formatters": {"default": formatter, "access": access},
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr",
-                        "filters": ["request_id"]},
+                        "filters": ["no_wire_trace", "request_id"]},
             "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout",
                        "filters": ["request_id"]},
         },
