@@ -67,13 +67,13 @@ def multiprocess_dir() -> str | None:
 
 
 # ----- cheap local counts, added to the Prometheus series by sync() ------------------------------
-_locals: list["LocalCounter | LocalHistogram"] = []
+_locals: list[LocalCounter | LocalHistogram] = []
 
 
 class LocalCounter:
     """One counter series, counted as a plain integer; ``inc()`` is all the hot path pays."""
 
-    __slots__ = ("value", "_synced", "_child")
+    __slots__ = ("_child", "_synced", "value")
 
     def __init__(self, child: Any) -> None:
         self.value = 0
@@ -94,7 +94,7 @@ class LocalCounter:
 class LocalHistogram:
     """One histogram series, with its bucket counts and sum kept locally until ``sync()``."""
 
-    __slots__ = ("_bounds", "_counts", "_sum", "_child")
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
 
     def __init__(self, child: Any) -> None:
         self._child = child
@@ -121,7 +121,7 @@ class LocalHistogram:
 
 def sync() -> None:
     """Add every local count to its Prometheus series (before a scrape, and once a second)."""
-    for local in list(_locals):
+    for local in _locals:
         local.sync()
 
 
@@ -136,7 +136,7 @@ KNOWN_REASONS = frozenset({
     "administrator", "cli", "console", "wrong 2fa code", "unknown or expired pending 2fa token",
 })
 _PATTERNS = (
-    (re.compile(r"client ip .* not in allowlist\Z", re.S), "client ip not in allowlist"),
+    (re.compile(r"client ip .* not in allowlist\Z", re.DOTALL), "client ip not in allowlist"),
     (re.compile(r"\d+ consecutive failed authentications\Z"), "consecutive failed authentications"),
 )
 _ACTION = re.compile(r"[a-z0-9_.\-]{1,48}\Z")

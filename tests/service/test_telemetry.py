@@ -9,6 +9,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from support import free_port
 
 from keygate.api import create_app
@@ -87,7 +88,7 @@ async def test_database_errors_are_counted() -> None:
 
 async def test_a_failing_sql_statement_is_counted(kg: Keygate) -> None:
     before = sample("keygate_database_errors_total", error="ProgrammingError") + sample("keygate_database_errors_total", error="OperationalError")
-    with pytest.raises(Exception):
+    with pytest.raises(DBAPIError):
         async with kg.engine.connect() as conn:
             await conn.execute(text("SELECT * FROM no_such_table"))
     after = sample("keygate_database_errors_total", error="ProgrammingError") + sample("keygate_database_errors_total", error="OperationalError")

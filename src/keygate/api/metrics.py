@@ -15,13 +15,25 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keygate.logs import pick_request_id, request_id
-from keygate.telemetry import LATENCY, REQUESTS, LocalCounter, LocalHistogram, multiprocess_dir, sync
+from keygate.telemetry import (
+    LATENCY,
+    REQUESTS,
+    LocalCounter,
+    LocalHistogram,
+    multiprocess_dir,
+    sync,
+)
 
 PATH = "/metrics"
 FIXED = {
@@ -34,7 +46,7 @@ FIXED = {
 class _Series:
     """The local counter and histogram of one endpoint label, and its counters per status."""
 
-    __slots__ = ("observe", "by_status", "label")
+    __slots__ = ("by_status", "label", "observe")
 
     def __init__(self, label: str) -> None:
         self.label = label
