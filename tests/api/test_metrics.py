@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Server, free_port, settings_env, start_server, stop_server
+from support import Server, free_port, need, settings_env, start_server, stop_server
 from websockets.sync.client import connect
 
 from keygate.api.endpoints import ENDPOINTS
@@ -328,3 +329,44 @@ def test_a_chosen_metrics_folder_is_emptied_at_start(tmp_path: Path, monkeypatch
     with _metrics_folder():
         assert not list(tmp_path.glob("*.db")) and (tmp_path / "keep.txt").exists()
     assert tmp_path.exists()
+
+
+# ----- /metrics behind nginx, as docs/observability.md shows --------------------------------------
+def test_the_documented_nginx_rule_keeps_metrics_private(observed: Observed, tmp_path: Path) -> None:
+    need(shutil.which("nginx") is not None, "nginx (Debian package nginx)")
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    snippet = re.search(r"```nginx\n(.*?)```", doc, re.S).group(1)  # type: ignore[union-attr]
+    upstream = observed.server.base_url.removeprefix("http://")
+    snippet = snippet.replace("127.0.0.1:8000", upstream)
+    public, private = free_port(), free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
+    uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
+    server {{ listen 127.0.0.1:{public}; {snippet} location / {{ proxy_pass http://{upstream}; }} }}
+    server {{ listen 127.0.0.1:{private}; {snippet.replace("10.0.0.0/8", "127.0.0.1")} }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{private}/metrics", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{public}/metrics").status_code == 403  # 127.0.0.1 is not a Prometheus server
+        assert httpx.get(f"http://127.0.0.1:{public}/AP/Ping").status_code == 200
+        allowed = httpx.get(f"http://127.0.0.1:{private}/metrics")
+        assert allowed.status_code == 200 and "keygate_requests_total" in allowed.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
