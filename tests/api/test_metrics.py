@@ -335,7 +335,7 @@ def test_a_chosen_metrics_folder_is_emptied_at_start(tmp_path: Path, monkeypatch
 def test_the_documented_nginx_rule_keeps_metrics_private(observed: Observed, tmp_path: Path) -> None:
     need(shutil.which("nginx") is not None, "nginx (Debian package nginx)")
     doc = (ROOT / "docs" / "observability.md").read_text()
-    snippet = re.search(r"```nginx\n(.*?)```", doc, re.S).group(1)  # type: ignore[union-attr]
+    snippet = re.search(r"```nginx\n(.*?)```", doc, re.DOTALL).group(1)  # type: ignore[union-attr]
     upstream = observed.server.base_url.removeprefix("http://")
     snippet = snippet.replace("127.0.0.1:8000", upstream)
     public, private = free_port(), free_port()
