@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     # "200": refusals on /AP/ paths answer HTTP 200 with the APEX error body, for SDKs that raise on any
     # status of 400 or more before reading the body (X-Keygate-Status carries the 4xx); "4xx" is the default
     refusal_status: Literal["4xx", "200"] = Field("4xx", json_schema_extra={"accepts": "4xx or 200"})
+    log_format: Literal["text", "json"] = Field("text", json_schema_extra={"accepts": "text or json"})  # json: one object a line, with request_id
+    metrics: Boolean = True  # Prometheus metrics at /metrics (keygate.telemetry)
 
     # ----- checks beyond the types ---------------------------------------------------------------
     @field_validator("database_url", mode="before")

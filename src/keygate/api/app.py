@@ -21,6 +21,7 @@ from keygate.api.docs import install_docs
 from keygate.api.endpoints import ENDPOINTS
 from keygate.api.forward_auth import install_forward_auth
 from keygate.api.health import install_health
+from keygate.api.metrics import Observe, install_metrics
 from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
 from keygate.api.openapi import SCHEMAS, operation_extra, responses_for
 from keygate.api.proxy import ProxyHeaders
@@ -33,6 +34,8 @@ from keygate.console import mount_console
 from keygate.domain.errors import KeygateError
 from keygate.service import Keygate
 from keygate.store.database import migrate
+from keygate.telemetry import forget_process
+from keygate.telemetry import sync as sync_metrics
 
 log = logging.getLogger("keygate.api")
 
@@ -71,6 +74,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
         finally:
             if owned:
                 await kg.close()
+            sync_metrics()
+            forget_process()
 
     description = DESCRIPTION_200 if settings.refusal_status == "200" else DESCRIPTION
     app = FastAPI(title="keygate", version=__version__, description=description, lifespan=lifespan,
@@ -100,6 +105,8 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     install_websocket(app)
     install_health(app)
     install_docs(app)
+    if settings.metrics:
+        install_metrics(app)
 
     _install_error_handlers(app)
     mount_console(app)
@@ -117,6 +124,9 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
                        refusal_status=settings.refusal_status)
     # Outermost (added last): every layer below sees the one client address and scheme it settles.
     app.add_middleware(ProxyHeaders, client_address=app.state.client_address)
+    # Outside even Starlette's error middleware, so that a 500 is counted and carries X-Request-Id too.
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: Observe(build(), endpoint_names=list(ENDPOINTS))  # type: ignore[method-assign]
     return app
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -31,6 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from keygate.api import replies
 from keygate.api.endpoints import ENDPOINTS, Endpoint
+from keygate.api.metrics import observe_frame
 from keygate.api.middleware import CONTEXT_KEY
 from keygate.api.wire import WEBSOCKET_KEY
 from keygate.domain.errors import KeygateError
@@ -87,40 +89,41 @@ def _endpoint(name: str) -> Endpoint | None:
     return _ENDPOINTS_BY_LOWER.get(name.lower())
 
 
-async def _answer(ws: WebSocket, frame: dict[str, Any], token: str | None) -> tuple[str, str | None]:
-    """The reply to one frame that is a JSON object, and the connection's token afterwards."""
+async def _answer(ws: WebSocket, frame: dict[str, Any], token: str | None) -> tuple[str, str | None, int]:
+    """The reply to one frame that is a JSON object, the connection's token afterwards, and the HTTP
+    status the answer stands for (for the metrics)."""
     m, i, n, o = frame.get("m"), frame.get("i", 0), frame.get("n", ""), frame.get("o", "")
     if isinstance(m, bool) or m not in (REQUEST, SUBSCRIBE, UNSUBSCRIBE):
         return _frame(ERROR, i, n, _body(
-            'Not a request frame: send {"m":0,"i":<number>,"n":"<Endpoint>","o":"<payload as a JSON string>"}', 100)), token
+            'Not a request frame: send {"m":0,"i":<number>,"n":"<Endpoint>","o":"<payload as a JSON string>"}', 100)), token, 400
     if not isinstance(n, str) or not n:
-        return _frame(REPLY, i, n, _body("The frame's n must name an endpoint, e.g. \"AuthenticateUser\"", 100)), token
+        return _frame(REPLY, i, n, _body("The frame's n must name an endpoint, e.g. \"AuthenticateUser\"", 100)), token, 400
     endpoint = _endpoint(n)
     if m != REQUEST:
         what = "subscribe to" if m == SUBSCRIBE else "unsubscribe from"
         return _frame(REPLY, i, n, _body(
             f"Operation Not Supported: keygate publishes no events, so there is nothing to {what}; "
             f"send {n[:64]!r} as a request frame (m: 0)" if endpoint else
-            f"Operation Not Supported: keygate publishes no events, so there is nothing to {what}", 106)), token
+            f"Operation Not Supported: keygate publishes no events, so there is nothing to {what}", 106)), token, 400
     if endpoint is None:
-        return _frame(REPLY, i, n, _body(f"Unknown endpoint {n[:64]!r}", 104)), token
+        return _frame(REPLY, i, n, _body(f"Unknown endpoint {n[:64]!r}", 104)), token, 404
     if isinstance(o, (dict, list)):
         o = _encode(o)
     if not isinstance(o, str):
-        return _frame(REPLY, i, n, _body("The frame's o must be the payload as a JSON string", 100)), token
+        return _frame(REPLY, i, n, _body("The frame's o must be the payload as a JSON string", 100)), token, 400
     try:
         response = await endpoint.handler(_http_request(ws, endpoint.name, o.encode(), token))
     except KeygateError as exc:
         response = replies.error(exc)
     except Exception as exc:  # as over HTTP: a fault is logged, and the client gets no stack trace
         log.error("internal error on WebSocket frame %s: %s", endpoint.name, type(exc).__name__, exc_info=exc)
-        return _frame(REPLY, i, n, _body("Server Error", 102)), token
+        return _frame(REPLY, i, n, _body("Server Error", 102)), token, 500
     body = bytes(response.body)
     if endpoint.name.lower() in SIGN_IN and response.status_code == 200:
         token = json.loads(body).get("SessionToken") or token
     elif endpoint.name == "LogOut" and response.status_code == 200:
         token = None
-    return _frame(REPLY, i, n, body.decode()), token
+    return _frame(REPLY, i, n, body.decode()), token, response.status_code
 
 
 async def gateway(ws: WebSocket) -> None:
@@ -145,8 +148,10 @@ async def gateway(ws: WebSocket) -> None:
             if not isinstance(frame, dict):
                 await ws.send_text(_frame(ERROR, 0, "", _body("A frame is a JSON object: {\"m\":0,\"i\":<number>,\"n\":\"<Endpoint>\",\"o\":\"<payload>\"}", 100)))
                 continue
-            reply, token = await _answer(ws, frame, token)
+            started = time.perf_counter()
+            reply, token, status = await _answer(ws, frame, token)
             await ws.send_text(reply)
+            observe_frame(status, time.perf_counter() - started)
     except WebSocketDisconnect:
         return
 

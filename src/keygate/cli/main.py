@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from keygate import logs
 from keygate.config import InvalidSetting, Settings
 from keygate.domain.errors import DatabaseUnavailable, KeygateError
 from keygate.domain.iprules import IpAllowlist
@@ -188,17 +193,38 @@ def serve(
     scheme = "https" if ssl_options else "http"
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     typer.echo(f"keygate listening on {scheme}://{shown_host}:{settings.port} (docs: /docs, console: /console)")
+    log_config = logs.log_config(settings.log_format, settings.log_level)
     if workers > 1:
         # Each worker imports keygate.api.asgi and reads the environment: give it this command's settings.
         os.environ.update({f"KEYGATE_{name.upper()}": str(value) for name, value in overrides.items()})
         # TLS is uvicorn's (ssl_options); keygate.api.asgi refuses these, as uvicorn alone would ignore them.
         for name in ("KEYGATE_TLS_CERT_FILE", "KEYGATE_TLS_KEY_FILE"):
             os.environ.pop(name, None)
-        uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
-                    log_level=settings.log_level, access_log=False, proxy_headers=False, **ssl_options)
+        with _metrics_folder():
+            uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
+                        log_level=settings.log_level, log_config=log_config, access_log=False, proxy_headers=False,
+                        **ssl_options)
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                     access_log=False, proxy_headers=False, **ssl_options)
+
+
+@contextmanager
+def _metrics_folder() -> Iterator[None]:
+    """Where the workers keep their metrics (prometheus-client's multiprocess mode), so that /metrics
+    on any worker answers for all of them. ``PROMETHEUS_MULTIPROC_DIR`` if the operator set it (emptied
+    of the last run's files), else a private temporary folder, removed at exit."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="keygate-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _refuse(message: str) -> NoReturn:

@@ -29,6 +29,7 @@ from keygate.domain.iprules import parse_address
 from keygate.service.clock import utcnow
 from keygate.service.principal import Principal
 from keygate.store.repositories import AuditEvent, AuditRepository
+from keygate.telemetry import count_audit
 
 MAX_BUFFER = 10_000
 FLUSH_SECONDS = 0.1
@@ -53,7 +54,8 @@ def _address(ip: str | None) -> str | None:
 def event(action: str, outcome: str = "success", *, reason: str | None = None, actor: Principal | None = None,
           actor_user_id: int | None = None, subject_user_id: int | None = None, api_key: str | None = None,
           client_ip: str | None = None, detail: str | None = None, actor_kind: str | None = None) -> AuditEvent:
-    """One audit row, every field bounded to its column."""
+    """One audit row, every field bounded to its column (and counted in the metrics, by bounded reason)."""
+    count_audit(action, outcome, reason)
     if actor is not None:
         actor_user_id, actor_kind = actor.audit_actor
     return AuditEvent(utcnow(), _clip(action, 48) or "", _clip(outcome, 16) or "", _clip(reason, 200), actor_user_id,
@@ -88,6 +90,7 @@ class AuditLog:
 
     def tally(self, action: str, *, subject_user_id: int, api_key: str | None, client_ip: str | None) -> None:
         """Count one success of a high-volume kind; written as one row per flush (see the module doc)."""
+        count_audit(action, "success", None)
         now = time.time()
         entry = self._tallies.get((action, subject_user_id, api_key, client_ip))
         if entry is None:

@@ -24,13 +24,17 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from keygate.telemetry import cache_counter
+
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class TTLCache(Generic[K, V]):
-    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl: float, max_entries: int = 100_000, name: str | None = None) -> None:
+        """``name`` labels the cache's hit and miss counts in the metrics (``keygate_cache_lookups_total``)."""
         self._ttl = ttl
+        self._counts = cache_counter(name)
         self._max = max_entries
         self._data: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V | None]] = {}
@@ -43,11 +47,14 @@ class TTLCache(Generic[K, V]):
         """Return ``(hit, value)``; a hit may carry ``None`` (a remembered absence)."""
         item = self._data.get(key)
         if item is None:
+            self._counts.miss()
             return False, None
         expires, value = item
         if expires < time.monotonic():
             self._data.pop(key, None)
+            self._counts.miss()
             return False, None
+        self._counts.hit()
         return True, value
 
     async def load(self, key: K, loader: Callable[[K], Awaitable[V | None]]) -> V | None:

@@ -35,6 +35,8 @@ from keygate.store.redis_state import RedisState
 from keygate.store.repositories import AuditRepository, KeyRepository, SessionRepository, UserRepository
 from keygate.store.shared_state import SharedState, SqlState
 from keygate.store.unit import Units
+from keygate.telemetry import sample_queue
+from keygate.telemetry import sync as sync_metrics
 
 log = logging.getLogger("keygate")
 FLUSH_SECONDS = 1.0
@@ -229,6 +231,7 @@ class Keygate:
             ticks += 1
             try:
                 self._reload_keyring_if_changed()
+                self.sample_metrics()
                 await self.flush()
                 if ticks % PURGE_EVERY == 0:
                     await self.sessions.purge_expired()
@@ -238,6 +241,13 @@ class Keygate:
                 log.warning("background flush failed (%s); retrying", type(exc).__name__)
             except Exception:  # keep flushing; the next tick retries what failed
                 log.exception("background flush failed")
+
+    def sample_metrics(self) -> None:
+        """For the metrics, once a second: the batched writers' backlog just before they flush, and the local counts."""
+        sample_queue("audit", self.audit.pending)
+        sample_queue("session_writes", self.sessions.pending_writes)
+        sample_queue("key_last_used", self.keys.pending_uses)
+        sync_metrics()  # this process's local counts into the shared series (see keygate.telemetry)
 
     async def flush(self) -> None:
         await self.sessions.flush()

@@ -87,7 +87,7 @@ class KeyManager:
         self._units = units
         self._unique_window = unique_window_seconds
         self._opened: dict[str, tuple[bytes, str, SigningKey]] = {}  # api_key -> (sealed secret, plain text, prepared HMAC)
-        self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl)
+        self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl, name="keys")
         (coherence or Coherence()).on("key", self._forget_here, self._forget_all)
         self._used: dict[str, float] = {}  # api key -> Unix time of its last use here
         self._seen_nonces: dict[str, int] = {}  # compatible keys: the highest numeric nonce accepted here
@@ -139,6 +139,11 @@ class KeyManager:
             if len(self._seen_nonces) >= 100_000:
                 self._seen_nonces.clear()
             self._seen_nonces[api_key] = value
+
+    @property
+    def pending_uses(self) -> int:
+        """Keys whose last use is not yet written (a queue depth in the metrics)."""
+        return len(self._used)
 
     async def flush(self) -> None:
         used, self._used = self._used, {}

@@ -45,7 +45,7 @@ class SessionManager:
         self._writer = writer
         self.idle = idle
         self.absolute = absolute
-        self._cache: TTLCache[str, Session] = TTLCache(cache_ttl)
+        self._cache: TTLCache[str, Session] = TTLCache(cache_ttl, name="sessions")
         self._touched: dict[str, datetime] = {}
         (coherence or Coherence()).on("session", self._forget_here, self._cache.clear)
 

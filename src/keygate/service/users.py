@@ -55,7 +55,7 @@ class UserManager:
         self._box = box
         self._sessions = sessions
         self._units = units
-        self._cache: TTLCache[int, User] = TTLCache(cache_ttl)
+        self._cache: TTLCache[int, User] = TTLCache(cache_ttl, name="users")
         (coherence or Coherence()).on("user", lambda ident: self._cache.evict(int(ident)), self._cache.clear)
 
     # ----- reading --------------------------------------------------------------------------------

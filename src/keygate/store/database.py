@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from keygate.store.outage import OutageAwareEngine
 from keygate.store.tables import users
+
+from keygate.telemetry import database_error
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_SECONDS = 2.0
@@ -47,12 +50,12 @@ def create_engine(url: str, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        return OutageAwareEngine(engine.sync_engine)
+        return _counted(OutageAwareEngine(engine.sync_engine))
     engine = create_async_engine(
         url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=connect_timeout,
         connect_args=_pg_timeouts(url.split("://", 1)[0], connect_timeout, statement_timeout),
     )
-    return OutageAwareEngine(engine.sync_engine)
+    return _counted(OutageAwareEngine(engine.sync_engine))
 
 
 def _pg_timeouts(driver: str, connect_timeout: float, statement_timeout: float | None) -> dict[str, float | None]:
@@ -65,6 +68,25 @@ async def ping(engine: AsyncEngine) -> None:
     """One cheap read of keygate's own schema: proves the database answers and holds keygate's tables."""
     async with engine.connect() as conn:
         await conn.execute(select(users.c.user_id).limit(1))
+
+
+def _counted(engine: AsyncEngine) -> AsyncEngine:
+    """Count every error the driver raises (failed connections included) in the metrics."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _count(context: ExceptionContext) -> None:
+        database_error(context.sqlalchemy_exception or context.original_exception)
+
+    # A refused or timed-out connection is raised by the driver as it is, without handle_error.
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: object, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception:
+            database_error(None)
+            raise
+
+    return engine
 
 
 def _alembic_config(connection: Connection) -> Config:

@@ -48,6 +48,7 @@ class RedisSessionTier:
         try:
             raw = await self._redis.get(f"{self._ns}:s:{token_hash}")
         except (RedisError, OSError):
+            redis_error("sessions")
             raise ServiceUnavailable(UNAVAILABLE) from None
         return _decode(token_hash, raw) if raw else None
 
@@ -56,6 +57,7 @@ class RedisSessionTier:
         try:
             await self._redis.set(f"{self._ns}:s:{session.token_hash}", _encode(session), ex=ttl)
         except (RedisError, OSError):
+            redis_error("sessions")
             raise ServiceUnavailable(UNAVAILABLE) from None
 
     async def delete(self, token_hashes: list[str]) -> None:
@@ -64,6 +66,7 @@ class RedisSessionTier:
         try:
             await self._redis.delete(*[f"{self._ns}:s:{h}" for h in token_hashes])
         except (RedisError, OSError):
+            redis_error("sessions")
             raise ServiceUnavailable(UNAVAILABLE) from None
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import SPREAD_GAP, nonce_as_u64, sortable
+from keygate.telemetry import redis_error
 
 T = TypeVar("T")
 
@@ -109,6 +110,7 @@ class RedisState:
         try:
             return await op()
         except (RedisError, OSError):
+            redis_error("state")
             raise ServiceUnavailable(UNAVAILABLE) from None
 
     async def claim_increasing(self, api_key: str, nonce: int) -> bool:
