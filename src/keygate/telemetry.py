@@ -134,6 +134,7 @@ KNOWN_REASONS = frozenset({
     "api key without allowlist unused too long", "user locked", "nonce not an unsigned integer",
     "nonce not increasing (replay?)", "nonce reused (replay?)", "unknown user", "wrong password", "wrong code",
     "administrator", "cli", "console", "wrong 2fa code", "unknown or expired pending 2fa token",
+    "nonce already used or below the key's floor (replay?)", "nonce at or below the floor of an earlier mode (replay?)",
 })
 _PATTERNS = (
     (re.compile(r"client ip .* not in allowlist\Z", re.DOTALL), "client ip not in allowlist"),

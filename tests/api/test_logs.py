@@ -16,7 +16,7 @@ import httpx
 import pytest
 from support import free_port
 
-from keygate.config import Settings
+from keygate.config import InvalidSetting, Settings
 from keygate.logs import JsonFormatter, log_config
 
 # A keygate app with one extra route that logs and then fails, served by uvicorn with keygate's
@@ -25,7 +25,7 @@ SCRIPT = """
 import logging, sys, uvicorn
 from starlette.requests import Request
 from keygate.api import create_app
-from keygate.config import Settings
+from keygate.config import InvalidSetting, Settings
 from keygate.logs import log_config
 
 app = create_app(Settings.from_env())
@@ -97,7 +97,7 @@ def test_log_format_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEYGATE_LOG_FORMAT", "JSON")
     assert Settings.from_env().log_format == "json"
     monkeypatch.setenv("KEYGATE_LOG_FORMAT", "xml")
-    with pytest.raises(SystemExit, match="KEYGATE_LOG_FORMAT must be one of text, json"):
+    with pytest.raises(InvalidSetting, match="KEYGATE_LOG_FORMAT='xml' is refused: it accepts text or json"):
         Settings.from_env()
 
 

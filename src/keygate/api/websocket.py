@@ -139,14 +139,17 @@ async def gateway(ws: WebSocket) -> None:
                 text = (message.get("bytes") or b"").decode("utf-8", "replace")
             if len(text) > MAX_FRAME:
                 await ws.send_text(_frame(ERROR, 0, "", _body(f"Frame larger than {MAX_FRAME} bytes", 100)))
+                observe_frame(413, 0.0)
                 continue
             try:
                 frame = json.loads(text)
             except (ValueError, RecursionError):
                 await ws.send_text(_frame(ERROR, 0, "", _body("The frame is not valid JSON", 100)))
+                observe_frame(400, 0.0)
                 continue
             if not isinstance(frame, dict):
                 await ws.send_text(_frame(ERROR, 0, "", _body("A frame is a JSON object: {\"m\":0,\"i\":<number>,\"n\":\"<Endpoint>\",\"o\":\"<payload>\"}", 100)))
+                observe_frame(400, 0.0)
                 continue
             started = time.perf_counter()
             reply, token, status = await _answer(ws, frame, token)

@@ -206,7 +206,7 @@ def serve(
                         **ssl_options)
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    access_log=False, proxy_headers=False, **ssl_options)
+                    log_config=log_config, access_log=False, proxy_headers=False, **ssl_options)
 
 
 @contextmanager

@@ -53,9 +53,12 @@ def _address(ip: str | None) -> str | None:
 
 def event(action: str, outcome: str = "success", *, reason: str | None = None, actor: Principal | None = None,
           actor_user_id: int | None = None, subject_user_id: int | None = None, api_key: str | None = None,
-          client_ip: str | None = None, detail: str | None = None, actor_kind: str | None = None) -> AuditEvent:
-    """One audit row, every field bounded to its column (and counted in the metrics, by bounded reason)."""
-    count_audit(action, outcome, reason)
+          client_ip: str | None = None, detail: str | None = None, actor_kind: str | None = None,
+          counted: bool = False) -> AuditEvent:
+    """One audit row, every field bounded to its column, and counted in the metrics by bounded reason
+    (``counted``: already counted, as a tallied signed call is at each call)."""
+    if not counted:
+        count_audit(action, outcome, reason)
     if actor is not None:
         actor_user_id, actor_kind = actor.audit_actor
     return AuditEvent(utcnow(), _clip(action, 48) or "", _clip(outcome, 16) or "", _clip(reason, 200), actor_user_id,
@@ -104,7 +107,7 @@ class AuditLog:
         for (action, user_id, api_key, client_ip), (first, last, count) in tallies.items():
             last_at = datetime.fromtimestamp(last, timezone.utc).isoformat()
             self._buffer.append(event(action, subject_user_id=user_id, api_key=api_key, client_ip=client_ip,
-                                      detail=f"count={int(count)}; last={last_at}")._replace(at=datetime.fromtimestamp(first, timezone.utc)))
+                                      detail=f"count={int(count)}; last={last_at}", counted=True)._replace(at=datetime.fromtimestamp(first, timezone.utc)))
 
     @property
     def pending(self) -> int:
