@@ -71,11 +71,6 @@ Boolean = Annotated[bool, BeforeValidator(_boolean), Field(json_schema_extra={"a
 OptionalPath = Annotated[Path | None, BeforeValidator(_unset_if_empty)]
 
 
-def _lower(value: object) -> object:
-    """A choice is read without regard to case (``JSON`` is ``json``)."""
-    return value.strip().lower() if isinstance(value, str) else value
-
-
 def _seconds(default: int, minimum: int = 1) -> Any:
     return Field(default, ge=minimum, le=10**9)
 
@@ -128,9 +123,9 @@ class Settings(BaseSettings):
     log_level: str = Field("info", json_schema_extra={"accepts": "one of " + ", ".join(LOG_LEVELS)})
     # "200": refusals on /AP/ paths answer HTTP 200 with the APEX error body, for SDKs that raise on any
     # status of 400 or more before reading the body (X-Keygate-Status carries the 4xx); "4xx" is the default
-    refusal_status: Annotated[Literal["4xx", "200"], BeforeValidator(_lower)] = Field("4xx", json_schema_extra={"accepts": "4xx or 200"})
+    refusal_status: Literal["4xx", "200"] = Field("4xx", json_schema_extra={"accepts": "4xx or 200"})
     # json: one object a line, with request_id
-    log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field("text", json_schema_extra={"accepts": "text or json"})
+    log_format: Literal["text", "json"] = Field("text", json_schema_extra={"accepts": "text or json"})
     metrics: Boolean = True  # Prometheus metrics at /metrics (keygate.telemetry)
 
     # ----- checks beyond the types ---------------------------------------------------------------
@@ -195,7 +190,7 @@ class Settings(BaseSettings):
             return entries
         return value
 
-    @field_validator("default_replay_mode", "log_level", mode="before")
+    @field_validator("default_replay_mode", "log_level", "refusal_status", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
