@@ -95,11 +95,6 @@ class TTLCache(Generic[K, V]):
         self._loading.pop(key, None)
         self._data.pop(key, None)
 
-    def evict_where(self, predicate: "callable[[V], bool]") -> None:  # type: ignore[valid-type]
-        self._loading.clear()
-        for k in [k for k, (_, v) in self._data.items() if v is not None and predicate(v)]:
-            self._data.pop(k, None)
-
     def clear(self) -> None:
         self._loading.clear()
         self._data.clear()

@@ -10,6 +10,8 @@ session), a change of permissions or allowlist reaches every live session within
 
 from __future__ import annotations
 
+import builtins
+
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -221,7 +223,7 @@ class KeyManager:
         await self._target_user(actor, user_id)
         return await self._repo.list(user_id)
 
-    async def list_all(self, actor: Principal) -> list[ApiKey]:
+    async def list_all(self, actor: Principal) -> builtins.list[ApiKey]:
         actor.require_admin()
         return await self._repo.list()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -162,7 +164,7 @@ class UserRepository:
         async with _writing(self._engine, conn) as conn:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
 
-    async def all_sealed(self, column: str) -> list[tuple[int, bytes]]:
+    async def all_sealed(self, column: str) -> builtins.list[tuple[int, bytes]]:
         col = users.c[column]
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(users.c.user_id, col).where(col.is_not(None)))).all()
@@ -212,7 +214,7 @@ class KeyRepository:
             rows = (await conn.execute(query)).all()
         return [_key(r) for r in rows]
 
-    async def save(self, key: ApiKey, conn: AsyncConnection | None = None, end_sessions: bool = False) -> list[str]:
+    async def save(self, key: ApiKey, conn: AsyncConnection | None = None, end_sessions: bool = False) -> builtins.list[str]:
         """Write the editable fields; with ``end_sessions``, delete the key's sessions in the same
         transaction. Returns the token hashes of the sessions deleted.
 
@@ -241,7 +243,7 @@ class KeyRepository:
             )
             return await _delete_sessions(conn, sessions.c.api_key == key.api_key) if end_sessions else []
 
-    async def delete(self, api_key: str, conn: AsyncConnection | None = None) -> list[str]:
+    async def delete(self, api_key: str, conn: AsyncConnection | None = None) -> builtins.list[str]:
         """Delete the key and, in the same transaction, every session it made (their hashes are returned)."""
         async with _writing(self._engine, conn) as conn:
             ended = await _delete_sessions(conn, sessions.c.api_key == api_key)
@@ -255,7 +257,7 @@ class KeyRepository:
             for api_key, at in used.items():
                 await conn.execute(update(api_keys).where(api_keys.c.api_key == api_key).values(last_used_at=at))
 
-    async def all_sealed(self, column: str = "sealed_secret") -> list[tuple[str, bytes]]:
+    async def all_sealed(self, column: str = "sealed_secret") -> builtins.list[tuple[str, bytes]]:
         col = api_keys.c[column]
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(api_keys.c.api_key, col).where(col.is_not(None)))).all()
