@@ -281,7 +281,7 @@ def user_totp_enroll(
 
     async def work(kg: Keygate) -> None:
         u = await _user(kg, user)
-        secret, uri = await kg.users.begin_totp(u.user_id)
+        secret, uri = await kg.users.begin_totp(u.user_id, operator=True)
         typer.echo(f"secret: {secret}\nuri: {uri}")
         entered = code or typer.prompt("Current 6-digit code from the authenticator app")
         await kg.users.confirm_totp(u.user_id, entered)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from keygate.config import Settings
+from keygate.domain.devices import device_key
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.throttle import ThrottlePolicy
@@ -17,6 +18,7 @@ from keygate.service.audit import AuditLog
 from keygate.service.auth import Authenticator
 from keygate.service.coherence import Coherence
 from keygate.service.guard import AbuseGuard
+from keygate.service.hash_gate import HashGate
 from keygate.service.keys import KeyManager, KeyPolicy
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager, generate_password
@@ -86,7 +88,8 @@ class Keygate:
         )
         self.guard = AbuseGuard(
             self.state,
-            ThrottlePolicy(
+            ThrottlePolicy.for_profile(
+                settings.throttle_profile,
                 ip_failures=settings.throttle_ip_failures,
                 key_failures=settings.throttle_key_failures,
                 user_failures=settings.throttle_user_failures,
@@ -95,8 +98,11 @@ class Keygate:
                 lockout_failures=settings.lockout_failures,
                 lockout_seconds=settings.lockout_seconds,
             ),
-            self.users,
             settings.unique_nonce_window_seconds,
+            device_key(master),
+            self.audit,
+            HashGate(settings.password_hash_concurrency, settings.password_hash_queue),
+            known_address_seconds=settings.known_address_days * 86400,
         )
         self.auth = Authenticator(
             self.users, self.keys, self.sessions, self.audit, self.guard,
@@ -104,6 +110,7 @@ class Keygate:
             bind_session_ip=settings.bind_session_ip,
             key_max_idle_days=settings.key_max_idle_days_without_allowlist,
             coherence=self.coherence,
+            refusal_seconds=settings.refusal_seconds,
         )
         self._flusher: asyncio.Task[None] | None = None
         self._keyring_mtime = self._keyring_stamp()

@@ -18,7 +18,8 @@ from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
-from keygate.domain.throttle import consecutive_scope, user_scope
+from keygate.domain.throttle import name_scope
+from keygate.domain.totp import matching_step
 from keygate.store.repositories import UserRepository
 from keygate.store.shared_state import SharedState
 
@@ -106,8 +107,7 @@ class UserManager:
         if locked:
             await self._sessions.end_for_user(user_id)
         else:
-            for scope in (user_scope(user_id), consecutive_scope(user_id)):
-                await self._state.reset(scope)
+            await self._state.reset(name_scope(user.username))  # the name's lockout ends with the unlock
         self._audit.record(
             "user.lock" if locked else "user.unlock",
             actor_user_id=actor.user_id if actor else None,
@@ -125,9 +125,19 @@ class UserManager:
                            reason=f"{failures} consecutive failed authentications",
                            detail=f"until {until.isoformat()}" if until else "until an administrator unlocks")
 
-    async def begin_totp(self, user_id: int) -> tuple[str, str]:
-        """Start enrolment: return the base32 secret and its otpauth:// URI. Not active until confirmed."""
+    async def begin_totp(self, user_id: int, current_code: object = None, actor: Principal | None = None,
+                         operator: bool = False) -> tuple[str, str]:
+        """Start enrolment: return the base32 secret and its otpauth:// URI. Not active until confirmed.
+
+        Replacing an enrolled seed needs a current code of that seed (a stolen password session alone
+        must not move the second factor to the thief's phone), unless an administrator does it for
+        another user, or the operator does it on the host (``operator=True``: the CLI).
+        """
         user = await self.require(user_id)
+        by_admin = operator or (actor is not None and actor.is_admin and actor.user_id != user_id)
+        if user.sealed_totp_secret is not None and not by_admin:
+            if not await self.claim_totp_code(user, self.totp_secret(user), current_code):
+                raise InvalidRequest("Two-factor sign-in is already enabled: send the current 6-digit code (Code) to replace it")
         secret = pyotp.random_base32()
         await self._update(user_id, sealed_pending_totp=self._box.seal(secret, totp_context(user_id)))
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=TOTP_ISSUER)
@@ -138,7 +148,7 @@ class UserManager:
         if user.sealed_pending_totp is None:
             raise InvalidRequest("No two-factor enrolment is in progress; start one first")
         secret = self._box.open(user.sealed_pending_totp, totp_context(user_id))
-        if not _code_ok(secret, code):
+        if not await self.claim_totp_code(user, secret, code):
             raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
         await self._update(user_id, sealed_totp_secret=user.sealed_pending_totp, sealed_pending_totp=None)
         self._audit.record("user.2fa.enable", actor_user_id=user_id, subject_user_id=user_id)
@@ -149,10 +159,16 @@ class UserManager:
         if user.sealed_totp_secret is None:
             raise InvalidRequest("Two-factor sign-in is not enabled for this user")
         if actor is None or not actor.is_admin or actor.user_id == user_id:
-            if code is None or not _code_ok(self.totp_secret(user), code):
+            if code is None or not await self.claim_totp_code(user, self.totp_secret(user), code):
                 raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
         await self._update(user_id, sealed_totp_secret=None, sealed_pending_totp=None)
         self._audit.record("user.2fa.disable", actor_user_id=actor.user_id if actor else user_id, subject_user_id=user_id)
+
+    async def claim_totp_code(self, user: User, secret: str, code: object) -> bool:
+        """Whether ``code`` is current for ``secret`` and its time step was not used by the user before;
+        the step is claimed atomically in the shared state (database or Redis), across processes."""
+        step = matching_step(secret, code)
+        return step is not None and await self._state.claim_totp_step(user.user_id, step)
 
     def totp_secret(self, user: User) -> str:
         assert user.sealed_totp_secret is not None
@@ -175,11 +191,3 @@ class UserManager:
     def invalidate(self, user_id: int) -> None:
         self._cache.evict(user_id)
 
-
-def _code_ok(secret: str, code: object) -> bool:
-    if not isinstance(code, str):
-        code = str(code) if isinstance(code, int) and not isinstance(code, bool) else ""
-    code = code.strip()
-    if len(code) != 6 or not code.isdigit():
-        return False
-    return pyotp.TOTP(secret).verify(code, valid_window=1)
