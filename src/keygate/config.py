@@ -54,7 +54,7 @@ class Settings:
     lockout_seconds: int = 3600
     throttle_profile: str = "nist"  # or "pci-dss-4.0.1": lockout after at most 10 failures, for at least 30 minutes
     known_address_days: int = 30  # an address a user signed in from stays trusted for that user this long
-    refusal_seconds: float = 0.05  # every refusal of credentials takes at least this long, whatever its cause
+    refusal_seconds: float = 0.1  # every refusal of credentials takes at least this long, whatever its cause
     password_hash_concurrency: int = 0  # Argon2 hashes at once; 0: one less than the CPUs, at least 1
     password_hash_queue: int = 64  # untrusted password sign-ins waiting for a hash; more get 429 at once
     log_level: str = "info"
@@ -100,7 +100,7 @@ class Settings:
             lockout_seconds=_int("KEYGATE_LOCKOUT_SECONDS", 3600),
             throttle_profile=(env.get("KEYGATE_THROTTLE_PROFILE") or "nist").strip().lower(),
             known_address_days=_int("KEYGATE_KNOWN_ADDRESS_DAYS", 30),
-            refusal_seconds=float(env.get("KEYGATE_REFUSAL_SECONDS") or 0.05),
+            refusal_seconds=float(env.get("KEYGATE_REFUSAL_SECONDS") or 0.1),
             password_hash_concurrency=_int("KEYGATE_PASSWORD_HASH_CONCURRENCY", 0),
             password_hash_queue=_int("KEYGATE_PASSWORD_HASH_QUEUE", 64),
             log_level=env.get("KEYGATE_LOG_LEVEL") or "info",

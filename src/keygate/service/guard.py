@@ -10,9 +10,8 @@ The rules (see ``keygate.domain.throttle`` and docs/security.md):
 * a success pays nothing here for keys; a password success resets its source's counter, marks the
   address as known and hands out a device token.
 
-Blocks this process set are remembered locally for a few seconds (bounded in size), so a blocked
-source's further failures cost no shared-state write; an administrator's unlock, made in the shared
-state, is seen by every process within that time.
+Signature blocks this process set are remembered locally for a few seconds (bounded in size), so a
+blocked source's further wrong signatures cost no shared-state write.
 """
 
 from __future__ import annotations
@@ -148,10 +147,8 @@ class AbuseGuard:
         return PasswordSource(username, ip, None, None)
 
     async def refuse_if_blocked(self, source: PasswordSource) -> None:
-        scopes = source.scopes
-        wait = max((self._local_wait(s) for s in scopes), default=0.0)
-        if wait <= 0:
-            wait = await self.state.blocked_for(scopes)
+        # Always the shared state (not the local memo): an administrator's unlock counts at once.
+        wait = await self.state.blocked_for(source.scopes)
         if wait > 0:
             raise TooManyRequests(math.ceil(wait), TOO_MANY)
 

@@ -136,7 +136,7 @@ class UserManager:
         user = await self.require(user_id)
         by_admin = operator or (actor is not None and actor.is_admin and actor.user_id != user_id)
         if user.sealed_totp_secret is not None and not by_admin:
-            if not await self.claim_totp_code(user, self.totp_secret(user), current_code):
+            if not _code_current(self.totp_secret(user), current_code):
                 raise InvalidRequest("Two-factor sign-in is already enabled: send the current 6-digit code (Code) to replace it")
         secret = pyotp.random_base32()
         await self._update(user_id, sealed_pending_totp=self._box.seal(secret, totp_context(user_id)))
@@ -148,7 +148,7 @@ class UserManager:
         if user.sealed_pending_totp is None:
             raise InvalidRequest("No two-factor enrolment is in progress; start one first")
         secret = self._box.open(user.sealed_pending_totp, totp_context(user_id))
-        if not await self.claim_totp_code(user, secret, code):
+        if not _code_current(secret, code):
             raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
         await self._update(user_id, sealed_totp_secret=user.sealed_pending_totp, sealed_pending_totp=None)
         self._audit.record("user.2fa.enable", actor_user_id=user_id, subject_user_id=user_id)
@@ -159,16 +159,10 @@ class UserManager:
         if user.sealed_totp_secret is None:
             raise InvalidRequest("Two-factor sign-in is not enabled for this user")
         if actor is None or not actor.is_admin or actor.user_id == user_id:
-            if code is None or not await self.claim_totp_code(user, self.totp_secret(user), code):
+            if code is None or not _code_current(self.totp_secret(user), code):
                 raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
         await self._update(user_id, sealed_totp_secret=None, sealed_pending_totp=None)
         self._audit.record("user.2fa.disable", actor_user_id=actor.user_id if actor else user_id, subject_user_id=user_id)
-
-    async def claim_totp_code(self, user: User, secret: str, code: object) -> bool:
-        """Whether ``code`` is current for ``secret`` and its time step was not used by the user before;
-        the step is claimed atomically in the shared state (database or Redis), across processes."""
-        step = matching_step(secret, code)
-        return step is not None and await self._state.claim_totp_step(user.user_id, step)
 
     def totp_secret(self, user: User) -> str:
         assert user.sealed_totp_secret is not None
@@ -191,3 +185,7 @@ class UserManager:
     def invalidate(self, user_id: int) -> None:
         self._cache.evict(user_id)
 
+
+def _code_current(secret: str, code: object) -> bool:
+    """Whether ``code`` is a current code of ``secret`` (enrolment and removal; sign-in also claims the step)."""
+    return matching_step(secret, code) is not None
