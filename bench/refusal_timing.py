@@ -42,7 +42,11 @@ from keygate.domain.signature import compute_signature  # noqa: E402
 from keygate.service import Keygate  # noqa: E402
 from keygate.service.principal import operator_acting_as  # noqa: E402
 
-ENV = {"KEYGATE_THROTTLE_IP_FAILURES": "1000", "KEYGATE_DEFAULT_REPLAY_MODE": "compatible"}
+# No refusal here may turn into a 429: per-address counters stay low (a fresh address per round), and
+# wrong passwords are spread over a pool of users, each under its lockout (at most 100 failures).
+ENV = {"KEYGATE_THROTTLE_IP_FAILURES": "1000", "KEYGATE_THROTTLE_USER_FAILURES": "1000", "KEYGATE_LOCKOUT_FAILURES": "100",
+       "KEYGATE_DEFAULT_REPLAY_MODE": "compatible"}
+PASSWORD_POOL = 8
 
 
 def _signed(api_key: str, secret: str, user_id: int) -> dict[str, str]:
@@ -55,10 +59,10 @@ async def _prepare(settings: Settings) -> dict[str, object]:
     await kg.start(bootstrap_admin=False)
     try:
         made = {}
-        for role in ("victim", "other"):
+        for role in ("victim", "other", *(f"pool{i}" for i in range(PASSWORD_POOL))):
             password = secrets.token_urlsafe(16)
             user = await kg.users.create(f"{role}{secrets.token_hex(3)}", password)
-            key = await kg.keys.create(operator_acting_as(user), user.user_id, frozenset(), IpAllowlist())
+            key = None if role.startswith("pool") else await kg.keys.create(operator_acting_as(user), user.user_id, frozenset(), IpAllowlist())
             made[role] = (user, password, key)
         await kg.flush()
         return made
@@ -78,7 +82,8 @@ async def _measure(base_url: str, made: dict[str, tuple], rounds: int, with_pass
     }
     if with_passwords:
         reasons["password: unknown username"] = lambda: {"json": {"UserName": f"ghost{secrets.token_hex(4)}", "Password": password}}
-        reasons["password: wrong password"] = lambda: {"json": {"UserName": victim.username, "Password": "not-" + password}}
+        pool = [made[f"pool{i}"][0].username for i in range(PASSWORD_POOL)]
+        reasons["password: wrong password"] = lambda: {"json": {"UserName": secrets.choice(pool), "Password": "not-" + password}}
     times: dict[str, list[float]] = {r: [] for r in reasons}
     for rnd in range(rounds):
         address = f"127.{200 + rnd // 62500 % 50}.{rnd // 250 % 250}.{rnd % 250 + 1}"

@@ -161,7 +161,9 @@ class AbuseGuard:
                 until = f"for {self.policy.lockout_seconds} s" if self.policy.lockout_seconds else "until an administrator unlocks"
                 where = "this device or address" if scope.startswith("src:") else "untrusted sources"
                 self._audit.record("user.lockout", "locked", subject_user_id=user.user_id if user else None, client_ip=source.ip,
-                                   reason=f"{self.policy.lockout_failures} failed sign-ins for {source.username!r}",
+                                   # the name only if it is a user's: a typed name may be a mistyped password
+                                   reason=f"{self.policy.lockout_failures} failed sign-ins for "
+                                          + (repr(user.username) if user else "a username that is no user's"),
                                    detail=f"{scope}: refused from {where} {until}")
         if wait > 0:
             return TooManyRequests(math.ceil(wait), TOO_MANY)

@@ -13,7 +13,7 @@ import asyncio
 import os
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from keygate.domain.errors import TooManyRequests
 
@@ -59,7 +59,8 @@ class HashGate:
             if waiter.done() and not waiter.cancelled():
                 self._release()  # handed a slot, then cancelled: pass it on
             else:
-                queue.remove(waiter)
+                with suppress(ValueError):  # _release may have dropped it already
+                    queue.remove(waiter)
             raise
 
     def _release(self) -> None:
