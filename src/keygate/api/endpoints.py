@@ -321,7 +321,10 @@ async def enable_2fa(request: Request) -> Response:
     principal = await authenticate_request(request)
     principal.require_password_session()
     payload = await _payload(request)
-    secret, uri = await _kg(request).users.begin_totp(principal.user_id, payload.get("code"), actor=principal)
+    code = payload.get("code")
+    if "code" in payload and not isinstance(code, str):
+        raise InvalidRequest("Code must be the current 6-digit code, as a string")
+    secret, uri = await _kg(request).users.begin_totp(principal.user_id, code, actor=principal)
     return replies.ApexJSON({"ManualCode": secret, "ProvisioningUri": uri, "result": True, "errormsg": None}, headers={"Cache-Control": "no-store"})
 
 

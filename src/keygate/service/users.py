@@ -133,6 +133,8 @@ class UserManager:
         must not move the second factor to the thief's phone), unless an administrator does it for
         another user, or the operator does it on the host (``operator=True``: the CLI).
         """
+        if current_code is not None and (isinstance(current_code, bool) or not isinstance(current_code, (str, int))):
+            raise InvalidRequest("Code must be the current 6-digit code, as a string")
         user = await self.require(user_id)
         by_admin = operator or (actor is not None and actor.is_admin and actor.user_id != user_id)
         if user.sealed_totp_secret is not None and not by_admin:
