@@ -85,6 +85,7 @@ def settings(database_url: str, master_key: str, tmp_path_factory: pytest.TempPa
         throttle_key_failures=1_000_000,
         throttle_user_failures=1_000_000,
         lockout_failures=100,
+        refusal_seconds=0.0,  # in-process tests fail on purpose a lot; the servers they start keep the default
         redis_namespace=f"kgtest{secrets.token_hex(4)}",  # Redis outlives the database: never share counters
     )
 

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     throttle_max_backoff_seconds: int = _seconds(int(_THROTTLE.max_backoff_seconds))
     lockout_failures: int = Field(_THROTTLE.lockout_failures, ge=1, le=NIST_MAX_CONSECUTIVE_FAILURES)
     lockout_seconds: int = _seconds(_THROTTLE.lockout_seconds, minimum=0)  # 0: until an administrator unlocks
+    # "pci-dss-4.0.1": lockout after at most 10 failures, for at least 30 minutes (PCI DSS 4.0.1, 8.3.4)
+    throttle_profile: Literal["nist", "pci-dss-4.0.1"] = Field("nist", json_schema_extra={"accepts": "nist or pci-dss-4.0.1"})
+    known_address_days: int = Field(30, ge=0, le=3650)  # an address a user signed in from stays trusted this long
+    refusal_seconds: float = Field(0.1, ge=0, le=10)  # every refusal of credentials takes at least this long
+    password_hash_concurrency: int = Field(0, ge=0, le=1024)  # Argon2 hashes at once; 0: one less than the CPUs, at least 1
+    password_hash_queue: int = Field(64, ge=1, le=100_000)  # untrusted password sign-ins waiting for a hash; more get 429
     log_level: str = Field("info", json_schema_extra={"accepts": "one of " + ", ".join(LOG_LEVELS)})
     # "200": refusals on /AP/ paths answer HTTP 200 with the APEX error body, for SDKs that raise on any
     # status of 400 or more before reading the body (X-Keygate-Status carries the 4xx); "4xx" is the default
@@ -190,7 +196,7 @@ class Settings(BaseSettings):
             return entries
         return value
 
-    @field_validator("default_replay_mode", "log_level", "refusal_status", "log_format", mode="before")
+    @field_validator("default_replay_mode", "log_level", "refusal_status", "log_format", "throttle_profile", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

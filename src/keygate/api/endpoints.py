@@ -132,10 +132,24 @@ def _target_user(payload: dict[str, Any], principal: Principal) -> int:
     return principal.user_id if raw in (None, "") else parse_user_id(raw)
 
 
+DEVICE_HEADER = "Keygate-Device"
+
+
+def _device(request: Request) -> str | None:
+    """The device token of an earlier password sign-in: the ``Keygate-Device`` header (or ``kg_device`` cookie)."""
+    return header(request, "keygate-device") or request.cookies.get("kg_device")
+
+
+def _with_device(response: Response, grant: SessionGrant) -> Response:
+    if grant.device:
+        response.headers[DEVICE_HEADER] = grant.device
+    return response
+
+
 def _render_grant(result: SessionGrant | Pending2FA, web: bool = False) -> Response:
     if isinstance(result, Pending2FA):
         return replies.auth_pending_2fa(result.token)
-    return replies.auth_success(result.token, result.user, user_id_field=web)
+    return _with_device(replies.auth_success(result.token, result.user, user_id_field=web), result)
 
 
 async def _sign_in(request: Request, allow_resume: bool = False) -> Response:
@@ -150,7 +164,8 @@ async def _sign_in(request: Request, allow_resume: bool = False) -> Response:
         if any(k in payload for k in ("apikey", "signature", "nonce")):
             return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(payload), ip), allow_resume)
         if "username" in payload or "password" in payload:
-            return _render_grant(await kg.auth.authenticate_password(payload.get("username"), payload.get("password"), ip), allow_resume)
+            return _render_grant(await kg.auth.authenticate_password(payload.get("username"), payload.get("password"), ip,
+                                                                     _device(request)), allow_resume)
         if allow_resume and payload.get("sessiontoken"):
             token = payload["sessiontoken"]
             if not isinstance(token, str):
@@ -158,7 +173,7 @@ async def _sign_in(request: Request, allow_resume: bool = False) -> Response:
             return _render_grant(await kg.auth.resume(token, ip), allow_resume)
         basic = basic_auth(request)
         if basic:
-            return _render_grant(await kg.auth.authenticate_password(basic[0], basic[1], ip), allow_resume)
+            return _render_grant(await kg.auth.authenticate_password(basic[0], basic[1], ip, _device(request)), allow_resume)
         raise InvalidRequest(_NO_SIGN_IN_FIELDS[over_websocket(request)])
     except KeygateError as exc:
         return replies.auth_failure(exc)
@@ -216,10 +231,11 @@ async def authenticate_2fa(request: Request) -> Response:
     try:
         payload = await _payload(request)
         pending = header(request, "pending2fatoken") or payload.get("pending2fatoken")
-        grant = await kg.auth.complete_2fa(pending, payload.get("code"), ip)
+        grant = await kg.auth.complete_2fa(pending, payload.get("code"), ip, _device(request))
     except KeygateError as exc:
         return replies.auth_failure(exc)
-    return replies.ApexJSON({"Authenticated": True, "UserId": grant.user.user_id, "SessionToken": grant.token, "errormsg": None})
+    return _with_device(replies.ApexJSON({"Authenticated": True, "UserId": grant.user.user_id, "SessionToken": grant.token,
+                                          "errormsg": None}), grant)
 
 
 # ----- private --------------------------------------------------------------------------------
@@ -393,9 +409,15 @@ async def remove_user_api_key(request: Request, principal: Principal) -> Respons
 
 
 @endpoint("EnableGoogle2FA", "Start TOTP enrolment: answers the secret (`ManualCode`) and an otpauth URI",
-          "Two-factor sign-in is active only after `ConfirmGoogle2FA` with a current code.", auth="password-session", reply="Enable2FA")
+          "Two-factor sign-in is active only after `ConfirmGoogle2FA` with a current code. Replacing an enrolled "
+          "seed needs `Code`, a current code of the enrolled seed.", auth="password-session", reply="Enable2FA",
+          body={"Code": "string"})
 async def enable_2fa(request: Request, principal: Principal) -> Response:
-    secret, uri = await _kg(request).users.begin_totp(principal, principal.user_id)
+    payload = await _payload(request)
+    code = payload.get("code")
+    if "code" in payload and not isinstance(code, str):
+        raise InvalidRequest("Code must be the current 6-digit code, as a string")
+    secret, uri = await _kg(request).users.begin_totp(principal, principal.user_id, code)
     return replies.ApexJSON({"ManualCode": secret, "ProvisioningUri": uri, "result": True, "errormsg": None}, headers={"Cache-Control": "no-store"})
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -98,21 +99,25 @@ def _refusals_as_200(send: Send) -> Send:
 
 
 class BodyLimit:
-    """Refuse a declared ``Content-Length`` above ``max_bytes`` with 413, before reading anything.
+    """Bound every request body to ``max_bytes``, on every route (APEX, console forms, anything mounted).
 
-    Bodies without a length (chunked) are bounded while being read, in ``wire.read_payload``.
+    A declared ``Content-Length`` above the limit is refused with 413 before anything is read. A body
+    without a length (chunked), or longer than it said, is counted while it is read: the moment it
+    passes the limit the client gets 413, and the application sees the client gone
+    (``http.disconnect``), so a form parser stops at once instead of spooling the rest to disk.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, send: Send) -> None:
+    def _reply(self) -> tuple[Message, Message]:
         body = json.dumps(
             {"result": False, "errormsg": f"Request body is larger than {self.max_bytes} bytes", "errorcode": 100, "detail": None}
         ).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        start: Message = {"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]}
+        return start, {"type": "http.response.body", "body": body}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,6 +130,38 @@ class BodyLimit:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await self._refuse(send)
+                    for message in self._reply():
+                        await send(message)
                     return
-        await self.app(scope, receive, send)
+        received = 0
+        refused = False  # we answered 413: the application's own reply is dropped
+        started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    if not started:
+                        for reply in self._reply():
+                            await send(reply)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except ClientDisconnect:
+            if not refused:
+                raise

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -85,6 +85,8 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, watch)
+        except ClientDisconnect:
+            raise  # the client left, or BodyLimit cut an oversized body: nobody to answer
         except Exception as exc:
             log.error("console error on %s: %s", scope.get("path"), type(exc).__name__, exc_info=exc)
             if started or scope["type"] != "http":

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keygate.console.security import (
-    CSRF_FIELD, PENDING_COOKIE, PRE_COOKIE, PURPOSE_2FA, PURPOSE_LOGIN, SESSION_COOKIE, clear_cookie, csrf_ok,
+    CSRF_FIELD, DEVICE_COOKIE, PENDING_COOKIE, PRE_COOKIE, PURPOSE_2FA, PURPOSE_LOGIN, SESSION_COOKIE, clear_cookie, csrf_ok,
     csrf_token, new_secret, set_cookie,
 )
 from keygate.console.web import checked_form, client_ip, field, keygate, optional_user, redirect, render, require_user
@@ -22,6 +22,7 @@ NOTICES = {
     "code-expired": "The two-factor step took too long. Sign in again.",
 }
 PRE_COOKIE_SECONDS = 3600
+DEVICE_COOKIE_SECONDS = 365 * 86400
 MAX_NEXT = 500
 
 
@@ -32,6 +33,13 @@ def safe_next(value: object) -> str:
     if any(c in value for c in "\\\r\n\t") or value.startswith(("/login", "/logout")):
         return "/"
     return value
+
+
+def _keep_device(request: Request, response: Response, device: str | None) -> None:
+    """The device cookie: this browser signed in as the user, so guesses made elsewhere do not block it.
+    It outlives sign-outs (it is not a session) and is renewed at every sign-in."""
+    if device:
+        set_cookie(request, response, DEVICE_COOKIE, device, max_age=DEVICE_COOKIE_SECONDS)
 
 
 def _with_next(path: str, next_path: str) -> str:
@@ -67,7 +75,7 @@ async def login(request: Request) -> Response:
         return _login_page(request, 400, "Enter your username and your password.", username, next_path)
     kg = keygate(request)
     try:
-        result = await kg.auth.authenticate_password(username, password, client_ip(request))
+        result = await kg.auth.authenticate_password(username, password, client_ip(request), request.cookies.get(DEVICE_COOKIE))
     except AuthenticationFailed as exc:
         message = ("This account is locked. Ask an administrator to unlock it." if exc.locked
                    else "Wrong username or password.")
@@ -82,6 +90,7 @@ async def login(request: Request) -> Response:
         return response
     response = redirect(request, next_path)
     set_cookie(request, response, SESSION_COOKIE, result.token)
+    _keep_device(request, response, result.device)
     clear_cookie(request, response, PRE_COOKIE)
     return response
 
@@ -111,7 +120,7 @@ async def submit_code(request: Request) -> Response:
     if not (len(code) == 6 and code.isdigit()):
         return _code_page(request, pending, 400, "Enter the 6-digit code from your authenticator app.", next_path)
     try:
-        grant = await keygate(request).auth.complete_2fa(pending, code, client_ip(request))
+        grant = await keygate(request).auth.complete_2fa(pending, code, client_ip(request), request.cookies.get(DEVICE_COOKIE))
     except AuthenticationFailed as exc:
         if exc.reason.startswith("unknown or expired"):
             response = redirect(request, "/login?m=code-expired")
@@ -122,6 +131,7 @@ async def submit_code(request: Request) -> Response:
         return _code_page(request, pending, exc.http_status, exc.message, next_path)
     response = redirect(request, next_path)
     set_cookie(request, response, SESSION_COOKIE, grant.token)
+    _keep_device(request, response, grant.device)
     clear_cookie(request, response, PENDING_COOKIE)
     clear_cookie(request, response, PRE_COOKIE)
     return response

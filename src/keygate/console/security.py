@@ -24,6 +24,7 @@ from keygate.service.cache import TTLCache
 SESSION_COOKIE = "kg_session"
 PENDING_COOKIE = "kg_2fa"
 PRE_COOKIE = "kg_pre"
+DEVICE_COOKIE = "kg_device"  # signed device token (keygate.domain.devices), set at each password sign-in
 CSRF_FIELD = "csrf_token"
 FORM_ID_FIELD = "form_id"
 

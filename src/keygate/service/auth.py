@@ -3,18 +3,21 @@
 Every refusal of credentials raises ``AuthenticationFailed`` with the same public message, whatever
 the cause (unknown key, wrong user, wrong signature, address not allowed); the precise cause goes to
 the audit trail only. ``Locked`` is revealed only to a caller whose credentials were right.
+
+Such refusals also take the same time whatever the cause: each is answered no sooner than
+``refusal_seconds`` after the attempt began (an ``asyncio.sleep``, which costs no CPU), which is
+longer than any of the causes takes to find.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import NamedTuple
 from datetime import timedelta
 
-import pyotp
-
-from keygate.domain.errors import AuthenticationFailed, InvalidRequest, NotAuthorized, NotFound
+from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError, NotAuthorized, NotFound
 from keygate.domain.passwords import DUMMY_HASH, verify_password
 from keygate.domain.permissions import ALL_PERMISSIONS, Permission
 from keygate.domain.sessions import Session, SessionKind
@@ -22,10 +25,11 @@ from keygate.domain.signature import is_well_formed, signature_matches
 from keygate.domain.users import User, parse_user_id
 from keygate.domain.keys import ApiKey
 from keygate.domain.replay import ReplayMode
+from keygate.domain.totp import matching_step
 from keygate.service.audit import AuditLog, event
 from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
-from keygate.service.guard import AbuseGuard
+from keygate.service.guard import AbuseGuard, PasswordSource
 from keygate.service.keys import KeyManager
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
@@ -73,6 +77,7 @@ class SessionGrant(NamedTuple):
     token: str
     user: User
     session: Session | None = None
+    device: str | None = None  # after a password sign-in: the device token to keep (cookie or Keygate-Device header)
 
 
 class Pending2FA(NamedTuple):
@@ -93,10 +98,12 @@ class Authenticator:
         key_max_idle_days: int = 0,
         coherence: Coherence | None = None,
         units: Units | None = None,
+        refusal_seconds: float = 0.0,
     ) -> None:
         assert units is not None, "the container wires the units of work"
         self._units = units
         self._guard = guard
+        self._refusal_seconds = refusal_seconds
         self._healthy = (coherence or Coherence()).require_healthy
         self._key_max_idle_days = key_max_idle_days
         self._users = users
@@ -106,24 +113,38 @@ class Authenticator:
         self._pending_lifetime = pending_2fa_lifetime
         self._bind_ip = bind_session_ip
 
+    async def _pad(self, started: float) -> None:
+        """Answer a refusal no sooner than ``refusal_seconds`` after ``started``, whatever its cause."""
+        left = started + self._refusal_seconds - time.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
+
     # ----- API keys ---------------------------------------------------------------------------
     async def _refuse(self, action: str, reason: str, key: ApiKey | None, user: User | None, client_ip: str | None,
-                      *, public: str | None = None, count_user: bool = False) -> Exception:
-        """Audit a refused key authentication and count it; return the error to raise."""
-        refusal = AuthenticationFailed(reason, public_message=public)
+                      started: float) -> Exception:
+        """Audit a refused signature (which proves nothing: unknown key or user, wrong signature) and
+        count it against the source address only; return the error to raise, in the same time for all."""
         self._audit.record(action, "failure", reason=reason, subject_user_id=user.user_id if user else None,
                            api_key=key.api_key if key else None, client_ip=client_ip)
-        return await self._guard.on_failure(client_ip, key, user if count_user else None, refusal)
+        refusal = await self._guard.signature_refused(client_ip, AuthenticationFailed(reason))
+        await self._pad(started)
+        return refusal
+
+    def _refuse_holder(self, action: str, reason: str, key: ApiKey, user: User, client_ip: str | None, public: str) -> Exception:
+        """Audit a refusal of a caller that holds the secret: told exactly why, counted nowhere (not a guess)."""
+        self._audit.record(action, "failure", reason=reason, subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
+        return AuthenticationFailed(reason, public_message=public)
 
     async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey, int]:
         """The user and key of a valid signature, and the serial of the secret that made it."""
+        started = time.monotonic()
         self._healthy()
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
         if key is None:
-            raise await self._refuse(action, "unknown api key", key, user, client_ip)
+            raise await self._refuse(action, "unknown api key", key, user, client_ip, started)
         if user is None or key.user_id != user.user_id:
-            raise await self._refuse(action, "api key belongs to another user", key, user, client_ip)
+            raise await self._refuse(action, "api key belongs to another user", key, user, client_ip, started)
         now = utcnow()
         serial = key.secret_serial
         secret_ok = self._keys.signing_key_of(key).matches(creds.nonce, creds.user_id, creds.api_key, creds.signature)
@@ -131,16 +152,16 @@ class Authenticator:
             secret_ok = signature_matches(self._keys.previous_secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature)
             serial -= 1
         if not secret_ok:
-            raise await self._refuse(action, "signature mismatch", key, user, client_ip, count_user=True)
+            raise await self._refuse(action, "signature mismatch", key, user, client_ip, started)
         # From here on the caller proved it holds the secret: refusals may say exactly what is wrong.
         if not key.ip_allowlist.allows(client_ip):
-            raise await self._refuse(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
-                                     public="This API key may not be used from your IP address")
+            raise self._refuse_holder(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
+                                      "This API key may not be used from your IP address")
         if key.expired(now):
-            raise await self._refuse(action, "api key expired", key, user, client_ip, public="This API key has expired; create a new one")
+            raise self._refuse_holder(action, "api key expired", key, user, client_ip, "This API key has expired; create a new one")
         if key.idle_expired(now, self._key_max_idle_days):
-            raise await self._refuse(action, "api key without allowlist unused too long", key, user, client_ip,
-                                     public=f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
+            raise self._refuse_holder(action, "api key without allowlist unused too long", key, user, client_ip,
+                                      f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
         if user.is_locked(now):
             # Not a guess (the signature was right): tell the caller, count nothing.
             self._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id,
@@ -150,17 +171,16 @@ class Authenticator:
             self._keys.note_compatible_nonce(key.api_key, creds.nonce)
         else:
             refusal = await self._guard.claim_nonce(key, creds.nonce)
-            if refusal is not None:
+            if refusal is not None:  # the right secret with an unacceptable nonce: not a guess, not counted
                 self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
                                    api_key=key.api_key, client_ip=client_ip)
-                raise await self._guard.on_failure(client_ip, key, None, refusal)
-        if self._guard.saw_failures:
-            await self._guard.on_success(key, user)
+                raise refusal
         self._keys.mark_used(key.api_key)
         return user, key, serial
 
     async def authenticate_key(self, creds: KeyCredentials, client_ip: str | None) -> SessionGrant:
         user, key, serial = await self._verify_key(creds, client_ip, "auth.key")
+        await self._guard.key_signed_in(user, client_ip)  # a known address of the user from now on
         token = await self._sessions.issue(user.user_id, SessionKind.KEY, key.api_key, client_ip, key_serial=serial)
         self._audit.record("auth.key", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
         return SessionGrant(token, user)
@@ -175,58 +195,79 @@ class Authenticator:
         return Principal(user, key.permissions, SessionKind.KEY, key.api_key)
 
     # ----- passwords and TOTP -----------------------------------------------------------------
-    async def authenticate_password(self, username: object, password: object, client_ip: str | None) -> SessionGrant | Pending2FA:
+    async def authenticate_password(self, username: object, password: object, client_ip: str | None,
+                                    device: object = None) -> SessionGrant | Pending2FA:
+        """Check a password. ``device`` is the device token a previous sign-in handed out (console
+        cookie, or the ``Keygate-Device`` header of API clients): with it, or from an address the user
+        signed in from before, guesses made elsewhere do not block this attempt."""
         if not isinstance(username, str) or not username or len(username) > MAX_USERNAME_LENGTH or not username.isprintable():
             raise InvalidRequest("UserName must be a non-empty string of at most 64 characters")
         if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_LENGTH:
             raise InvalidRequest("Password must be a non-empty string of at most 256 characters")
+        started = time.monotonic()
         self._healthy()
         user = await self._users.get_by_name(username)
-        # A throttled guesser is refused before the password is even looked at: no oracle, no CPU.
-        await self._guard.refuse_if_blocked(client_ip, user)
-        # Verify even for an unknown user, so timing does not tell which usernames exist.
-        ok = await asyncio.to_thread(verify_password, user.password_hash if user else DUMMY_HASH, password)
-        if user is None or not ok:
-            reason = "unknown user" if user is None else "wrong password"
-            self._audit.record("auth.password", "failure", reason=reason,
-                               subject_user_id=user.user_id if user else None, client_ip=client_ip)
-            raise await self._guard.on_failure(client_ip, None, user, AuthenticationFailed(reason))
+        source = await self._guard.password_source(username, user, client_ip, device)
+        try:
+            # A throttled guesser is refused before the password is even looked at: no oracle, no CPU.
+            # Known and unknown usernames are counted and refused alike.
+            await self._guard.refuse_if_blocked(source)
+            async with self._guard.hash_gate.slot(trusted=source.trusted is not None):
+                # Verify even for an unknown user, so timing does not tell which usernames exist.
+                ok = await asyncio.to_thread(verify_password, user.password_hash if user else DUMMY_HASH, password)
+            if user is None or not ok:
+                reason = "unknown user" if user is None else "wrong password"
+                self._audit.record("auth.password", "failure", reason=reason,
+                                   subject_user_id=user.user_id if user else None, client_ip=client_ip)
+                raise await self._guard.password_failed(source, user, AuthenticationFailed(reason))
+        except KeygateError:
+            await self._pad(started)
+            raise
         if user.is_locked(utcnow()):
             self._audit.record("auth.password", "failure", reason="user locked", subject_user_id=user.user_id, client_ip=client_ip)
             raise AuthenticationFailed("user locked", locked=True)
-        await self._guard.on_success(None, user)
         if user.uses_2fa:
             token = await self._sessions.issue(user.user_id, SessionKind.PENDING_2FA, None, client_ip, lifetime=self._pending_lifetime)
             self._audit.record("auth.password", "pending-2fa", subject_user_id=user.user_id, client_ip=client_ip)
             return Pending2FA(token, user)
-        return await self._password_session(user, client_ip, "auth.password")
+        return await self._password_session(user, client_ip, "auth.password", source)
 
-    async def complete_2fa(self, pending_token: object, code: object, client_ip: str | None) -> SessionGrant:
+    async def complete_2fa(self, pending_token: object, code: object, client_ip: str | None, device: object = None) -> SessionGrant:
         if not isinstance(pending_token, str) or not pending_token:
             raise InvalidRequest("Missing Pending2FaToken: send the token that the password sign-in returned")
         if isinstance(code, int) and not isinstance(code, bool):
             code = f"{code:06d}"
         if not isinstance(code, str) or not code.strip():
             raise InvalidRequest("Missing Code: send the 6-digit code from the authenticator app")
+        started = time.monotonic()
         self._healthy()
         try:
-            pending = await self._sessions.resolve(pending_token, kind=SessionKind.PENDING_2FA)
-        except NotAuthorized:
-            raise AuthenticationFailed("unknown or expired pending 2fa token") from None
-        user = await self._users.require(pending.user_id)
-        await self._guard.refuse_if_blocked(client_ip, user)
-        code = code.strip()
-        if user.sealed_totp_secret is None or not (code.isdigit() and len(code) == 6 and pyotp.TOTP(self._users.totp_secret(user)).verify(code, valid_window=1)):
-            self._audit.record("auth.2fa", "failure", reason="wrong code", subject_user_id=user.user_id, client_ip=client_ip)
-            raise await self._guard.on_failure(client_ip, None, user, AuthenticationFailed("wrong 2fa code"))
+            try:
+                pending = await self._sessions.resolve(pending_token, kind=SessionKind.PENDING_2FA)
+            except NotAuthorized:
+                raise AuthenticationFailed("unknown or expired pending 2fa token") from None
+            user = await self._users.require(pending.user_id)
+            source = await self._guard.password_source(user.username, user, client_ip, device)
+            await self._guard.refuse_if_blocked(source)
+            # The code's time step is claimed once per user, atomically in the shared state: one code
+            # signs in once, across every process, and an older code is refused after a newer one.
+            step = matching_step(self._users.totp_secret(user), code) if user.sealed_totp_secret is not None else None
+            if step is None or not await self._guard.claim_totp_step(user.user_id, step):
+                reason = "wrong 2fa code" if step is None else "2fa code already used"
+                self._audit.record("auth.2fa", "failure", reason=reason, subject_user_id=user.user_id, client_ip=client_ip)
+                raise await self._guard.password_failed(source, user, AuthenticationFailed(reason))
+        except KeygateError:
+            await self._pad(started)
+            raise
         async with self._units.begin() as unit:  # a pending token is good for one success only
             await self._sessions.end(unit, pending.token_hash)
-        return await self._password_session(user, client_ip, "auth.2fa")
+        return await self._password_session(user, client_ip, "auth.2fa", source)
 
-    async def _password_session(self, user: User, client_ip: str | None, action: str) -> SessionGrant:
+    async def _password_session(self, user: User, client_ip: str | None, action: str, source: PasswordSource) -> SessionGrant:
+        device = await self._guard.password_succeeded(source, user)
         token = await self._sessions.issue(user.user_id, SessionKind.PASSWORD, None, client_ip)
         self._audit.record(action, subject_user_id=user.user_id, client_ip=client_ip)
-        return SessionGrant(token, user)
+        return SessionGrant(token, user, device=device)
 
     # ----- sessions ---------------------------------------------------------------------------
     async def principal_for_token(self, token: str, client_ip: str | None) -> Principal:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keygate.config import Settings
 from keygate.domain.errors import ServiceUnavailable
+from keygate.domain.devices import device_key
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.throttle import ThrottlePolicy
@@ -20,6 +21,7 @@ from keygate.service.audit import AuditLog
 from keygate.service.auth import Authenticator
 from keygate.service.coherence import Coherence
 from keygate.service.guard import AbuseGuard
+from keygate.service.hash_gate import HashGate
 from keygate.service.keys import KeyManager, KeyPolicy
 from keygate.service.principal import OPERATOR
 from keygate.service.session_writer import SessionWriter
@@ -104,7 +106,8 @@ class Keygate:
         )
         self.guard = AbuseGuard(
             self.state,
-            ThrottlePolicy(
+            ThrottlePolicy.for_profile(
+                settings.throttle_profile,
                 ip_failures=settings.throttle_ip_failures,
                 key_failures=settings.throttle_key_failures,
                 user_failures=settings.throttle_user_failures,
@@ -113,9 +116,12 @@ class Keygate:
                 lockout_failures=settings.lockout_failures,
                 lockout_seconds=settings.lockout_seconds,
             ),
-            self.users,
             settings.unique_nonce_window_seconds,
-            settings.nonce_window_size,
+            device_key(master),
+            self.audit,
+            HashGate(settings.password_hash_concurrency, settings.password_hash_queue),
+            known_address_seconds=settings.known_address_days * 86400,
+            window_size=settings.nonce_window_size,
         )
         self.auth = Authenticator(
             self.users, self.keys, self.sessions, self.audit, self.guard,
@@ -124,6 +130,7 @@ class Keygate:
             key_max_idle_days=settings.key_max_idle_days_without_allowlist,
             coherence=self.coherence,
             units=self.units,
+            refusal_seconds=settings.refusal_seconds,
         )
         self._flusher: asyncio.Task[None] | None = None
         self._audit_flusher: asyncio.Task[None] | None = None

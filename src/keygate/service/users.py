@@ -22,7 +22,6 @@ from keygate.domain.errors import InvalidRequest, NotFound
 from keygate.domain.passwords import check_password_policy, hash_password
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.sessions import SessionKind
-from keygate.domain.throttle import consecutive_scope, user_scope
 from keygate.domain.users import User, check_username
 from keygate.service.audit import event
 from keygate.service.cache import TTLCache
@@ -30,6 +29,8 @@ from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
+from keygate.domain.throttle import name_scope
+from keygate.domain.totp import matching_step
 from keygate.store.repositories import UserRepository
 from keygate.store.shared_state import SharedState
 from keygate.store.unit import Unit, Units
@@ -127,15 +128,14 @@ class UserManager:
         actor.require_admin()
         if locked:
             actor.require_not_self(user_id, "You cannot lock yourself")
-        await self.require(user_id)
+        user = await self.require(user_id)
         async with self._units.begin() as unit:
             await self._update(unit, user_id, locked=locked, locked_until=None)
             if locked:
                 await self._end_everywhere(unit, user_id)
             unit.audit(event("user.lock" if locked else "user.unlock", actor=actor, subject_user_id=user_id, reason=reason))
         if not locked:
-            for scope in (user_scope(user_id), consecutive_scope(user_id)):
-                await self._state.reset(scope)
+            await self._state.reset(name_scope(user.username))  # the name's lockout ends with the unlock
         return await self.require(user_id)
 
     async def sign_out_everywhere(self, actor: Principal, user_id: int) -> int:
@@ -147,26 +147,27 @@ class UserManager:
             unit.audit(event("user.signout", actor=actor, subject_user_id=user_id, detail=f"{ended} sessions ended"))
         return ended
 
-    async def lock_after_failures(self, user_id: int, seconds: int, failures: int, client_ip: str | None) -> None:
-        """The automatic lockout: until ``seconds`` pass (0: until an administrator unlocks)."""
-        until = utcnow() + timedelta(seconds=seconds) if seconds > 0 else None
-        async with self._units.begin() as unit:
-            await self._update(unit, user_id, locked=True, locked_until=until)
-            await self._end_everywhere(unit, user_id)
-            unit.audit(event("user.lockout", "locked", actor_kind="system", subject_user_id=user_id, client_ip=client_ip,
-                             reason=f"{failures} consecutive failed authentications",
-                             detail=f"until {until.isoformat()}" if until else "until an administrator unlocks"))
-
     # ----- two-factor sign-in ---------------------------------------------------------------------
     def _require_own_totp(self, actor: Principal, user_id: int) -> None:
         actor.require_password_session()
-        if not actor.is_operator and actor.user_id != user_id:
+        if not actor.is_admin and actor.user_id != user_id:
             raise NotFound(f"User {user_id} not found")
 
-    async def begin_totp(self, actor: Principal, user_id: int) -> tuple[str, str]:
-        """Start enrolment: return the base32 secret and its otpauth:// URI. Not active until confirmed."""
+    async def begin_totp(self, actor: Principal, user_id: int, current_code: object = None) -> tuple[str, str]:
+        """Start enrolment: return the base32 secret and its otpauth:// URI. Not active until confirmed.
+
+        Replacing an enrolled seed needs a current code of that seed (a stolen password session alone
+        must not move the second factor to the thief's phone), unless an administrator does it for
+        another user, or the operator does it on the host (the CLI).
+        """
         self._require_own_totp(actor, user_id)
+        if current_code is not None and (isinstance(current_code, bool) or not isinstance(current_code, (str, int))):
+            raise InvalidRequest("Code must be the current 6-digit code, as a string")
         user = await self.require(user_id)
+        by_admin = actor.is_admin and actor.user_id != user_id  # the operator too (no user of its own)
+        if user.sealed_totp_secret is not None and not by_admin:
+            if not _code_current(self.totp_secret(user), current_code):
+                raise InvalidRequest("Two-factor sign-in is already enabled: send the current 6-digit code (Code) to replace it")
         secret = pyotp.random_base32()
         async with self._units.begin() as unit:
             await self._update(unit, user_id, sealed_pending_totp=self._box.seal(secret, totp_context(user_id)))
@@ -181,7 +182,7 @@ class UserManager:
         if user.sealed_pending_totp is None:
             raise InvalidRequest("No two-factor enrolment is in progress; start one first")
         secret = self._box.open(user.sealed_pending_totp, totp_context(user_id))
-        if not _code_ok(secret, code):
+        if not _code_current(secret, code):
             raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
         async with self._units.begin() as unit:
             await self._update(unit, user_id, sealed_totp_secret=user.sealed_pending_totp, sealed_pending_totp=None)
@@ -198,7 +199,7 @@ class UserManager:
         if user.sealed_totp_secret is None:
             raise InvalidRequest("Two-factor sign-in is not enabled for this user")
         if not (actor.is_admin and actor.user_id != user_id):
-            if code is None or not _code_ok(self.totp_secret(user), code):
+            if code is None or not _code_current(self.totp_secret(user), code):
                 raise InvalidRequest("The code is wrong or expired; enter the current 6-digit code")
         async with self._units.begin() as unit:
             await self._update(unit, user_id, sealed_totp_secret=None, sealed_pending_totp=None)
@@ -225,10 +226,6 @@ class UserManager:
         return count
 
 
-def _code_ok(secret: str, code: object) -> bool:
-    if not isinstance(code, str):
-        code = str(code) if isinstance(code, int) and not isinstance(code, bool) else ""
-    code = code.strip()
-    if len(code) != 6 or not code.isdigit():
-        return False
-    return pyotp.TOTP(secret).verify(code, valid_window=1)
+def _code_current(secret: str, code: object) -> bool:
+    """Whether ``code`` is a current code of ``secret`` (enrolment and removal; sign-in also claims the step)."""
+    return matching_step(secret, code) is not None

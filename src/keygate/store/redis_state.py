@@ -2,7 +2,8 @@
 
 Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (highest numeric nonce accepted, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
 unique nonce, expiring with its window), ``kg:f:<scope>`` (failure count, expiring with its window),
-``kg:b:<scope>`` (a block, expiring when it ends). Any Redis error becomes ``ServiceUnavailable``, so
+``kg:b:<scope>`` (a block, expiring when it ends), ``kg:t:<user_id>`` (the last TOTP time step signed in with),
+``kg:m:<mark>`` (a trusted source, expiring with its mark). Any Redis error becomes ``ServiceUnavailable``, so
 authentication fails closed (503) and recovers by itself when Redis answers again.
 """
 
@@ -68,6 +69,13 @@ if padded ~= '' and (not high or padded > high) then redis.call('SET', nk, padde
 return 1
 """
 
+_CLAIM_STEP = """
+local cur = tonumber(redis.call('GET', KEYS[1]))
+if cur and cur >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
 _RECORD_FAILURE = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -104,6 +112,7 @@ class RedisState:
         self._claim = self._redis.register_script(_CLAIM_INCREASING)
         self._fail = self._redis.register_script(_RECORD_FAILURE)
         self._window = self._redis.register_script(_CLAIM_WINDOW)
+        self._step = self._redis.register_script(_CLAIM_STEP)
 
     @staticmethod
     async def _guard(op: Callable[[], Awaitable[T]]) -> T:
@@ -157,6 +166,16 @@ class RedisState:
 
     async def reset(self, scope: str) -> None:
         await self._guard(lambda: self._redis.delete(f"{self._ns}:f:{scope}", f"{self._ns}:b:{scope}"))
+
+    async def claim_totp_step(self, user_id: int, step: int) -> bool:
+        # Kept a day: a claimed step is only ever compared with the current one, give or take one.
+        return bool(await self._guard(lambda: self._step(keys=[f"{self._ns}:t:{user_id}"], args=[step, 86400])))
+
+    async def mark(self, name: str, seconds: int) -> None:
+        await self._guard(lambda: self._redis.set(f"{self._ns}:m:{name}", "1", ex=max(1, seconds)))
+
+    async def is_marked(self, name: str) -> bool:
+        return bool(await self._guard(lambda: self._redis.exists(f"{self._ns}:m:{name}")))
 
     async def purge(self) -> None:
         return None

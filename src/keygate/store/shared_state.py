@@ -1,4 +1,4 @@
-"""Shared fast state: nonce claims and failure counters.
+"""Shared fast state: nonce and TOTP-step claims, failure counters, and trust marks.
 
 Two implementations with one contract. ``SqlState`` keeps it in the database (the default);
 ``RedisState`` keeps it in Redis (``KEYGATE_REDIS_URL``), for many nodes. Every claim is a single
@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
-from keygate.store.tables import api_keys, throttle_counters, used_nonces
+from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
 
 
 class SharedState(Protocol):
@@ -47,6 +47,15 @@ class SharedState(Protocol):
 
     async def reset(self, scope: str) -> None:
         """Forget the scope's failures and block (after a success, or an administrator's unlock)."""
+
+    async def claim_totp_step(self, user_id: int, step: int) -> bool:
+        """Accept TOTP time step ``step`` only if it is later than the last one the user signed in with."""
+
+    async def mark(self, name: str, seconds: int) -> None:
+        """Remember ``name`` (a trusted source) for ``seconds``."""
+
+    async def is_marked(self, name: str) -> bool:
+        """Whether ``name`` was marked and has not expired."""
 
     async def purge(self) -> None:
         """Drop expired entries (the database needs this; Redis expires keys by itself)."""
@@ -180,11 +189,18 @@ class SqlState:
         return int(count)
 
     async def block(self, scope: str, seconds: float) -> None:
+        now = _now()
+        until = now + timedelta(seconds=seconds)
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(throttle_counters).where(throttle_counters.c.scope == scope)
-                .values(blocked_until=_now() + timedelta(seconds=seconds))
+            done = await conn.execute(
+                update(throttle_counters).where(throttle_counters.c.scope == scope).values(blocked_until=until)
             )
+            if done.rowcount == 0:  # a lock right after a reset: the block stands without a count
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(insert(throttle_counters).values(scope=scope, failures=0, window_ends_at=now, blocked_until=until))
+                except IntegrityError:
+                    await conn.execute(update(throttle_counters).where(throttle_counters.c.scope == scope).values(blocked_until=until))
 
     async def blocked_for(self, scopes: list[str]) -> float:
         if not scopes:
@@ -204,9 +220,38 @@ class SqlState:
         async with self._engine.begin() as conn:
             await conn.execute(delete(throttle_counters).where(throttle_counters.c.scope == scope))
 
+    async def claim_totp_step(self, user_id: int, step: int) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(users)
+                .where(users.c.user_id == user_id)
+                .where(or_(users.c.last_totp_step.is_(None), users.c.last_totp_step < step))
+                .values(last_totp_step=step)
+            )
+        return result.rowcount == 1
+
+    async def mark(self, name: str, seconds: int) -> None:
+        expires = _now() + timedelta(seconds=seconds)
+        async with self._engine.begin() as conn:
+            done = await conn.execute(update(trust_marks).where(trust_marks.c.mark == name).values(expires_at=expires))
+            if done.rowcount == 0:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(insert(trust_marks).values(mark=name, expires_at=expires))
+                except IntegrityError:
+                    pass  # marked at the same instant by another worker
+
+    async def is_marked(self, name: str) -> bool:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                select(trust_marks.c.expires_at).where(trust_marks.c.mark == name, trust_marks.c.expires_at > _now())
+            )).first()
+        return row is not None
+
     async def purge(self) -> None:
         now = _now()
         async with self._engine.begin() as conn:
+            await conn.execute(delete(trust_marks).where(trust_marks.c.expires_at <= now))
             await conn.execute(delete(used_nonces).where(used_nonces.c.expires_at <= now))
             await conn.execute(
                 delete(throttle_counters).where(

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
 )
 from sqlalchemy import false
 from sqlalchemy.types import TypeDecorator
@@ -58,7 +59,10 @@ users = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # Every session of the user made before this time is refused (password reset, lock, sign-out everywhere).
     Column("sessions_valid_after", UTCDateTime, nullable=True),
+    Column("last_totp_step", Integer, nullable=True),  # the last TOTP time step signed in with (claimed once)
 )
+# Usernames are unique without regard to case (migration 0004).
+Index("uq_users_username_lower", func.lower(users.c.username), unique=True)
 
 api_keys = Table(
     "api_keys",
@@ -146,6 +150,14 @@ used_nonces = Table(
     Column("nonce", String(128), primary_key=True),
     Column("expires_at", UTCDateTime, nullable=False),
     Index("ix_used_nonces_expires_at", "expires_at"),
+)
+
+trust_marks = Table(
+    "trust_marks",
+    metadata,
+    Column("mark", String(120), primary_key=True),  # "known:<username>:<network>": signed in from there before
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_trust_marks_expires_at", "expires_at"),
 )
 
 throttle_counters = Table(
