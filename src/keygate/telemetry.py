@@ -135,6 +135,7 @@ KNOWN_REASONS = frozenset({
     "nonce not increasing (replay?)", "nonce reused (replay?)", "unknown user", "wrong password", "wrong code",
     "administrator", "cli", "console", "wrong 2fa code", "unknown or expired pending 2fa token",
     "nonce already used or below the key's floor (replay?)", "nonce at or below the floor of an earlier mode (replay?)",
+    "2fa code already used", "username differed from an older one only in case",
 })
 _PATTERNS = (
     (re.compile(r"client ip .* not in allowlist\Z", re.DOTALL), "client ip not in allowlist"),
