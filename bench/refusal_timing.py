@@ -34,13 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import PG_ADMIN_DSN, REDIS_URL, _port_open, _psql, start_server, stop_server  # noqa: E402
-
 from keygate.config import Settings  # noqa: E402
 from keygate.domain.iprules import IpAllowlist  # noqa: E402
 from keygate.domain.signature import compute_signature  # noqa: E402
 from keygate.service import Keygate  # noqa: E402
 from keygate.service.principal import operator_acting_as  # noqa: E402
+from support import REDIS_URL, _port_open, _psql, start_server, stop_server  # noqa: E402
 
 # No refusal here may turn into a 429: per-address counters stay low (a fresh address per round), and
 # wrong passwords are spread over a pool of users, each under its lockout (at most 100 failures).

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+
+from keygate.config import Settings
 from support import (  # noqa: F401  (re-exported for modules that import them from conftest)
     ARTIFACTS,
     CHROMIUM,
@@ -35,8 +37,6 @@ from support import (  # noqa: F401  (re-exported for modules that import them f
     stop_server,
     unique_name,
 )
-
-from keygate.config import Settings
 
 # Property tests judge behaviour, not speed: a loaded CI machine must not fail one by its clock.
 hypothesis_settings.register_profile("keygate", deadline=None)
@@ -128,7 +128,7 @@ def make_user(kg: Keygate):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def make_key(kg: Keygate):  # type: ignore[no-untyped-def]
     async def make(user_id: int, permissions: list[str] | None = None, ips: list[str] | None = None, label: str = "") -> CreatedKey:
-        owner = await kg.users.require(user_id)
+        await kg.users.require(user_id)
         return await kg.keys.create(OPERATOR, user_id, parse_permissions(permissions or []), IpAllowlist.parse(ips or []), label)
 
     return make

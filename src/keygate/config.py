@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Literal, Annotated, Any
+from typing import Annotated, Any, Literal
 
 import annotated_types
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator

@@ -3,7 +3,6 @@ Forwarded, canonical bounded addresses, and the one middleware that writes them 
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from support import ARTIFACTS, CHROMIUM, Server, need, start_server, stop_server
 
 from keygate.config import Settings
+from support import ARTIFACTS, CHROMIUM, Server, need, start_server, stop_server
 
 DOCUMENTED_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import free_port
 
 from keygate.config import InvalidSetting, Settings
 from keygate.logs import JsonFormatter, log_config
+from support import free_port
 
 # A keygate app with one extra route that logs and then fails, served by uvicorn with keygate's
 # logging set-up, exactly as `keygate serve` passes it.

@@ -24,13 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Server, free_port, need, settings_env, start_server, stop_server
 from websockets.sync.client import connect
 
 from keygate.api.endpoints import ENDPOINTS
 from keygate.api.metrics import FIXED
 from keygate.config import Settings
 from keygate.domain.signature import compute_signature
+from support import Server, free_port, need, settings_env, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_ENDPOINT_LABELS = set(ENDPOINTS) | set(FIXED.values()) | {"console", "websocket", "other"}

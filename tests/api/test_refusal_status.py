@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from live_helpers import check_against_document, reply_schema
-from support import Server, start_server, stop_server
 
 from keygate.config import InvalidSetting, Settings
+from support import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

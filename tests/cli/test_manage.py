@@ -92,7 +92,7 @@ async def test_key_create_prints_credentials_once_and_they_work(kg: Keygate, cli
 
 async def test_key_create_json(kg: Keygate, cli_env: dict[str, str], make_user) -> None:  # type: ignore[no-untyped-def]
     made = await make_user()
-    name, user = made.username, await kg.users.require(made.user_id)
+    _name, user = made.username, await kg.users.require(made.user_id)
     result = keygate("key", "create", "--user", str(user.user_id), "--permission", "Deposit", "--json", env=cli_env)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

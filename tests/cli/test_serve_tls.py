@@ -26,7 +26,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support import Server, start_server, stop_server
 from websockets.asyncio.client import connect
 
 from keygate.config import Settings
@@ -35,6 +34,7 @@ from keygate.domain.permissions import parse_permissions
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.principal import OPERATOR
+from support import Server, start_server, stop_server
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import clean_env, keygate
+
 from support import free_port
 
 TYPO = "error: KEYGATE_BIND_SESSION_IP='ture' is refused: it accepts true or false (also 1/0, yes/no, on/off, any case)"

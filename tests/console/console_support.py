@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from support import ARTIFACTS, CHROMIUM, need
 
 CHROMIUM_ARGS = [

@@ -268,7 +268,6 @@ async def test_admin_pages(server, make_user, make_key, page, db) -> None:  # ty
     victim = await make_user()
     created = await make_key(victim.user_id, ["Trading"], label="victim bot")
     page.on("dialog", lambda d: d.accept())
-    base = f"{server.base_url}/console"
     await sign_in(page, server.base_url, admin.username, admin.password)
 
     # Users: create one, lock, unlock, reset password, sign out everywhere.

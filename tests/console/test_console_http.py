@@ -21,7 +21,7 @@ EXPIRED_FORM = "The form could not be verified"
 
 
 async def _key_count(kg, user_id: int) -> int:  # type: ignore[no-untyped-def]
-    owner = await kg.users.require(user_id)
+    await kg.users.require(user_id)
     return len(await kg.keys.list(OPERATOR, user_id))
 
 
@@ -242,7 +242,7 @@ async def test_replay_mode_and_expiry_are_chosen_at_creation_and_shown(console_h
     r = console_http.post("/keys", _create_form(console_http, replay_mode="unique", expires_at="2099-01-31T12:00"))
     assert r.status_code == 201
     assert "nonces: unique" in r.text and "expires" in r.text
-    owner = await kg.users.require(user.user_id)
+    await kg.users.require(user.user_id)
     (key,) = await kg.keys.list(OPERATOR, user.user_id)
     assert key.replay_mode.value == "unique" and key.expires_at is not None and key.expires_at.year == 2099
     edit = console_http.get(f"/keys/{key.api_key}/edit").text

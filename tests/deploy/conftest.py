@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from proxy_support import IP_FAILURES
-from support import Server, start_server, stop_server
 
 from keygate.config import Settings
 from keygate.service import Keygate
+from support import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

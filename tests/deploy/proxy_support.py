@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support import free_port, need
 
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 from keygate.service.principal import OPERATOR
+from support import free_port, need
 
 IP_FAILURES = 3  # per-address failures before 429 on the test server: low, so that throttling by address shows
 

@@ -12,6 +12,7 @@ import ipaddress
 
 import httpx
 from proxy_support import audited_addresses, signed
+
 from support import Server
 
 LONG = "203.0.113.7%" + "a" * 80

@@ -25,6 +25,7 @@ from proxy_support import (
     run_haproxy,
     signed,
 )
+
 from support import Server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -40,9 +40,10 @@ from proxy_support import (
     signed,
     signed_payload,
 )
-from support import Server
-from keygate.service.principal import OPERATOR
 from websockets.asyncio.client import connect
+
+from keygate.service.principal import OPERATOR
+from support import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pyotp
+
 from support import TEST_VECTOR, Server, start_server, stop_server, unique_name  # noqa: F401  (re-exported)
 
 

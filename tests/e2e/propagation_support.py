@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from e2e_support import keygate_cli
 from websockets.asyncio.client import connect
 
-from e2e_support import keygate_cli
-from support import Server, unique_name
-
 from keygate.domain.signature import compute_signature
+from support import Server, unique_name
 
 INTERVAL = 0.5  # how often a client in steady use calls
 BOUND = 1.0  # every narrowing change is enforced everywhere within this

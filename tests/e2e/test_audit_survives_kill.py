@@ -18,7 +18,6 @@ import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
-from support import REDIS_URL, _psql, need, pg_available, redis_available, start_server
 
 from keygate.config import Settings
 from keygate.domain.iprules import IpAllowlist
@@ -26,6 +25,7 @@ from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.principal import OPERATOR
 from keygate.store.tables import audit_events
+from support import REDIS_URL, _psql, need, pg_available, redis_available, start_server
 
 LOAD_SECONDS = 3.0
 MARGIN = 0.5  # authentication events answered this long before the kill must all be on disk

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
-from support import _psql, need, pg_available, start_server, stop_server
 
 from keygate.config import Settings
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.principal import OPERATOR
+from support import _psql, need, pg_available, start_server, stop_server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -41,10 +41,10 @@ from propagation_support import (
     signed_probe,
     watch,
 )
-from support import REDIS_URL, _psql, need, pg_available, redis_available, settings_env, start_server, stop_server
 
 from keygate.config import Settings
 from keygate.domain.sessions import hash_token
+from support import REDIS_URL, _psql, need, pg_available, redis_available, settings_env, start_server, stop_server
 
 LATENCIES: dict[str, list[float]] = {}
 

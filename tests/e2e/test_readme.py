@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from keygate.config import READ_ELSEWHERE, Settings, env_name
 from keygate.api.endpoints import ENDPOINTS
+from keygate.config import READ_ELSEWHERE, Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

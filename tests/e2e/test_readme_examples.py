@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from e2e_support import Server, previous_totp_code
+
 from keygate.service.principal import OPERATOR
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from e2e_support import TEST_VECTOR as V
-from e2e_support import password_session, Server, start_server, stop_server
+from e2e_support import Server, password_session, start_server, stop_server
 
 import keygate
 from keygate.config import Settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httpx
 from e2e_support import TEST_VECTOR as V
-from e2e_support import cli_create_key, keygate_cli, Server, unique_name
+from e2e_support import Server, cli_create_key, keygate_cli, unique_name
 
 import keygate
 from keygate.domain.signature import compute_signature

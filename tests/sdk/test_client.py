@@ -15,8 +15,8 @@ from keygate.api import create_app
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.permissions import parse_permissions
 from keygate.domain.replay import ReplayMode
-from keygate.service import Keygate
 from keygate.domain.sessions import hash_token
+from keygate.service import Keygate
 from keygate.service.principal import OPERATOR
 
 VECTOR = ("4b3e7c0a9f1d2e8b6a5c4d3e2f1a0b9c", "2277045681", "42", "8d4f1a2b3c5e6f708192a3b4c5d6e7f8")
@@ -50,7 +50,7 @@ def test_the_secret_never_shows_in_repr() -> None:
 
 async def test_signed_calls_in_a_tight_loop_pass_a_key_that_wants_increasing_nonces(kg: Keygate, make_user) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
-    owner = await kg.users.require(user.user_id)
+    await kg.users.require(user.user_id)
     created = await kg.keys.create(OPERATOR, user.user_id, parse_permissions(["Trading"]), IpAllowlist(),
                                    replay_mode=ReplayMode.INCREASING)
     async with keygate.AsyncClient("http://127.0.0.1", user.user_id, created.key.api_key, created.secret, transport=transport(kg)) as client:

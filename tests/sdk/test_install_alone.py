@@ -27,11 +27,11 @@ from sdk_install_support import (
     names,
     server_only_modules,
 )
-from support import TEST_VECTOR as V
-from support import NewUser, Server, need
 
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
+from support import TEST_VECTOR as V
+from support import NewUser, Server, need
 
 # Packages a client must never need (the brief's list); all must be among the server-only modules.
 KNOWN_SERVER_PACKAGES = {"sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn", "argon2", "asyncpg", "aiosqlite",

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 import httpx
 import pyotp
-from support import Server, redis_available, start_server, stop_server
 
 from keygate.config import Settings
 from keygate.domain.signature import compute_signature
+from support import Server, redis_available, start_server, stop_server
 
 # Realistic, fast thresholds: a name backs off after 3 failures and locks after 6.
 ATTACK_ENV = {

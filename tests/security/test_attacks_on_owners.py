@@ -9,7 +9,6 @@ state in the database; PostgreSQL runs with Redis.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import secrets
 import socket
@@ -17,14 +16,21 @@ import time
 
 import pytest
 from attack_support import (
-    addresses, client, code_at, current_step, median_ms, servers, signed, wrong_signature,
+    addresses,
+    client,
+    code_at,
+    current_step,
+    median_ms,
+    servers,
+    signed,
+    wrong_signature,
 )
-from support import unique_name
 
 from keygate.domain.errors import Conflict
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.replay import ReplayMode
 from keygate.service.principal import OPERATOR
+from support import unique_name
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +336,7 @@ async def test_failing_addresses_do_not_grow_the_process(settings, monkeypatch):
 
 async def test_nonce_refusals_of_a_key_holder_do_not_throttle_its_address(pair, kg, make_user):  # type: ignore[no-untyped-def]
     user, admin = await make_user(), await make_user(admin=True)
-    owner = await kg.users.require(user.user_id)
+    await kg.users.require(user.user_id)
     key = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.INCREASING)
     office = "127.9.0.2"
     async with client(pair[0], office) as c:

@@ -9,10 +9,10 @@ import sys
 
 from abuse_helpers import client_for, random_ip, signed
 from sqlalchemy import select
-from support import settings_env
 
-from keygate.store.tables import audit_events
 from keygate.service.principal import OPERATOR
+from keygate.store.tables import audit_events
+from support import settings_env
 
 
 async def test_authentications_and_changes_are_recorded_without_secrets(kg, settings, make_user, make_key):

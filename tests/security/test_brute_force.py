@@ -19,7 +19,7 @@ BAD_SIGNATURE = "0" * 64
 
 
 async def _key(kg, user_id: int, mode: ReplayMode = ReplayMode.COMPATIBLE):  # type: ignore[no-untyped-def]
-    owner = await kg.users.require(user_id)
+    await kg.users.require(user_id)
     return await kg.keys.create(OPERATOR, user_id, frozenset(), IpAllowlist(), replay_mode=mode)
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 from outage_helpers import Caller, make_caller, probe, refused_as_unavailable, served, sign_in_everywhere, wait_for
-from support import _psql, free_port, need, pg_available, start_server, stop_server
-from tcp_proxy import TcpProxy
 
 from keygate.config import Settings
 from keygate.service import Keygate
+from support import _psql, free_port, need, pg_available, start_server, stop_server
+from tcp_proxy import TcpProxy
 
 MENTION = "database"
 SHORT_TIMEOUTS = {"KEYGATE_DATABASE_CONNECT_TIMEOUT_SECONDS": "1", "KEYGATE_DATABASE_STATEMENT_TIMEOUT_SECONDS": "2"}

@@ -25,8 +25,8 @@ from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.clock import utcnow
 from keygate.service.keys import CreatedKey
-from keygate.store.tables import api_keys
 from keygate.service.principal import OPERATOR
+from keygate.store.tables import api_keys
 
 ATTACKER_IP = "203.0.113.7"
 GENERIC_FAILURE = {"Authenticated": False, "Locked": False, "errormsg": "Invalid credentials", "errorcode": 20}

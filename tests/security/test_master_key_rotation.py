@@ -16,7 +16,6 @@ import pyotp
 import pytest
 from abuse_helpers import signed
 from sqlalchemy import select
-from support import _psql, settings_env, start_server, stop_server
 
 from keygate.config import Settings
 from keygate.domain.iprules import IpAllowlist
@@ -26,6 +25,7 @@ from keygate.service import Keygate
 from keygate.service.principal import OPERATOR
 from keygate.store.master_key import read_key_file
 from keygate.store.tables import api_keys, users
+from support import _psql, settings_env, start_server, stop_server
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from sqlalchemy import select
 
 from keygate.api import create_app
 from keygate.service import Keygate
-from keygate.store.tables import api_keys, sessions
 from keygate.service.principal import OPERATOR
+from keygate.store.tables import api_keys, sessions
 
 CLIENT_IP = "203.0.113.7"
 MISSING_USER = 987_654_321

@@ -23,8 +23,8 @@ from keygate.api import create_app
 from keygate.domain.permissions import format_permissions
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
-from keygate.store.tables import api_keys, sessions, users
 from keygate.service.principal import OPERATOR
+from keygate.store.tables import api_keys, sessions, users
 
 ATTACKER_IP = "203.0.113.7"
 ALL = ["Trading", "Withdraw", "Deposit"]

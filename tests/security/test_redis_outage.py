@@ -14,9 +14,9 @@ import httpx
 import pytest
 from abuse_helpers import signed
 from outage_helpers import make_caller, probe, refused_as_unavailable, served, sign_in_everywhere
-from support import free_port, need, start_server, stop_server
 
 from keygate.config import Settings
+from support import free_port, need, start_server, stop_server
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

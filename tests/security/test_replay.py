@@ -8,10 +8,10 @@ import time
 import httpx
 import pytest
 from abuse_helpers import client_for, random_ip, signed
-from support import Server, start_server, stop_server
 
 from keygate.domain.replay import ReplayMode
 from keygate.service.principal import OPERATOR
+from support import Server, start_server, stop_server
 
 # Replay tests fail on purpose many times; throttling has its own tests.
 LENIENT = {"throttle_ip_failures": 1000, "throttle_key_failures": 1000, "throttle_user_failures": 1000}
@@ -21,7 +21,7 @@ async def _user_and_key(kg, make_user, mode: ReplayMode | None):  # type: ignore
     from keygate.domain.iprules import IpAllowlist
 
     user = await make_user()
-    owner = await kg.users.require(user.user_id)
+    await kg.users.require(user.user_id)
     created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=mode)
     return user, created
 
@@ -82,7 +82,7 @@ async def test_operator_default_applies_and_the_mode_is_shown_and_editable(stric
     kg = await strict_kg(default_replay_mode="unique", **LENIENT)
     user, created = await _user_and_key(kg, make_user, None)
     assert created.key.replay_mode is ReplayMode.UNIQUE
-    owner = await kg.users.require(user.user_id)
+    await kg.users.require(user.user_id)
     views = [k.public_view() for k in await kg.keys.list(OPERATOR, user.user_id)]
     assert views[0]["ReplayMode"] == "unique"
     key = await kg.keys.update(OPERATOR, user.user_id, created.key.api_key, replay_mode=ReplayMode.COMPATIBLE)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from support import REDIS_URL, Server, need, redis_available, start_server, stop_server
 
 from keygate.config import Settings
 from keygate.domain.iprules import IpAllowlist
@@ -25,6 +23,7 @@ from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 from keygate.service.principal import OPERATOR
+from support import REDIS_URL, Server, need, redis_available, start_server, stop_server
 
 
 @pytest.fixture(scope="module", params=["database", "redis"])

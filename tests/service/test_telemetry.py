@@ -10,17 +10,16 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from support import free_port
 
 from keygate.api import create_app
-from keygate.domain.errors import ServiceUnavailable
-from keygate.domain.errors import DatabaseUnavailable
+from keygate.domain.errors import DatabaseUnavailable, ServiceUnavailable
 from keygate.service import Keygate
 from keygate.service.audit import AuditLog
 from keygate.service.cache import TTLCache
 from keygate.store.database import create_engine
 from keygate.store.redis_state import RedisState
 from keygate.telemetry import KNOWN_REASONS, normalise_reason, sync
+from support import free_port
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "keygate"
 
@@ -106,7 +105,6 @@ async def test_redis_errors_are_counted() -> None:
 
 
 async def test_metrics_can_be_switched_off(kg: Keygate) -> None:
-    import dataclasses
 
     for enabled, status in ((True, 200), (False, 404)):
         app = create_app(kg.settings.model_copy(update={"metrics": enabled}), keygate=kg)

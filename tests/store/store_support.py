@@ -10,9 +10,9 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
-from support import _psql, need, pg_available
 
 from keygate.store.tables import metadata
+from support import _psql, need, pg_available
 
 DATABASES = ["sqlite", "postgresql"]
 

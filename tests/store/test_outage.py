@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from support import PG_ADMIN_DSN, free_port, need, pg_available
 
 from keygate.domain.errors import DatabaseUnavailable
 from keygate.store.database import create_engine
 from keygate.store.outage import OutageAwareEngine
+from support import PG_ADMIN_DSN, free_port, need, pg_available
 
 
 def _sqlite(path: Path, busy_timeout: float = 0.2, **kw: object) -> AsyncEngine:

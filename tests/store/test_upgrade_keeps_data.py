@@ -28,11 +28,11 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, select
 from store_support import DATABASES, fresh_database, schema_differences
-from support import Server, need, settings_env, start_server, stop_server
 
 import keygate
 from keygate.config import Settings
 from keygate.store.database import MIGRATIONS, create_engine
+from support import Server, need, settings_env, start_server, stop_server
 
 BASE_COMMIT = "7caa2ba"  # the last commit before issue 10's changes
 REPO = Path(__file__).resolve().parents[2]

@@ -12,11 +12,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from collections.abc import Iterator
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -26,8 +25,8 @@ from keygate.config import InvalidSetting, Settings
 from keygate.domain.errors import DatabaseUnavailable, KeygateError
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
-from keygate.domain.replay import parse_replay_mode
 from keygate.domain.permissions import format_permissions, parse_permissions
+from keygate.domain.replay import parse_replay_mode
 
 if TYPE_CHECKING:
     from keygate.service import Keygate, Principal

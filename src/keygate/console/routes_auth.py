@@ -9,8 +9,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keygate.console.security import (
-    CSRF_FIELD, DEVICE_COOKIE, PENDING_COOKIE, PRE_COOKIE, PURPOSE_2FA, PURPOSE_LOGIN, SESSION_COOKIE, clear_cookie, csrf_ok,
-    csrf_token, new_secret, set_cookie,
+    CSRF_FIELD,
+    DEVICE_COOKIE,
+    PENDING_COOKIE,
+    PRE_COOKIE,
+    PURPOSE_2FA,
+    PURPOSE_LOGIN,
+    SESSION_COOKIE,
+    clear_cookie,
+    csrf_ok,
+    csrf_token,
+    new_secret,
+    set_cookie,
 )
 from keygate.console.web import checked_form, client_ip, field, keygate, optional_user, redirect, render, require_user
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError

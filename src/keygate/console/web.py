@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from keygate.console.security import CSRF_FIELD, PURPOSE_SESSION, SESSION_COOKIE, csrf_ok, csrf_token
 from keygate.domain.errors import NotAuthorized
 from keygate.domain.sessions import SessionKind
 from keygate.service import Keygate, Principal
-from keygate.console.security import CSRF_FIELD, PURPOSE_SESSION, SESSION_COOKIE, csrf_ok, csrf_token
 
 MOUNT = "/console"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))

@@ -74,7 +74,7 @@ class ThrottlePolicy:
         excess = failures - self.threshold(scope) - 1
         if excess < 0:
             return 0.0
-        return min(self.base_backoff_seconds * (2 ** min(excess, 32)), self.max_backoff_seconds)
+        return float(min(self.base_backoff_seconds * 2.0 ** min(excess, 32), self.max_backoff_seconds))
 
     def locks(self, scope: str, failures: int) -> bool:
         """Whether this failure locks the scope (names and trusted sources, not networks)."""

@@ -14,18 +14,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
 from datetime import timedelta
+from typing import NamedTuple
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError, NotAuthorized, NotFound
+from keygate.domain.keys import ApiKey
 from keygate.domain.passwords import DUMMY_HASH, verify_password
-from keygate.domain.permissions import ALL_PERMISSIONS, Permission
+from keygate.domain.permissions import ALL_PERMISSIONS
+from keygate.domain.replay import ReplayMode
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.signature import is_well_formed, signature_matches
-from keygate.domain.users import User, parse_user_id
-from keygate.domain.keys import ApiKey
-from keygate.domain.replay import ReplayMode
 from keygate.domain.totp import matching_step
+from keygate.domain.users import User, parse_user_id
 from keygate.service.audit import AuditLog, event
 from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence

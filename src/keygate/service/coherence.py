@@ -18,6 +18,7 @@ from typing import Protocol
 
 from keygate.domain.errors import ServiceUnavailable
 
+
 class Source(Protocol):
     """Something authentication depends on: the change log's listener, or Redis."""
 

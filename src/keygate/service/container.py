@@ -12,11 +12,12 @@ from datetime import timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from keygate.config import Settings
-from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.devices import device_key
+from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.throttle import ThrottlePolicy
+from keygate.service.audit import FLUSH_SECONDS as AUDIT_FLUSH_SECONDS
 from keygate.service.audit import AuditLog
 from keygate.service.auth import Authenticator
 from keygate.service.coherence import Coherence
@@ -27,7 +28,6 @@ from keygate.service.principal import OPERATOR
 from keygate.service.session_writer import SessionWriter
 from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager, generate_password
-from keygate.service.audit import FLUSH_SECONDS as AUDIT_FLUSH_SECONDS
 from keygate.store import changes
 from keygate.store.changes import ChangeListener
 from keygate.store.database import create_engine, migrate

@@ -25,7 +25,13 @@ from keygate.domain.errors import AuthenticationFailed, TooManyRequests
 from keygate.domain.keys import ApiKey
 from keygate.domain.replay import ReplayMode, nonce_as_u64
 from keygate.domain.throttle import (
-    ThrottlePolicy, known_address_mark, name_scope, network_of, password_ip_scope, signature_scope, source_scope,
+    ThrottlePolicy,
+    known_address_mark,
+    name_scope,
+    network_of,
+    password_ip_scope,
+    signature_scope,
+    source_scope,
 )
 from keygate.domain.users import User
 from keygate.service.audit import AuditLog

@@ -11,7 +11,6 @@ session), a change of permissions or allowlist reaches every live session within
 from __future__ import annotations
 
 import builtins
-
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from datetime import timedelta
 
 import pyotp
 
@@ -22,6 +21,8 @@ from keygate.domain.errors import InvalidRequest, NotFound
 from keygate.domain.passwords import check_password_policy, hash_password
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.sessions import SessionKind
+from keygate.domain.throttle import name_scope
+from keygate.domain.totp import matching_step
 from keygate.domain.users import User, check_username
 from keygate.service.audit import event
 from keygate.service.cache import TTLCache
@@ -29,8 +30,6 @@ from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
 from keygate.service.principal import Principal
 from keygate.service.sessions import SessionManager
-from keygate.domain.throttle import name_scope
-from keygate.domain.totp import matching_step
 from keygate.store.repositories import UserRepository
 from keygate.store.shared_state import SharedState
 from keygate.store.unit import Unit, Units

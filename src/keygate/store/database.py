@@ -14,7 +14,6 @@ from sqlalchemy.pool import NullPool
 
 from keygate.store.outage import OutageAwareEngine
 from keygate.store.tables import users
-
 from keygate.telemetry import database_error
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -8,17 +8,13 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.permissions import format_permissions, parse_permissions
 from keygate.domain.sessions import Session, SessionKind
 from keygate.store.redis_state import UNAVAILABLE, connect
-
+from keygate.telemetry import redis_error
 
 
 def _encode(s: Session) -> str:

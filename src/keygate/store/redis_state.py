@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.asyncio.retry import Retry
 
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import SPREAD_GAP, nonce_as_u64, sortable

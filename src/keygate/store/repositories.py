@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import builtins
-
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, TypeVar
-
-from contextlib import asynccontextmanager
-from collections.abc import AsyncIterator
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row

@@ -16,9 +16,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
 )
-from sqlalchemy import false
 from sqlalchemy.types import TypeDecorator
 
 
