@@ -101,6 +101,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "AuditEvent": _object({
         "EventId": {"type": "integer"}, "At": _TIME, "Action": {"type": "string"},
         "Outcome": {"type": "string"}, "Reason": _NULLABLE_STR, "ActorUserId": {"type": ["integer", "null"]},
+        "Actor": {"type": ["string", "null"], "enum": ["user", "operator", "system", None],
+                  "description": "Who acted: a user (ActorUserId), the operator (the keygate command) or keygate itself"},
         "SubjectUserId": {"type": ["integer", "null"]}, "APIKey": _NULLABLE_STR, "ClientIp": _NULLABLE_STR, "Detail": _NULLABLE_STR,
     }, closed=True),
     "AuditList": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEvent"}},
