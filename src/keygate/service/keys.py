@@ -217,6 +217,18 @@ class KeyManager:
         counts = await self._repo.usage(api_key, hour_of(now) - timedelta(hours=hours - 1))
         return KeyUsage(api_key, key.user_id, key.last_used_at, key.last_used_ip, fill_hours(counts, now, hours))
 
+    async def usage_of(self, actor: Principal, keys: list[ApiKey], hours: int = MAX_HOURS) -> dict[str, KeyUsage]:
+        """``usage`` for keys the caller already listed (one query for all): the console's key tables.
+        Keys the actor may not see are left out."""
+        if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= MAX_HOURS:
+            raise InvalidRequest(f"Hours must be an integer from 1 to {MAX_HOURS}")
+        visible = [k for k in keys if actor.may_act_for(k.user_id)
+                   and (actor.via is not SessionKind.KEY or actor.api_key == k.api_key)]
+        now = utcnow()
+        counts = await self._repo.usage_many([k.api_key for k in visible], hour_of(now) - timedelta(hours=hours - 1))
+        return {k.api_key: KeyUsage(k.api_key, k.user_id, k.last_used_at, k.last_used_ip,
+                                    fill_hours(counts[k.api_key], now, hours)) for k in visible}
+
     # ----- management -----------------------------------------------------------------------
     async def _target_user(self, actor: Principal, user_id: int) -> int:
         if not actor.may_act_for(user_id):
