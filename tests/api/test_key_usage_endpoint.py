@@ -13,7 +13,6 @@ from api_helpers import assert_apex_error, key_token, password_token, signed_hea
 from live_helpers import check_against_document, reply_schema
 
 
-
 def hour_of(at: datetime) -> datetime:
     """The start of ``at``'s UTC hour (written here, not imported, so the test runs on code without usage)."""
     return at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)

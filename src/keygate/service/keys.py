@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
@@ -217,7 +218,7 @@ class KeyManager:
         counts = await self._repo.usage(api_key, hour_of(now) - timedelta(hours=hours - 1))
         return KeyUsage(api_key, key.user_id, key.last_used_at, key.last_used_ip, fill_hours(counts, now, hours))
 
-    async def usage_of(self, actor: Principal, keys: list[ApiKey], hours: int = MAX_HOURS) -> dict[str, KeyUsage]:
+    async def usage_of(self, actor: Principal, keys: Sequence[ApiKey], hours: int = MAX_HOURS) -> dict[str, KeyUsage]:
         """``usage`` for keys the caller already listed (one query for all): the console's key tables.
         Keys the actor may not see are left out."""
         if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= MAX_HOURS:
