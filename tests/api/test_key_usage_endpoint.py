@@ -58,6 +58,23 @@ async def test_usage_after_real_signed_calls_and_refusals(server, make_user, mak
     assert abs((now - used).total_seconds()) < 60
 
 
+async def test_the_counts_of_every_process_add_up(server, kg, make_user, make_key) -> None:  # type: ignore[no-untyped-def]
+    """The server process and this one (the test's own service, on the same database) count the same key."""
+    user = await make_user()
+    created = await make_key(user.user_id)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        for _ in range(2):
+            assert (await client.post("/AP/GetUserInfo", headers=signed_headers(created))).status_code == 200
+        owner = {"aptoken": await password_token(client, user.username, user.password)}
+        assert (await _wait_for(client, owner, created.key.api_key, 2, 0))["Requests"] == 2
+        for _ in range(3):
+            kg.keys.mark_used(created.key.api_key, "192.0.2.9")
+        kg.keys.note_refusal(created.key.api_key)
+        await kg.keys.flush()
+        reply = await _wait_for(client, owner, created.key.api_key, 5, 1)
+    assert (reply["Requests"], reply["Refusals"]) == (5, 1) and reply["LastUsedIp"] == "192.0.2.9"
+
+
 async def test_hours_and_bad_input(server, make_user, make_key) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
     created = await make_key(user.user_id)

@@ -96,6 +96,12 @@ async def test_an_administrator_sees_any_keys_usage(server, make_user, make_key,
             assert http.post("/AP/GetUserInfo", headers=_signed(created.key.api_key, created.secret, user.user_id)).status_code == 200
     await sign_in(page, server.base_url, admin.username, admin.password)
     await page.goto(f"{server.base_url}/console/admin/keys")
+    last_used = page.locator(f"tr[data-key='{created.key.api_key}'] td[data-label='Last used']")
+    deadline = time.monotonic() + 8
+    while "from 127.0.0.1" not in await last_used.inner_text() and time.monotonic() < deadline:
+        await page.wait_for_timeout(300)
+        await page.reload()
+    assert "from 127.0.0.1" in await last_used.inner_text()
     await page.get_by_role("link", name=f"Usage of key {created.key.api_key}").click()
     totals = page.locator("#day-totals")
     deadline = time.monotonic() + 8

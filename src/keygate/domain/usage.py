@@ -1,7 +1,7 @@
 """A key's usage: requests and refusals counted per UTC hour (pure; no I/O).
 
-Hours are whole numbers on the hot path (``unix_time // 3600``), so counting a request costs one
-division and a dictionary increment; they become datetimes only when written or shown.
+Hours are numbers on the hot path (``unix_time // 3600``), so counting a request costs one division
+and a dictionary increment; they become datetimes only when written or shown.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ from datetime import datetime, timedelta, timezone
 
 MAX_HOURS = 7 * 24  # what the console and GetUserAPIKeyUsage show: the last 7 days, hour by hour
 KEEP_DAYS = 8  # rows older than this are purged (a day more than anyone is shown)
-
-
-def hour_number(unix_time: float) -> int:
-    return int(unix_time // 3600)
 
 
 def hour_start(number: int) -> datetime:
