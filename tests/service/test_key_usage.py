@@ -175,12 +175,13 @@ async def test_counts_survive_a_failed_flush(kg: Keygate, make_user, make_key, m
         raise OSError("database unreachable")
 
     with monkeypatch.context() as patch:
-        patch.setattr(kg.keys._repo, "add_usage", outage)
+        patch.setattr(kg.keys._repo, "record_use", outage)
         with pytest.raises(OSError):
             await kg.keys.flush()
     await kg.keys.flush()  # the next tick writes what the failed one could not
     usage = await kg.keys.usage(OPERATOR, created.key.api_key)
     assert (usage.requests, usage.refusals) == (2, 1)
+    assert usage.last_used_ip == CLIENT_IP and usage.last_used_at is not None
 
 
 async def test_an_address_that_does_not_fit_is_not_kept(kg: Keygate, make_user, make_key) -> None:

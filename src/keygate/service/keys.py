@@ -48,7 +48,7 @@ class KeyPolicy:
     max_idle_days_without_allowlist: int = 0
 
 MAX_KEYS_PER_USER = 50
-MAX_PENDING_USAGE = 100_000  # (key, hour) counts held between flushes; past it, new pairs wait for the flush
+MAX_PENDING_USAGE = 100_000  # (key, hour) pairs held between flushes; past it, a new pair is not counted
 MAX_ADDRESS = 45  # the longest canonical IPv6 text (with an embedded IPv4); anything longer is not kept
 
 
@@ -189,6 +189,8 @@ class KeyManager:
             await self._repo.add_usage({(k, hour_start(int(h))): (c[0], c[1]) for (k, h), c in counts.items()})
         except BaseException:
             self._restore(counts)  # kept for the next flush (an outage), never lost quietly
+            for api_key, last in used.items():
+                self._used.setdefault(api_key, last)  # a newer use made meanwhile wins
             raise
         for api_key, value in seen.items():
             await self._state.raise_highest_nonce(api_key, value)
