@@ -36,6 +36,7 @@ from keygate.domain.iprules import IpAllowlist
 from keygate.domain.keys import parse_expiry
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 from keygate.domain.replay import parse_replay_mode
+from keygate.domain.usage import MAX_HOURS
 from keygate.domain.users import parse_user_id
 from keygate.service import Keygate, Principal
 from keygate.service.auth import KeyCredentials, Pending2FA, SessionGrant
@@ -318,6 +319,28 @@ async def get_user_api_keys(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
     keys = await _kg(request).keys.list(principal, _target_user(payload, principal))
     return replies.ApexJSON([k.public_view() for k in keys])
+
+
+@endpoint(
+    "GetUserAPIKeyUsage", "A key's requests and refusals per hour over the last 7 days, and its last use",
+    "`Hours` (default and at most 168) hour buckets, oldest first, each `{Hour, Requests, Refusals}`; hours without a "
+    "request are there with zeros. `Requests` counts accepted calls (signed calls, key sign-ins, key-session calls); "
+    "`Refusals` counts refused ones that named the key (wrong signature, address not allowed, replayed nonce, ...). "
+    "`LastUsedAt` and `LastUsedIp` are the time and client address of the last accepted call. Counts reach it "
+    "within a second. A key (its session or a signed request) may read only its own usage; a person their own keys'; "
+    "an administrator any key's. Another user's key answers 404, as for a key that does not exist.",
+    auth="session", body={"APIKey": "string", "UserId": "integer|string", "Hours": "integer|string"}, reply="KeyUsage",
+    query=(("APIKey", "The key"), ("UserId", "Optional: the key's owner"), ("Hours", "Optional, 1 to 168 (default)")),
+)
+async def get_user_api_key_usage(request: Request, principal: Principal) -> Response:
+    payload = await _payload(request)
+    api_key = _api_key_field(payload, "read the usage of")
+    raw_user = payload.get("userid")
+    hours = payload.get("hours", MAX_HOURS)
+    if isinstance(hours, str) and hours.strip().isdigit():
+        hours = int(hours.strip())
+    usage = await _kg(request).keys.usage(principal, api_key, None if raw_user in (None, "") else parse_user_id(raw_user), hours)
+    return replies.ApexJSON(usage.as_dict())
 
 
 @endpoint(

@@ -96,6 +96,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Key": _object(_KEY, closed=True),
     "CreatedKey": _object({**_KEY, "APISecret": {"type": "string", "description": "Shown in this reply only, never again"}}, closed=True),
     "KeyList": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
+    "KeyUsage": _object({
+        "APIKey": {"type": "string"}, "UserId": {"type": "integer"}, "LastUsedAt": _NULLABLE_TIME, "LastUsedIp": _NULLABLE_STR,
+        "Requests": {"type": "integer", "description": "Accepted calls in the window"},
+        "Refusals": {"type": "integer", "description": "Refused calls naming the key in the window"},
+        "Hours": {"type": "array", "items": _object({"Hour": _TIME, "Requests": {"type": "integer"}, "Refusals": {"type": "integer"}},
+                                                    closed=True)},
+    }, closed=True),
     "StringList": {"type": "array", "items": {"type": "string"}},
     "PermissionList": {"type": "array", "items": {"type": "string", "enum": [p.value for p in Permission]}},
     "AuditEvent": _object({

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keygate.console.routes_keys import DUPLICATE, form_once
+from keygate.console.routes_keys import DUPLICATE, form_once, render_usage
 from keygate.console.security import FORM_ID_FIELD, FormOnce
 from keygate.console.web import PageError, Signed, checked_form, field, keygate, render, require_admin
 from keygate.domain.errors import InvalidRequest, KeygateError, NotFound
@@ -129,6 +129,11 @@ async def revoke_key(request: Request) -> Response:
     return await all_keys(request, notice=f"API key {api_key} was revoked; it and its sessions stopped working.")
 
 
+async def key_usage(request: Request) -> Response:
+    signed = await require_admin(request)
+    return await render_usage(request, signed, request.path_params["api_key"], "/admin/keys")
+
+
 async def sessions(request: Request, notice: str = "") -> Response:
     signed = await require_admin(request)
     live = sorted(await keygate(request).sessions.list(signed.principal), key=lambda s: s.last_seen_at, reverse=True)
@@ -201,6 +206,7 @@ ROUTES = [
     Route("/admin/users/{user_id}/signout", sign_out_user, methods=["POST"]),
     Route("/admin/keys", all_keys, methods=["GET"]),
     Route("/admin/keys/{api_key}/revoke", revoke_key, methods=["POST"]),
+    Route("/admin/keys/{api_key}/usage", key_usage, methods=["GET"]),
     Route("/admin/sessions", sessions, methods=["GET"]),
     Route("/admin/sessions/end", end_session, methods=["POST"]),
     Route("/admin/audit", audit, methods=["GET"]),

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keygate.console.charts import usage_chart
 from keygate.console.forms import KeyForm
 from keygate.console.security import FORM_ID_FIELD, FormOnce
 from keygate.console.web import PageError, Signed, checked_form, keygate, redirect, render, require_user
@@ -55,10 +56,28 @@ async def _own_key(request: Request, signed: Signed, api_key: str) -> ApiKey:
 
 async def profile(request: Request, signed: Signed | None = None, created: object = None, status: int = 200) -> Response:
     signed = signed or await require_user(request)
+    keys = await _keys(request, signed)
     return render(
-        request, "profile.html", signed, status=status, keys=await _keys(request, signed), created=created,
+        request, "profile.html", signed, status=status, keys=keys, created=created,
         notice=NOTICES.get(request.query_params.get("done", ""), ""), format_permissions=format_permissions,
+        usage=await keygate(request).keys.usage_of(signed.principal, keys, hours=24), usage_chart=usage_chart,
     )
+
+
+async def render_usage(request: Request, signed: Signed, api_key: str, back: str) -> Response:
+    """The usage page of one key (the owner's, or any key's for an administrator)."""
+    try:
+        usage = await keygate(request).keys.usage(signed.principal, api_key)
+    except NotFound:
+        raise PageError(404, "API key not found", "There is no such API key. It may have been deleted.") from None
+    return render(request, "key_usage.html", signed, usage=usage, day=usage.last(24), week=usage.hours,
+                  usage_chart=usage_chart, back=back)
+
+
+async def key_usage(request: Request) -> Response:
+    signed = await require_user(request)
+    key = await _own_key(request, signed, request.path_params["api_key"])
+    return await render_usage(request, signed, key.api_key, "/")
 
 
 def _key_form(request: Request, signed: Signed, kf: KeyForm, status: int = 200, key: ApiKey | None = None,
@@ -172,6 +191,7 @@ ROUTES = [
     Route("/keys/closed", closed_dialog, methods=["GET"]),
     Route("/keys/{api_key}/edit", edit_key, methods=["GET"]),
     Route("/keys/{api_key}/edit", update_key, methods=["POST"]),
+    Route("/keys/{api_key}/usage", key_usage, methods=["GET"]),
     Route("/keys/{api_key}/delete", confirm_delete, methods=["GET"]),
     Route("/keys/{api_key}/delete", delete_key, methods=["POST"]),
 ]

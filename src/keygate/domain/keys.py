@@ -88,6 +88,7 @@ class ApiKey:
     secret_serial: int = 1  # one more at every rotation; a key session carries the serial that made it
     replay_floor: int | None = None  # see domain.replay.floor_applies
     replay_floor_until: datetime | None = None
+    last_used_ip: str | None = None  # the client address of the last use (as written with last_used_at)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at

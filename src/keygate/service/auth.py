@@ -124,6 +124,8 @@ class Authenticator:
                       started: float) -> Exception:
         """Audit a refused signature (which proves nothing: unknown key or user, wrong signature) and
         count it against the source address only; return the error to raise, in the same time for all."""
+        if key is not None:
+            self._keys.note_refusal(key.api_key)
         self._audit.record(action, "failure", reason=reason, subject_user_id=user.user_id if user else None,
                            api_key=key.api_key if key else None, client_ip=client_ip)
         refusal = await self._guard.signature_refused(client_ip, AuthenticationFailed(reason))
@@ -131,7 +133,9 @@ class Authenticator:
         return refusal
 
     def _refuse_holder(self, action: str, reason: str, key: ApiKey, user: User, client_ip: str | None, public: str) -> Exception:
-        """Audit a refusal of a caller that holds the secret: told exactly why, counted nowhere (not a guess)."""
+        """Audit a refusal of a caller that holds the secret: told exactly why, counted nowhere (not a guess),
+        but in the key's usage."""
+        self._keys.note_refusal(key.api_key)
         self._audit.record(action, "failure", reason=reason, subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
         return AuthenticationFailed(reason, public_message=public)
 
@@ -163,7 +167,8 @@ class Authenticator:
             raise self._refuse_holder(action, "api key without allowlist unused too long", key, user, client_ip,
                                       f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
         if user.is_locked(now):
-            # Not a guess (the signature was right): tell the caller, count nothing.
+            # Not a guess (the signature was right): tell the caller, count nothing (but the key's usage).
+            self._keys.note_refusal(key.api_key)
             self._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id,
                                api_key=key.api_key, client_ip=client_ip)
             raise AuthenticationFailed("user locked", locked=True)
@@ -172,10 +177,11 @@ class Authenticator:
         else:
             refusal = await self._guard.claim_nonce(key, creds.nonce)
             if refusal is not None:  # the right secret with an unacceptable nonce: not a guess, not counted
+                self._keys.note_refusal(key.api_key)
                 self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
                                    api_key=key.api_key, client_ip=client_ip)
                 raise refusal
-        self._keys.mark_used(key.api_key)
+        self._keys.mark_used(key.api_key, client_ip)
         return user, key, serial
 
     async def authenticate_key(self, creds: KeyCredentials, client_ip: str | None) -> SessionGrant:
@@ -298,12 +304,14 @@ class Authenticator:
         if session.api_key is None:
             return Principal(user, ALL_PERMISSIONS, session.kind, None, session.token_hash)
         key = await self._keys.lookup(session.api_key)
-        if key is None or key.user_id != user.user_id or not key.ip_allowlist.allows(client_ip):
+        if key is None or key.user_id != user.user_id:
             raise NotAuthorized(_ENDED)
         now = utcnow()
-        if key.expired(now) or key.idle_expired(now, self._key_max_idle_days) or not key.accepts_session_serial(session.key_serial, now):
+        if (not key.ip_allowlist.allows(client_ip) or key.expired(now) or key.idle_expired(now, self._key_max_idle_days)
+                or not key.accepts_session_serial(session.key_serial, now)):
+            self._keys.note_refusal(key.api_key)
             raise NotAuthorized(_ENDED)
-        self._keys.mark_used(key.api_key)
+        self._keys.mark_used(key.api_key, client_ip)
         return Principal(user, key.permissions, SessionKind.KEY, key.api_key, session.token_hash)
 
     async def resume(self, token: str, client_ip: str | None) -> SessionGrant:

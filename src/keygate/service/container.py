@@ -244,6 +244,7 @@ class Keygate:
                     await self.sessions.purge_expired()
                     await self.state.purge()
                     await changes.purge(self.engine)
+                    await self.keys.purge_usage()
             except (ServiceUnavailable, OSError, SQLAlchemyError) as exc:  # an outage: the next tick retries
                 log.warning("background flush failed (%s); retrying", type(exc).__name__)
             except Exception:  # keep flushing; the next tick retries what failed

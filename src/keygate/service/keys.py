@@ -11,7 +11,9 @@ session), a change of permissions or allowlist reaches every live session within
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
@@ -21,7 +23,9 @@ from keygate.domain.keys import ApiKey, clean_label, new_api_key, new_nonce, new
 from keygate.domain.permissions import Permission, format_permissions
 from keygate.domain.replay import ReplayMode, nonce_as_u64
 from keygate.domain.secretbox import SecretBox
+from keygate.domain.sessions import SessionKind
 from keygate.domain.signature import SigningKey
+from keygate.domain.usage import KEEP_DAYS, MAX_HOURS, KeyUsage, fill_hours, hour_of, hour_start
 from keygate.service.audit import event
 from keygate.service.cache import TTLCache
 from keygate.service.clock import utcnow
@@ -45,6 +49,8 @@ class KeyPolicy:
     max_idle_days_without_allowlist: int = 0
 
 MAX_KEYS_PER_USER = 50
+MAX_PENDING_USAGE = 100_000  # (key, hour) pairs held between flushes; past it, a new pair is not counted
+MAX_ADDRESS = 45  # the longest canonical IPv6 text (with an embedded IPv4); anything longer is not kept
 
 
 def secret_context(api_key: str) -> str:
@@ -90,7 +96,10 @@ class KeyManager:
         self._opened: dict[str, tuple[bytes, str, SigningKey]] = {}  # api_key -> (sealed secret, plain text, prepared HMAC)
         self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl, name="keys")
         (coherence or Coherence()).on("key", self._forget_here, self._forget_all)
-        self._used: dict[str, float] = {}  # api key -> Unix time of its last use here
+        self._used: dict[str, tuple[float, str | None]] = {}  # api key -> (Unix time, client address) of its last use here
+        # (api key, hour number) -> [requests, refusals] counted here since the last flush
+        self._counts: dict[tuple[str, float], list[int]] = {}  # the hour as unix_time // 3600
+        self.usage_dropped = 0  # counts not kept because the map was full (the flush empties it every second)
         self._seen_nonces: dict[str, int] = {}  # compatible keys: the highest numeric nonce accepted here
 
     def _forget_here(self, api_key: str) -> None:
@@ -129,8 +138,34 @@ class KeyManager:
         assert key.sealed_previous_secret is not None
         return self._box.open(key.sealed_previous_secret, secret_context(key.api_key))
 
-    def mark_used(self, api_key: str) -> None:
-        self._used[api_key] = time.time()  # a datetime only once per key and flush, not per request
+    def mark_used(self, api_key: str, client_ip: str | None = None) -> None:
+        """An accepted request of the key (signed call, key sign-in, key-session call).
+
+        On every accepted request: written inline (a clock read, a tuple, a dictionary look-up and an
+        increment), since each function call here is a measurable share of a signed call's cost.
+        """
+        now = time.time()  # a datetime only once per key and flush, not per request
+        self._used[api_key] = (now, client_ip)
+        slot = self._counts.get((api_key, now // 3600))
+        if slot is None:
+            slot = self._new_slot(api_key, now)
+            if slot is None:
+                return
+        slot[0] += 1
+
+    def note_refusal(self, api_key: str) -> None:
+        """A refused request that named this (existing) key."""
+        now = time.time()
+        slot = self._counts.get((api_key, now // 3600)) or self._new_slot(api_key, now)
+        if slot is not None:
+            slot[1] += 1
+
+    def _new_slot(self, api_key: str, now: float) -> list[int] | None:
+        if len(self._counts) >= MAX_PENDING_USAGE:
+            self.usage_dropped += 1
+            return None
+        slot = self._counts[(api_key, now // 3600)] = [0, 0]
+        return slot
 
     def note_compatible_nonce(self, api_key: str, nonce: str) -> None:
         """A ``compatible`` key accepted ``nonce``: remember the highest, so that a later switch to a
@@ -149,9 +184,63 @@ class KeyManager:
     async def flush(self) -> None:
         used, self._used = self._used, {}
         seen, self._seen_nonces = self._seen_nonces, {}
-        await self._repo.record_use({k: datetime.fromtimestamp(at, timezone.utc) for k, at in used.items()})
+        counts, self._counts = self._counts, {}
+        try:
+            await self._repo.record_use({k: (datetime.fromtimestamp(at, timezone.utc), _canonical(ip)) for k, (at, ip) in used.items()})
+            await self._repo.add_usage({(k, hour_start(int(h))): (c[0], c[1]) for (k, h), c in counts.items()})
+        except BaseException:
+            self._restore(counts)  # kept for the next flush (an outage), never lost quietly
+            for api_key, last in used.items():
+                self._used.setdefault(api_key, last)  # a newer use made meanwhile wins
+            raise
         for api_key, value in seen.items():
             await self._state.raise_highest_nonce(api_key, value)
+
+    def _restore(self, counts: dict[tuple[str, float], list[int]]) -> None:
+        for pair, (requests, refusals) in counts.items():
+            slot = self._counts.get(pair)
+            if slot is None:
+                if len(self._counts) >= MAX_PENDING_USAGE:
+                    self.usage_dropped += requests + refusals
+                    continue
+                slot = self._counts[pair] = [0, 0]
+            slot[0] += requests
+            slot[1] += refusals
+
+    async def purge_usage(self) -> int:
+        """Drop usage hours older than ``KEEP_DAYS`` (the periodic purge calls this)."""
+        return await self._repo.purge_usage(utcnow() - timedelta(days=KEEP_DAYS))
+
+    async def usage(self, actor: Principal, api_key: str, user_id: int | None = None, hours: int = MAX_HOURS) -> KeyUsage:
+        """Requests and refusals of a key per hour, over the last ``hours`` (at most 7 days), and its last use.
+
+        The key's owner and an administrator may read it; a key (its session or a signed request)
+        only its own. Anyone else, and a ``user_id`` that does not own the key, gets ``NotFound``,
+        as for a key that does not exist. Counts reach the database within a second of the request.
+        """
+        if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= MAX_HOURS:
+            raise InvalidRequest(f"Hours must be an integer from 1 to {MAX_HOURS}")
+        if actor.via is SessionKind.KEY and actor.api_key != api_key:
+            raise NotFound("API key not found")
+        well_formed = isinstance(api_key, str) and len(api_key) <= 64 and api_key.isascii() and api_key.isprintable()
+        key = await self._repo.get(api_key) if well_formed else None
+        if key is None or not actor.may_act_for(key.user_id) or (user_id is not None and user_id != key.user_id):
+            raise NotFound("API key not found")
+        now = utcnow()
+        counts = await self._repo.usage(api_key, hour_of(now) - timedelta(hours=hours - 1))
+        return KeyUsage(api_key, key.user_id, key.last_used_at, key.last_used_ip, fill_hours(counts, now, hours))
+
+    async def usage_of(self, actor: Principal, keys: Sequence[ApiKey], hours: int = MAX_HOURS) -> dict[str, KeyUsage]:
+        """``usage`` for keys the caller already listed (one query for all): the console's key tables.
+        Keys the actor may not see are left out."""
+        if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= MAX_HOURS:
+            raise InvalidRequest(f"Hours must be an integer from 1 to {MAX_HOURS}")
+        visible = [k for k in keys if actor.may_act_for(k.user_id)
+                   and (actor.via is not SessionKind.KEY or actor.api_key == k.api_key)]
+        now = utcnow()
+        counts = await self._repo.usage_many([k.api_key for k in visible], hour_of(now) - timedelta(hours=hours - 1))
+        return {k.api_key: KeyUsage(k.api_key, k.user_id, k.last_used_at, k.last_used_ip,
+                                    fill_hours(counts[k.api_key], now, hours)) for k in visible}
 
     # ----- management -----------------------------------------------------------------------
     async def _target_user(self, actor: Principal, user_id: int) -> int:
@@ -338,6 +427,17 @@ class KeyManager:
     def _check_policy(self, permissions: frozenset[Permission], ip_allowlist: IpAllowlist) -> None:
         if self.policy.require_allowlist_for_withdraw and Permission.WITHDRAW in permissions and ip_allowlist.allows_any:
             raise InvalidRequest("Keys with the Withdraw permission must have an IP allowlist (operator policy)")
+
+
+def _canonical(ip: str | None) -> str | None:
+    """The address as ``ipaddress`` writes it (IPv6 compressed, lower case), or None if it is not one that fits."""
+    if not ip:
+        return None
+    try:
+        text = str(ipaddress.ip_address(ip))
+    except ValueError:
+        return None
+    return text if len(text) <= MAX_ADDRESS else None
 
 
 def _describe(key: ApiKey) -> str:

@@ -21,7 +21,7 @@ from keygate.domain.permissions import Permission, format_permissions, parse_per
 from keygate.domain.replay import ReplayMode, sortable
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.users import User
-from keygate.store.tables import api_keys, audit_events, sessions, users
+from keygate.store.tables import api_keys, audit_events, key_usage, sessions, users
 
 
 def _perms_to_db(perms: Iterable[Permission]) -> str:
@@ -73,6 +73,7 @@ def _key(row: Row[Any]) -> ApiKey:
         secret_serial=m["secret_serial"],
         replay_floor=int(m["replay_floor"]) if m["replay_floor"] is not None else None,
         replay_floor_until=m["replay_floor_until"],
+        last_used_ip=m["last_used_ip"],
     )
 
 
@@ -244,15 +245,70 @@ class KeyRepository:
         """Delete the key and, in the same transaction, every session it made (their hashes are returned)."""
         async with _writing(self._engine, conn) as conn:
             ended = await _delete_sessions(conn, sessions.c.api_key == api_key)
+            await conn.execute(delete(key_usage).where(key_usage.c.api_key == api_key))
             await conn.execute(delete(api_keys).where(api_keys.c.api_key == api_key))
         return ended
 
-    async def record_use(self, used: dict[str, datetime]) -> None:
+    async def record_use(self, used: dict[str, tuple[datetime, str | None]]) -> None:
+        """Write each key's last use: its time and the client's address (one statement for the flush)."""
         if not used:
             return
+        statement = (update(api_keys).where(api_keys.c.api_key == bindparam("k"))
+                     .values(last_used_at=bindparam("t"), last_used_ip=bindparam("ip")))
         async with self._engine.begin() as conn:
-            for api_key, at in used.items():
-                await conn.execute(update(api_keys).where(api_keys.c.api_key == api_key).values(last_used_at=at))
+            await conn.execute(statement, [{"k": k, "t": at, "ip": ip} for k, (at, ip) in used.items()])
+
+    async def add_usage(self, counts: dict[tuple[str, datetime], tuple[int, int]]) -> None:
+        """Add ``(api_key, hour) -> (requests, refusals)`` to the stored counts (every process adds its
+        own). Counts of keys deleted meanwhile are dropped, so a deleted key leaves no rows behind."""
+        if not counts:
+            return
+        async with self._engine.begin() as conn:
+            names = {k for k, _ in counts}
+            live = set((await conn.execute(select(api_keys.c.api_key).where(api_keys.c.api_key.in_(names)))).scalars())
+            rows = [{"api_key": k, "hour": hour, "requests": req, "refusals": ref}
+                    for (k, hour), (req, ref) in counts.items() if k in live]
+            if not rows:
+                return
+            if self._engine.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as upsert
+            statement = upsert(key_usage)
+            statement = statement.on_conflict_do_update(
+                index_elements=[key_usage.c.api_key, key_usage.c.hour],
+                set_={"requests": key_usage.c.requests + statement.excluded.requests,
+                      "refusals": key_usage.c.refusals + statement.excluded.refusals},
+            )
+            await conn.execute(statement, rows)
+
+    async def usage(self, api_key: str, since: datetime) -> dict[datetime, tuple[int, int]]:
+        """The stored ``hour -> (requests, refusals)`` of a key from ``since`` on."""
+        query = (select(key_usage.c.hour, key_usage.c.requests, key_usage.c.refusals)
+                 .where(key_usage.c.api_key == api_key, key_usage.c.hour >= since))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    async def usage_many(self, keys: Sequence[str], since: datetime) -> dict[str, dict[datetime, tuple[int, int]]]:
+        """As ``usage``, for several keys in one query."""
+        found: dict[str, dict[datetime, tuple[int, int]]] = {k: {} for k in keys}
+        if not keys:
+            return found
+        query = (select(key_usage.c.api_key, key_usage.c.hour, key_usage.c.requests, key_usage.c.refusals)
+                 .where(key_usage.c.api_key.in_(list(keys)), key_usage.c.hour >= since))
+        async with self._engine.connect() as conn:
+            for r in (await conn.execute(query)).all():
+                found[r[0]][r[1]] = (int(r[2]), int(r[3]))
+        return found
+
+    async def purge_usage(self, before: datetime) -> int:
+        """Drop hours older than ``before``, and any left by a key that no longer exists."""
+        async with self._engine.begin() as conn:
+            old = await conn.execute(delete(key_usage).where(key_usage.c.hour < before))
+            orphans = await conn.execute(delete(key_usage).where(
+                ~key_usage.c.api_key.in_(select(api_keys.c.api_key))))
+        return int(old.rowcount or 0) + int(orphans.rowcount or 0)
 
     async def all_sealed(self, column: str = "sealed_secret") -> builtins.list[tuple[str, bytes]]:
         col = api_keys.c[column]

@@ -93,6 +93,8 @@ api_keys = Table(
     Column("nonce_floor", String(20), nullable=True),
     Column("nonce_spread", Boolean, nullable=False, default=False, server_default=false()),
     Column("nonce_count", Integer, nullable=False, default=0, server_default="0"),
+    # The canonical client address of the key's last use (written with ``last_used_at``).
+    Column("last_used_ip", String(45), nullable=True),
     Index("ix_api_keys_user_id", "user_id"),
 )
 
@@ -158,6 +160,18 @@ trust_marks = Table(
     Column("mark", String(120), primary_key=True),  # "known:<username>:<network>": signed in from there before
     Column("expires_at", UTCDateTime, nullable=False),
     Index("ix_trust_marks_expires_at", "expires_at"),
+)
+
+key_usage = Table(
+    "key_usage",
+    metadata,
+    # Requests (accepted) and refusals of one key in one UTC hour (``hour``: the hour's start), summed
+    # over every process; rows older than 8 days are purged, and a key's rows go with the key.
+    Column("api_key", String(64), primary_key=True),
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("requests", Integer, nullable=False, default=0, server_default="0"),
+    Column("refusals", Integer, nullable=False, default=0, server_default="0"),
+    Index("ix_key_usage_hour", "hour"),
 )
 
 throttle_counters = Table(
