@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import httpx
 from live_helpers import (
@@ -81,9 +81,11 @@ async def test_the_user_object_shows_a_lock_and_when_a_lock_after_failures_ends(
         check_user_object(locked)
         assert (locked["Locked"], locked["LockedTime"]) == (True, ZERO_TIME)  # an administrator's lock has no end
 
-        await kg.users.lock_after_failures(other.user_id, 600, 50, None)
-        until = (await kg.users.require(other.user_id)).locked_until
-        assert until is not None
+        # A timed lock (what keygate wrote after failures before attacks stopped locking users; kept on upgrade).
+        until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=600)
+        async with kg.units.begin() as unit:
+            await kg.users._repo.update(other.user_id, unit.conn, locked=True, locked_until=until)
+            unit.changed("user", other.user_id)
         for _ in range(40):  # the server may serve the user from its cache for KEYGATE_CACHE_TTL_SECONDS
             seen = (await client.post("/AP/GetUserInfo", headers=headers, json={"UserId": other.user_id})).json()
             if seen["Locked"]:
