@@ -95,7 +95,7 @@ UNAVAILABLE = "Authentication is temporarily unavailable: the shared state store
 
 
 WATCH_SECONDS = 0.25
-STALE_AFTER_SECONDS = 1.0
+STALE_AFTER_SECONDS = 2.0  # Redis holds no invalidation: being told of an outage within 2 s is enough
 
 
 class RedisState:
