@@ -155,13 +155,7 @@ class SqlState:
         return int(value) if value is not None else None
 
     async def raise_highest_nonce(self, api_key: str, nonce: int) -> None:
-        padded = sortable(nonce)
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(api_keys).where(api_keys.c.api_key == api_key)
-                .where(or_(api_keys.c.last_nonce.is_(None), api_keys.c.last_nonce < padded))
-                .values(last_nonce=padded)
-            )
+        await self.claim_increasing(api_key, nonce)  # the same conditional raise; here a lower nonce is no refusal
 
     async def record_failure(self, scope: str, window_seconds: int) -> int:
         now = _now()
