@@ -24,8 +24,14 @@ run: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# wrk is installed where the system allows it (root with apt-get); otherwise bench/run.py says what to
+# install and exits 2. BENCH_ARGS are passed on, e.g. `make bench BENCH_ARGS="--only sqlite --rounds 10"`.
 bench: $(VENV)/.dev
-	$(PY) bench/run.py
+	@command -v wrk >/dev/null 2>&1 || [ -x /usr/bin/wrk ] || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  { echo "installing wrk (apt-get install -y wrk)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || true; }
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts

@@ -266,10 +266,11 @@ def start_keygate(dep: Deployment, port: int, cpu: int | None, log: Path) -> tup
     return proc, time.monotonic() - started
 
 
-def start_hello(port: int, cpu: int | None, log: Path) -> subprocess.Popen[bytes]:
+def start_hello(port: int, cpu: int | None, log: Path, wait: bool = True) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(pinned(cpu, [sys.executable, str(BENCH / "hello_app.py"), str(port)]),
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    wait_ready(proc, f"http://127.0.0.1:{port}/readyz", log, "bare Starlette hello")
+    if wait:
+        wait_ready(proc, f"http://127.0.0.1:{port}/readyz", log, "bare Starlette hello")
     return proc
 
 
@@ -398,23 +399,22 @@ def measure(urls: dict[str, str], pids: dict[str, int], plan: list[Scenario], ar
 def measure_websocket(base_url: str, key: SignedKey, args: argparse.Namespace) -> list[dict[str, Any]]:
     """AuthenticateUser and GetUserInfo frames per second, on 1 and on ``--connections`` connections."""
     url = base_url.replace("http://", "ws://") + "/WSGateway"
+    runs = [{"endpoint": endpoint, "connections": conns,
+             "prepared": int(args.ws_duration * 20000) if endpoint == "AuthenticateUser" else 0}
+            for endpoint in ("AuthenticateUser", "GetUserInfo") for conns in (1, args.connections)]
+    spec = {"url": url, "seconds": args.ws_duration, "runs": runs,
+            "key": {"api_key": key.api_key, "user_id": key.user_id, "secret": key.secret, "next_nonce": key.next_nonce}}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run(pinned(args.wrk_cpu, [sys.executable, str(BENCH / "wsload.py"), json.dumps(spec)]),
+                          capture_output=True, text=True, env=env, timeout=args.ws_duration * 40 + 120)
+    lines = [json.loads(ln.split(" ", 1)[1]) for ln in proc.stdout.splitlines() if ln.startswith("WS_JSON ")]
+    if proc.returncode != 0 or len(lines) != len(runs):
+        return [{**run, "error": (proc.stderr or proc.stdout)[-800:]} for run in runs]
     out = []
-    for endpoint in ("AuthenticateUser", "GetUserInfo"):
-        for conns in (1, args.connections):
-            spec = {"url": url, "connections": conns, "seconds": args.ws_duration, "endpoint": endpoint,
-                    "key": {"api_key": key.api_key, "user_id": key.user_id, "secret": key.secret, "next_nonce": key.next_nonce},
-                    "prepared": int(args.ws_duration * 20000) if endpoint == "AuthenticateUser" else 0}
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-            proc = subprocess.run(pinned(args.wrk_cpu, [sys.executable, str(BENCH / "wsload.py"), json.dumps(spec)]),
-                                  capture_output=True, text=True, env=env, timeout=args.ws_duration * 10 + 120)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WS_JSON ")), None)
-            if proc.returncode != 0 or line is None:
-                out.append({"endpoint": endpoint, "connections": conns, "error": (proc.stderr or proc.stdout)[-800:]})
-                continue
-            result = json.loads(line.split(" ", 1)[1])
-            key.next_nonce = max(key.next_nonce, int(result.pop("next_nonce")))
-            result.update(endpoint=endpoint, connections=conns, client_bound=result["client_cpu_percent"] >= 90)
-            out.append(result)
+    for run, result in zip(runs, lines):
+        key.next_nonce = max(key.next_nonce, int(result.pop("next_nonce")))
+        result.update(endpoint=run["endpoint"], connections=run["connections"], client_bound=result["client_cpu_percent"] >= 90)
+        out.append(result)
     return out
 
 
@@ -650,13 +650,14 @@ def bench_configuration(dep: Deployment, args: argparse.Namespace, work: Path) -
     extra: dict[str, Any] = {}
     if args.scale:  # the figures the scale run is compared with: 1,000 keys and sessions in the store
         extra["base_fill"] = fill_store(dep.settings, BASE_KEYS // 10, BASE_KEYS, BASE_KEYS)
-    fx = asyncio.run(create_fixture(dep.settings))
     logs = work / f"{dep.name.replace('+', '-')}-server.log"
     kport, hport = free_port(), free_port()
     urls = {"keygate": f"http://127.0.0.1:{kport}", "starlette": f"http://127.0.0.1:{hport}"}
-    server = hello = None
+    server = None
+    hello = start_hello(hport, args.server_cpu, work / "hello.log", wait=False)  # starts while the fixture is made
     try:
-        hello = start_hello(hport, args.server_cpu, work / "hello.log")
+        fx = asyncio.run(create_fixture(dep.settings))
+        wait_ready(hello, f"{urls['starlette']}/readyz", work / "hello.log", "bare Starlette hello")
         server, extra["startup_seconds"] = start_keygate(dep, kport, args.server_cpu, logs)
         token = sign_in(urls["keygate"], fx.compatible)
         plan = build_scenarios(fx, token)

@@ -3,8 +3,8 @@ frame, wait for its reply), for a fixed time. Run as its own process, pinned to 
 core; prints one JSON line with frames, frames per second, errors and its own CPU use (a client near
 100 % of its core is the limit, not the server).
 
-Input (argv[1], JSON): url, connections, seconds, endpoint ("AuthenticateUser" or "GetUserInfo"),
-key {api_key, user_id, secret, next_nonce}. Every connection first signs in with AuthenticateUser
+Input (argv[1], JSON): url, seconds, runs [{endpoint ("AuthenticateUser" or "GetUserInfo"), connections,
+prepared}], key {api_key, user_id, secret, next_nonce}; one result line per run, in order. Every connection first signs in with AuthenticateUser
 (fresh nonce); GetUserInfo frames then need no aptoken (the connection's session, as in APEX).
 AuthenticateUser frames carry fresh, increasing nonces, signed before the clock starts.
 """
@@ -44,7 +44,7 @@ class Nonces:
         return self._make()
 
 
-async def main(spec: dict[str, Any]) -> dict[str, Any]:
+async def one(spec: dict[str, Any]) -> dict[str, Any]:
     endpoint = spec["endpoint"]
     # Popped from the end: reverse so that nonces still go out in increasing order.
     nonces = Nonces(spec["key"], int(spec.get("prepared", 0)) + spec["connections"])
@@ -78,6 +78,16 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
             "client_cpu_percent": round(cpu / wall * 100, 1), "signed_late": nonces.late, "next_nonce": nonces.next}
 
 
+async def main(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    key = dict(spec["key"])
+    for run in spec["runs"]:
+        result = await one({**run, "url": spec["url"], "seconds": spec["seconds"], "key": key})
+        key["next_nonce"] = result["next_nonce"]
+        out.append(result)
+    return out
+
+
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
     try:
@@ -86,4 +96,5 @@ if __name__ == "__main__":
         result = asyncio.run(main(spec))
     else:
         result = uvloop.run(main(spec))
-    print("WS_JSON " + json.dumps(result), flush=True)
+    for line in result:
+        print("WS_JSON " + json.dumps(line), flush=True)
