@@ -68,23 +68,24 @@ CLI_SECONDS = 0.5  # keygate key list --user U, wall time
 
 def need_tools() -> None:
     """Exit 2, saying what to install, when wrk is missing (``make bench`` installs it where it can)."""
-    from wrkload import WRK
+    from wrkload import TASKSET, WRK
 
+    if not TASKSET:
+        print("note: taskset (util-linux) not found: servers and load generator are not pinned to cores", file=sys.stderr)
     if not Path(WRK).exists():
         hint = "apt-get install -y wrk" if shutil.which("apt-get") else "install wrk (https://github.com/wg/wrk) so that `wrk` is on PATH"
         print(f"keygate bench needs wrk, which is not installed: run `{hint}` (as root), then `make bench` again", file=sys.stderr)
         raise SystemExit(2)
 
 
+import httpx  # noqa: E402
+
 from keygate.config import Settings  # noqa: E402
 from keygate.domain.iprules import IpAllowlist  # noqa: E402
 from keygate.domain.signature import compute_signature  # noqa: E402
 from keygate.service import Keygate  # noqa: E402
 from keygate.service.principal import OPERATOR  # noqa: E402
-from wrkload import Feed, Run, Scenario, SignedKey, cpu_seconds, pinned, rss_bytes, run_wrk  # noqa: E402
-
-import httpx  # noqa: E402
-
+from wrkload import Feed, Run, Scenario, SignedKey, pinned, rss_bytes, run_wrk  # noqa: E402
 
 # ----- configurations -----------------------------------------------------------------------------
 
@@ -471,8 +472,8 @@ def measure_operator_views(base_url: str, fx: Fixture) -> dict[str, Any]:
 async def make_sample(settings: Settings, count: int, base_url_unused: str = "") -> tuple[list[SignedKey], list[str]]:
     """``count`` keys and ``count`` key sessions the server has not seen yet (it is restarted after),
     made through the service layer: touched afterwards, they measure memory per cached entry."""
-    from keygate.service.keys import MAX_KEYS_PER_USER
     from keygate.service.auth import KeyCredentials
+    from keygate.service.keys import MAX_KEYS_PER_USER
 
     kg = Keygate(settings)
     keys: list[SignedKey] = []
@@ -662,6 +663,8 @@ def bench_configuration(dep: Deployment, args: argparse.Namespace, work: Path) -
         fx = asyncio.run(create_fixture(dep.settings))
         wait_ready(hello, f"{urls['starlette']}/readyz", work / "hello.log", "bare Starlette hello")
         server, extra["startup_seconds"] = start_keygate(dep, kport, args.server_cpu, logs)
+        extra["readyz"] = httpx.get(f"{urls['keygate']}/readyz", timeout=10).json().get("checks")
+        print(f"  keygate ready in {extra['startup_seconds']:.2f} s, /readyz checks: {extra['readyz']}", flush=True)
         token = sign_in(urls["keygate"], fx.compatible)
         plan = build_scenarios(fx, token)
         check_scenarios(urls, plan)
@@ -732,6 +735,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-cpu", type=int, default=1, help="core wrk and the WebSocket client are pinned to (default 1)")
     p.add_argument("--output", type=Path, default=RESULTS, help="JSON results file (default bench/results/latest.json)")
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.connections < 1:
+        p.error("--rounds and --connections must be 1 or more")
     if (os.cpu_count() or 1) < 2:
         args.server_cpu = args.wrk_cpu = None
     return args
@@ -744,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     if PGREDIS in configs:
         problem = reachable(args.database_url, args.redis_url)
+        if problem and args.only == PGREDIS:
+            print(f"{problem}: nothing measured", file=sys.stderr)
+            return 2
         if problem:
             print(f"{problem}: measuring SQLite only", flush=True)
             skipped[PGREDIS] = problem

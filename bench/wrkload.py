@@ -25,7 +25,7 @@ from typing import Any
 
 from keygate.domain.signature import compute_signature
 
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
+WRK = os.environ.get("BENCH_WRK") or shutil.which("wrk") or "/usr/bin/wrk"  # BENCH_WRK: another wrk binary
 TASKSET = shutil.which("taskset")
 
 LUA = r"""

@@ -65,3 +65,13 @@ def test_bench_runs_every_scenario_and_reports_ratios_and_targets(tmp_path: Path
     assert config["cli"]["median_seconds"] > 0
     assert config["startup_seconds"] > 0 and config["rss_after_load_mb"] > 0
     assert report["all_targets_met"] == (proc.returncode == 0)
+
+
+def test_bench_without_wrk_says_what_to_install_and_exits_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env.update(BENCH_WRK=str(tmp_path / "no-wrk-here"), PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--output", str(tmp_path / "x.json")],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "needs wrk, which is not installed" in proc.stderr and "wrk" in proc.stderr.split("run `", 1)[1]
+    assert not (tmp_path / "x.json").exists()
