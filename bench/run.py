@@ -278,6 +278,15 @@ def start_hello(port: int, cpu: int | None, log: Path, wait: bool = True) -> sub
     return proc
 
 
+def log_tail(log: Path, lines: int = 15) -> list[str]:
+    """The server's last warnings and errors (it logs at warning level): what answered non-2xx, if it says."""
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [ln[:300] for ln in text if "WARNING" in ln or "ERROR" in ln or "Traceback" in ln][-lines:]
+
+
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -559,6 +568,10 @@ def judge(config: str, results: list[Result], extra: dict[str, Any]) -> list[Che
     for r in results:  # a scenario with errors fails the run even without a target of its own
         if (r.status_errors or r.socket_errors) and not any(c.what.startswith(r.name + " /") for c in checks):
             checks.append(Check(config, f"{r.name}: no errors", r.status_errors + r.socket_errors, "0 errors", "ERRORS"))
+    for ws in extra.get("websocket", []):  # no target, but an error answered is an error
+        if ws.get("error") or ws.get("errors"):
+            checks.append(Check(config, f"WebSocket {ws['endpoint']} frames on {ws['connections']} connection(s): no errors",
+                                ws.get("errors"), "0 errors", "ERRORS"))
     scale = extra.get("scale")
     if scale and "p99_ms" in scale:
         for name, (base, big) in scale["p99_ms"].items():
@@ -607,7 +620,11 @@ def extra_lines(extra: dict[str, Any]) -> list[str]:
             continue
         bound = "  (client saturated its core: a lower bound)" if ws["client_bound"] else ""
         lines.append(f"WebSocket {ws['endpoint']:<16} frames/s on {ws['connections']:>2} connection(s): {ws['frames_per_second']:>8.0f}"
-                     f"  errors {ws['errors']}  client cpu {ws['client_cpu_percent']:.0f}%{bound}")
+                     f"  errors {ws['errors']}  client cpu {ws['client_cpu_percent']:.0f}%{bound}"
+                     + (f"  first error: {ws['first_error'][:160]}" if ws.get("first_error") else ""))
+    if extra.get("server_log_tail") and extra.get("_errors"):
+        lines.append("server log (warnings and errors, last lines):")
+        lines += [f"  {ln}" for ln in extra["server_log_tail"]]
     cli = extra.get("cli") or {}
     if "median_seconds" in cli:
         lines.append(f"CLI `keygate key list --user U`: median {cli['median_seconds']:.3f} s wall ({cli.get('source')})")
@@ -677,6 +694,7 @@ def bench_configuration(dep: Deployment, args: argparse.Namespace, work: Path) -
         check_scenarios(urls, plan)
         results = measure(urls, {"keygate": server.pid, "starlette": hello.pid}, plan, args, work, dep.name)
         extra["rss_after_load_mb"] = round(rss_bytes(server.pid) / 2**20, 1)
+        extra["server_log_tail"] = log_tail(logs)
         if args.ws_duration > 0:
             extra["websocket"] = measure_websocket(urls["keygate"], fx.ws_key, args)
         if not args.scale:
@@ -795,8 +813,10 @@ def main(argv: list[str] | None = None) -> int:
             all_checks += checks
             print(f"\n{name}:")
             print(wrk_table(results, checks))
+            extra["_errors"] = any(r.status_errors or r.socket_errors for r in results)
             for line in extra_lines(extra):
                 print(line)
+            extra.pop("_errors", None)
             report["configurations"][name] = {"describe": dep.describe, "results": [asdict(r) for r in results], **extra,
                                               "checks": [asdict(c) for c in checks]}
     finally:

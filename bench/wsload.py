@@ -50,15 +50,18 @@ async def one(spec: dict[str, Any]) -> dict[str, Any]:
     nonces = Nonces(spec["key"], int(spec.get("prepared", 0)) + spec["connections"])
     nonces.ready.reverse()
     frames = errors = 0
+    first_error = ""
     conns = [await connect(spec["url"], max_size=2**20, compression=None) for _ in range(spec["connections"])]
     for ws in conns:  # every connection signs in first
         await ws.send(json.dumps({"m": 0, "i": 0, "n": "AuthenticateUser", "o": nonces.take()}))
-        if "SessionToken" not in await ws.recv():
+        reply = await ws.recv()
+        if "SessionToken" not in reply:
             errors += 1
+            first_error = first_error or f"sign-in: {str(reply)[:300]}"
     stop = time.monotonic() + spec["seconds"]
 
     async def loop(ws: Any) -> None:
-        nonlocal frames, errors
+        nonlocal frames, errors, first_error
         i = 2
         while time.monotonic() < stop:
             o = nonces.take() if endpoint == "AuthenticateUser" else "{}"
@@ -67,6 +70,7 @@ async def one(spec: dict[str, Any]) -> dict[str, Any]:
             frames += 1
             if "errorcode" in reply:
                 errors += 1
+                first_error = first_error or str(reply)[:300]
             i += 2
 
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -75,7 +79,8 @@ async def one(spec: dict[str, Any]) -> dict[str, Any]:
     for ws in conns:
         await ws.close()
     return {"frames": frames, "seconds": round(wall, 3), "frames_per_second": round(frames / wall, 1), "errors": errors,
-            "client_cpu_percent": round(cpu / wall * 100, 1), "signed_late": nonces.late, "next_nonce": nonces.next}
+            "client_cpu_percent": round(cpu / wall * 100, 1), "signed_late": nonces.late, "next_nonce": nonces.next,
+            "first_error": first_error}
 
 
 async def main(spec: dict[str, Any]) -> list[dict[str, Any]]:
