@@ -106,9 +106,9 @@ def test_a_command_on_an_empty_database_points_at_init_and_creates_nothing(empty
 
 
 # What an everyday command must not load: the server, the console, Alembic (only migrations need it),
-# the SDK and its HTTP client, and (without KEYGATE_REDIS_URL) the Redis client.
-SERVER_ONLY = ("fastapi", "starlette", "uvicorn", "jinja2", "alembic", "mako", "httpx", "keygate.api",
-               "keygate.console", "keygate.sdk")
+# the metrics exporter, the SDK and its HTTP client, and (without KEYGATE_REDIS_URL) the Redis client.
+SERVER_ONLY = ("fastapi", "starlette", "uvicorn", "jinja2", "alembic", "mako", "prometheus_client", "httpx",
+               "keygate.api", "keygate.console", "keygate.sdk")
 
 _LOADED = """
 import json, sys

@@ -227,6 +227,7 @@ class Keygate:
         # The dummy password hash (an unknown username's sign-in is checked against it) is made now,
         # before the first request: made on first use, that sign-in would take the hash's time twice.
         await asyncio.to_thread(dummy_hash)
+        sync_metrics()  # makes the Prometheus series now (a CLI, which never syncs, never loads prometheus-client)
         if self.changes is not None and self._flusher is None:
             await self.changes.start()
             self.coherence.attach(self.changes)  # from now on, a listener that falls behind fails closed
