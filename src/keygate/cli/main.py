@@ -46,7 +46,17 @@ def _check_settings(ctx: typer.Context) -> None:
     # (see main()). `serve` and `sign` check them themselves: with their options (which win over
     # the environment), and the variable `sign --secret-env` names.
     if ctx.invoked_subcommand not in ("serve", "sign"):
-        Settings.from_env()
+        _settings()
+
+
+_checked: list[Settings] = []
+
+
+def _settings() -> Settings:
+    """The settings from the environment, read and checked once per command (the callback above, then the command)."""
+    if not _checked:
+        _checked.append(Settings.from_env())
+    return _checked[0]
 
 
 def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = False, setup: bool = False) -> T:
@@ -62,7 +72,7 @@ def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = F
     from keygate.service import Keygate
 
     async def main() -> T:
-        kg = Keygate(Settings.from_env(), create_master_key=create_master_key, serving=False)
+        kg = Keygate(_settings(), create_master_key=create_master_key, serving=False)
         try:
             if not setup:
                 await kg.start(migrate_schema=False, bootstrap_admin=False)
@@ -147,7 +157,7 @@ def migrate() -> None:
     from keygate.store.database import HEAD_REVISION, REVISIONS, SchemaNotCurrent, create_engine, schema_revision
     from keygate.store.database import migrate as apply_migrations
 
-    settings = Settings.from_env()
+    settings = _settings()
 
     async def main() -> None:
         engine = create_engine(settings.resolved_database_url, settings.database_connect_timeout_seconds,
