@@ -24,37 +24,112 @@ import re
 from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
-
-disable_created_metrics()  # no ``*_created`` series: Prometheus does not need them, and they double the output
-
 PREFIX = "keygate_"
 
-REQUESTS = Counter(
-    "keygate_requests", "HTTP requests and WebSocket frames answered, by endpoint and HTTP status",
-    ["endpoint", "status"],
-)
-LATENCY = Histogram(
-    "keygate_request_duration_seconds", "Time from a request's arrival to the end of its reply, by endpoint",
-    ["endpoint"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
-AUDIT_EVENTS = Counter(
-    "keygate_audit_events", "Audit events (every authentication outcome among them), by action, outcome and reason",
-    ["action", "outcome", "reason"],
-)
-CACHE_LOOKUPS = Counter(
-    "keygate_cache_lookups", "In-process cache lookups, by cache and result (hit or miss)", ["cache", "result"],
-)
-QUEUE_DEPTH = Gauge(
-    "keygate_queue_depth", "Items waiting in a batched writer, sampled every second just before it is flushed",
-    ["queue"], multiprocess_mode="livesum",
-)
-DATABASE_ERRORS = Counter("keygate_database_errors", "Errors raised by the database driver, by error class", ["error"])
-REDIS_ERRORS = Counter("keygate_redis_errors", "Redis commands that failed, by component", ["component"])
+
+class _Family:
+    """One prometheus-client metric, made (and prometheus-client imported) when first needed.
+
+    A server needs it at its first ``sync()`` (once a second, and before every scrape), which makes
+    every family, so ``/metrics`` lists them all as before; a CLI command counts locally and never
+    syncs, so it never loads prometheus-client (issue 12: the CLI starts with what it uses).
+    """
+
+    _all: list[_Family] = []
+
+    def __init__(self, kind: str, *args: Any, children: tuple[str, ...] = (), **kwargs: Any) -> None:
+        self._kind, self._args, self._kwargs, self._children = kind, args, kwargs, children
+        self._metric: Any = None
+        _Family._all.append(self)
+
+    @property
+    def metric(self) -> Any:
+        if self._metric is None:
+            import prometheus_client
+
+            # no ``*_created`` series: Prometheus does not need them, and they double the output
+            prometheus_client.disable_created_metrics()
+            self._metric = getattr(prometheus_client, self._kind)(*self._args, **self._kwargs)
+            for child in self._children:  # series that are listed (at 0) before anything is counted
+                self._metric.labels(child)
+        return self._metric
+
+    def labels(self, *values: str) -> Any:
+        return self.metric.labels(*values)
+
+    def __getattr__(self, name: str) -> Any:  # the metric's own attributes (``collect``, ``_upper_bounds``, ...)
+        if name in ("_kind", "_args", "_kwargs", "_children", "_metric"):
+            raise AttributeError(name)
+        return getattr(self.metric, name)
+
+
+_made = False
+_pending: list[_Deferred] = []
+
+
+def _make_all() -> None:
+    """Make every family, and the series of every ``_Deferred`` so far (listed at 0, as before)."""
+    global _made
+    if _made:
+        return
+    for family in _Family._all:
+        family.metric  # noqa: B018  (made on first access)
+    for deferred in _pending:
+        deferred.resolve()
+    _pending.clear()
+    _made = True
+
+
+class _Deferred:
+    """A labelled series of a ``_Family``: looked up at once in a process that has synced its metrics
+    (a server), else at the first ``sync()``, which a CLI command never calls."""
+
+    __slots__ = ("_child", "_family", "_values")
+
+    def __init__(self, family: _Family, *values: str) -> None:
+        self._family, self._values = family, values
+        self._child: Any = None
+        if _made:
+            self.resolve()
+        else:
+            _pending.append(self)
+
+    def resolve(self) -> Any:
+        if self._child is None:
+            self._child = self._family.labels(*self._values)
+        return self._child
+
+    def inc(self, amount: float = 1) -> None:
+        (self._child or self.resolve()).inc(amount)
+
 
 QUEUES = ("audit", "session_writes", "key_last_used")
 REDIS_COMPONENTS = ("state", "bus", "sessions")
+
+REQUESTS = _Family(
+    "Counter", "keygate_requests", "HTTP requests and WebSocket frames answered, by endpoint and HTTP status",
+    ["endpoint", "status"],
+)
+LATENCY = _Family(
+    "Histogram", "keygate_request_duration_seconds", "Time from a request's arrival to the end of its reply, by endpoint",
+    ["endpoint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+AUDIT_EVENTS = _Family(
+    "Counter", "keygate_audit_events", "Audit events (every authentication outcome among them), by action, outcome and reason",
+    ["action", "outcome", "reason"],
+)
+CACHE_LOOKUPS = _Family(
+    "Counter", "keygate_cache_lookups", "In-process cache lookups, by cache and result (hit or miss)", ["cache", "result"],
+)
+QUEUE_DEPTH = _Family(
+    "Gauge", "keygate_queue_depth", "Items waiting in a batched writer, sampled every second just before it is flushed",
+    ["queue"], multiprocess_mode="livesum", children=QUEUES,
+)
+DATABASE_ERRORS = _Family("Counter", "keygate_database_errors", "Errors raised by the database driver, by error class", ["error"])
+REDIS_ERRORS = _Family("Counter", "keygate_redis_errors", "Redis commands that failed, by component", ["component"],
+                       children=REDIS_COMPONENTS)
+
 DATABASE_ERROR_CLASSES = frozenset({
     "IntegrityError", "OperationalError", "InterfaceError", "ProgrammingError", "DataError", "InternalError",
     "NotSupportedError", "DatabaseError", "DBAPIError", "TimeoutError", "DisconnectionError", "connection",
@@ -121,6 +196,7 @@ class LocalHistogram:
 
 def sync() -> None:
     """Add every local count to its Prometheus series (before a scrape, and once a second)."""
+    _make_all()
     for local in _locals:
         local.sync()
 
@@ -169,7 +245,7 @@ def count_audit(action: str, outcome: str, reason: str | None) -> None:
     if child is None:
         if (reason is None or reason in KNOWN_REASONS) and len(_audit_children) < 4096:
             child = _audit_children[key] = LocalCounter(
-                AUDIT_EVENTS.labels(_bounded_word(action), _bounded_word(outcome), normalise_reason(reason)))
+                _Deferred(AUDIT_EVENTS, _bounded_word(action), _bounded_word(outcome), normalise_reason(reason)))
         else:  # a reason that carries a value: counted directly, never kept per value
             AUDIT_EVENTS.labels(_bounded_word(action), _bounded_word(outcome), normalise_reason(reason)).inc()
             return
@@ -183,11 +259,8 @@ def database_error(exc: BaseException | None) -> None:
     DATABASE_ERRORS.labels(name if name in DATABASE_ERROR_CLASSES else "other").inc()
 
 
-_redis_children = {c: REDIS_ERRORS.labels(c) for c in REDIS_COMPONENTS}
-
-
 def redis_error(component: str) -> None:
-    _redis_children[component].inc()
+    REDIS_ERRORS.labels(component).inc()
 
 
 # ----- caches and queues --------------------------------------------------------------------------
@@ -200,8 +273,8 @@ class CacheCounter:
         if name is None:
             self.hit = self.miss = _noop
         else:
-            self.hit = LocalCounter(CACHE_LOOKUPS.labels(name, "hit")).inc
-            self.miss = LocalCounter(CACHE_LOOKUPS.labels(name, "miss")).inc
+            self.hit = LocalCounter(_Deferred(CACHE_LOOKUPS, name, "hit")).inc
+            self.miss = LocalCounter(_Deferred(CACHE_LOOKUPS, name, "miss")).inc
 
 
 def _noop() -> None:
@@ -219,11 +292,14 @@ def cache_counter(name: str | None) -> CacheCounter:
     return found
 
 
-_queue_children = {q: QUEUE_DEPTH.labels(q) for q in QUEUES}
+_queue_children: dict[str, Any] = {}
 
 
 def sample_queue(queue: str, depth: int) -> None:
-    _queue_children[queue].set(depth)
+    child = _queue_children.get(queue)
+    if child is None:
+        child = _queue_children[queue] = QUEUE_DEPTH.labels(queue)
+    child.set(depth)
 
 
 def forget_process() -> None:

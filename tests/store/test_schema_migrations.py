@@ -42,3 +42,15 @@ async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
             assert await conn.run_sync(schema_differences) == []
     finally:
         await engine.dispose()
+
+
+def test_the_revision_the_cli_checks_is_the_migrations_head() -> None:
+    """Commands other than init/serve/migrate compare the database's revision with ``HEAD_REVISION``
+    without loading Alembic: it must be the migrations' head, and ``REVISIONS`` their chain. A new
+    migration fails here until it is added to ``keygate.store.database.REVISIONS``."""
+    from keygate.store.database import HEAD_REVISION, REVISIONS
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    chain = tuple(reversed([revision.revision for revision in script.walk_revisions()]))
+    assert REVISIONS == chain
+    assert HEAD_REVISION == script.get_current_head()

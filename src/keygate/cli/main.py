@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -46,32 +46,55 @@ def _check_settings(ctx: typer.Context) -> None:
     # (see main()). `serve` and `sign` check them themselves: with their options (which win over
     # the environment), and the variable `sign --secret-env` names.
     if ctx.invoked_subcommand not in ("serve", "sign"):
-        Settings.from_env()
+        _settings()
 
 
-def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = False) -> T:
+_checked: list[Settings] = []
+
+
+def _settings() -> Settings:
+    """The settings from the environment, read and checked once per command (the callback above, then the command)."""
+    if not _checked:
+        _checked.append(Settings.from_env())
+    return _checked[0]
+
+
+def _run(work: Callable[[Keygate], Awaitable[T]], *, create_master_key: bool = False, setup: bool = False) -> T:
     """Open the service, run one use case, close. Known refusals print a message, not a trace.
+
+    Only ``init``, ``serve`` and ``migrate`` apply migrations: ``setup`` (``init``) leaves starting the
+    service to ``work``, which migrates. Every other command checks with one query that the schema
+    is at this keygate's revision, and if not stops with one line saying how to fix it.
 
     The service layer is imported here, not at the top, so that ``keygate sign`` and ``--help``
     start in a fraction of the time.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from keygate.service import Keygate, MasterKeyError
+    from keygate.service import Keygate
 
     async def main() -> T:
-        kg = Keygate(Settings.from_env(), create_master_key=create_master_key, serving=False)
+        kg = Keygate(_settings(), create_master_key=create_master_key, serving=False)
         try:
-            await kg.start(bootstrap_admin=False)
+            if not setup:
+                await kg.start(migrate_schema=False, bootstrap_admin=False)
             return await work(kg)
         finally:
             await kg.close()
+
+    return _guarded(main)
+
+
+def _guarded(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on an event loop; a refusal or an unreachable database prints one line and exits 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from keygate.service import MasterKeyError
+    from keygate.store.database import SchemaNotCurrent
 
     try:
         return asyncio.run(main())
     except DatabaseUnavailable as exc:
         _database_unavailable(exc)
-    except (KeygateError, MasterKeyError) as exc:
+    except (KeygateError, MasterKeyError, SchemaNotCurrent) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError) as exc:
@@ -123,10 +146,35 @@ def init() -> None:
     """Create the data folder, master key and database, and the first admin (password printed once)."""
 
     async def work(kg: Keygate) -> None:
-        boot = await kg.start()
-        _print_bootstrap(boot)
+        _print_bootstrap(await kg.start())  # migrates, and makes the first admin if there is no user
 
-    _run(work, create_master_key=True)
+    _run(work, create_master_key=True, setup=True)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to this keygate's revision (serve and init do it too); nothing else."""
+    from keygate.store.database import HEAD_REVISION, REVISIONS, SchemaNotCurrent, create_engine, schema_revision
+    from keygate.store.database import migrate as apply_migrations
+
+    settings = _settings()
+
+    async def main() -> None:
+        engine = create_engine(settings.resolved_database_url, settings.database_connect_timeout_seconds,
+                               settings.database_statement_timeout_seconds)
+        try:
+            before = await schema_revision(engine)
+            if before == (HEAD_REVISION,):
+                typer.echo(f"the database schema is already at revision {HEAD_REVISION}")
+                return
+            if len(before) > 1 or not set(before) <= set(REVISIONS):
+                raise SchemaNotCurrent(before)  # a newer keygate's schema: Alembic could not go down from it
+            await apply_migrations(engine)
+            typer.echo(f"the database schema is now at revision {HEAD_REVISION} (was {', '.join(before) or 'empty'})")
+        finally:
+            await engine.dispose()
+
+    _guarded(main)
 
 
 def _print_bootstrap(boot: Any) -> None:

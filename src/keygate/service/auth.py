@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError, NotAuthorized, NotFound
 from keygate.domain.keys import ApiKey
-from keygate.domain.passwords import DUMMY_HASH, verify_password
+from keygate.domain.passwords import verify_password
 from keygate.domain.permissions import ALL_PERMISSIONS
 from keygate.domain.replay import ReplayMode
 from keygate.domain.sessions import Session, SessionKind
@@ -219,8 +219,9 @@ class Authenticator:
             # Known and unknown usernames are counted and refused alike.
             await self._guard.refuse_if_blocked(source)
             async with self._guard.hash_gate.slot(trusted=source.trusted is not None):
-                # Verify even for an unknown user, so timing does not tell which usernames exist.
-                ok = await asyncio.to_thread(verify_password, user.password_hash if user else DUMMY_HASH, password)
+                # Verify even for an unknown user (None: against the dummy hash, made at server start), so
+                # timing does not tell which usernames exist.
+                ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
             if user is None or not ok:
                 reason = "unknown user" if user is None else "wrong password"
                 self._audit.record("auth.password", "failure", reason=reason,

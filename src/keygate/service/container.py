@@ -8,12 +8,14 @@ import os
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from keygate.config import Settings
 from keygate.domain.devices import device_key
 from keygate.domain.errors import ServiceUnavailable
+from keygate.domain.passwords import dummy_hash
 from keygate.domain.replay import parse_replay_mode
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.throttle import ThrottlePolicy
@@ -30,15 +32,18 @@ from keygate.service.sessions import SessionManager
 from keygate.service.users import UserManager, generate_password
 from keygate.store import changes
 from keygate.store.changes import ChangeListener
-from keygate.store.database import create_engine, migrate
+from keygate.store.database import create_engine, migrate, require_current_schema
 from keygate.store.master_key import decode_master_key, load_master_key, read_key_file, write_key_file
-from keygate.store.redis_bus import RedisSessionTier
-from keygate.store.redis_state import RedisState
 from keygate.store.repositories import AuditRepository, KeyRepository, SessionRepository, UserRepository
 from keygate.store.shared_state import SharedState, SqlState
 from keygate.store.unit import Units
 from keygate.telemetry import sample_queue
 from keygate.telemetry import sync as sync_metrics
+
+if TYPE_CHECKING:
+    from keygate.store.redis_bus import RedisSessionTier
+
+# The Redis client is imported only where Redis is configured (the CLI on SQLite never loads it).
 
 log = logging.getLogger("keygate")
 FLUSH_SECONDS = 1.0
@@ -71,12 +76,18 @@ class Keygate:
         self.box = SecretBox(master, previous + _env_previous_keys(), loader=None if settings.master_key else self._read_keyring)
         self.engine = create_engine(settings.resolved_database_url, settings.database_connect_timeout_seconds,
                                     settings.database_statement_timeout_seconds)
-        self.state: SharedState = RedisState(settings.redis_url, settings.redis_namespace) if settings.redis_url else SqlState(self.engine)
+        self.state: SharedState = SqlState(self.engine)
+        tier: RedisSessionTier | None = None
+        if settings.redis_url:
+            from keygate.store.redis_bus import RedisSessionTier
+            from keygate.store.redis_state import RedisState
+
+            self.state = RedisState(settings.redis_url, settings.redis_namespace)
+            tier = RedisSessionTier(settings.redis_url, settings.redis_namespace)
         self.coherence = Coherence()
         self.changes: ChangeListener | None = None
         if serving:
             self.changes = ChangeListener(self.engine, self.coherence.apply, self.coherence.reset)
-        tier = RedisSessionTier(settings.redis_url, settings.redis_namespace) if settings.redis_url else None
         self._tier = tier
         audit_repo = AuditRepository(self.engine)
         self.units = Units(self.engine, audit_repo, self.coherence.apply)
@@ -197,8 +208,12 @@ class Keygate:
 
     # ----- lifecycle --------------------------------------------------------------------------
     async def start(self, migrate_schema: bool = True, bootstrap_admin: bool = True) -> Bootstrap:
+        """Bring the schema to the newest revision (``migrate_schema``; else only check, with one query,
+        that it is there: ``SchemaNotCurrent`` if not), and create the first admin if there is no user."""
         if migrate_schema:
             await migrate(self.engine)
+        else:
+            await require_current_schema(self.engine)
         boot = Bootstrap(master_key_created=self._master_created)
         if bootstrap_admin and await self.users.count() == 0:
             password = generate_password()
@@ -209,12 +224,19 @@ class Keygate:
 
     async def start_background(self) -> None:
         """Follow the change log and start the flushers (a server process calls this once)."""
+        # The dummy password hash (an unknown username's sign-in is checked against it) is made now,
+        # before the first request: made on first use, that sign-in would take the hash's time twice.
+        await asyncio.to_thread(dummy_hash)
+        sync_metrics()  # makes the Prometheus series now (a CLI, which never syncs, never loads prometheus-client)
         if self.changes is not None and self._flusher is None:
             await self.changes.start()
             self.coherence.attach(self.changes)  # from now on, a listener that falls behind fails closed
-            if isinstance(self.state, RedisState):
-                await self.state.start_watch()
-                self.coherence.attach(self.state)
+            if self.settings.redis_url:
+                from keygate.store.redis_state import RedisState
+
+                if isinstance(self.state, RedisState):
+                    await self.state.start_watch()
+                    self.coherence.attach(self.state)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="keygate-flusher")
             self._audit_flusher = asyncio.create_task(self._audit_loop(), name="keygate-audit-flusher")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from keygate.domain.errors import NotAuthorized
 from keygate.domain.permissions import ALL_PERMISSIONS
@@ -27,9 +28,11 @@ from keygate.service.clock import utcnow
 from keygate.service.coherence import Coherence
 from keygate.service.principal import Principal
 from keygate.service.session_writer import RECHECK_SECONDS, SessionWriter
-from keygate.store.redis_bus import RedisSessionTier
 from keygate.store.repositories import SessionRepository
 from keygate.store.unit import Unit
+
+if TYPE_CHECKING:  # the Redis client is loaded only where Redis is configured (service.container)
+    from keygate.store.redis_bus import RedisSessionTier
 
 # Idle expiry is checked against the cached "last seen"; the database copy may lag by one flush.
 TOUCH_RESOLUTION = timedelta(seconds=1)

@@ -1,22 +1,35 @@
-"""Engine creation and schema migrations (Alembic, run on keygate's own connection)."""
+"""Engine creation, schema migrations (Alembic, run on keygate's own connection), and the cheap check
+that a database's schema is the one this keygate was written for.
+
+Only ``migrate()`` loads Alembic (and its migration scripts): ``keygate init``, ``serve`` and ``migrate``
+apply migrations; every other command reads the schema's revision with one query
+(``require_current_schema``) and compares it with ``HEAD_REVISION``, known here without Alembic.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from keygate.store.outage import OutageAwareEngine
+from keygate.store.outage import OutageAwareEngine, is_outage
 from keygate.store.tables import users
 from keygate.telemetry import database_error
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Every revision in migrations/versions, oldest first, as Alembic chains them (down_revision); the
+# last is the head. tests/store/test_schema_revision.py checks this against the migration scripts, so
+# a new migration that is not listed here fails the tests.
+REVISIONS = ("0001", "0002", "0003", "0005", "0006", "0004", "0007")
+HEAD_REVISION = REVISIONS[-1]
 CONNECT_TIMEOUT_SECONDS = 2.0
 STATEMENT_TIMEOUT_SECONDS = 10.0
 
@@ -89,6 +102,8 @@ def _counted(engine: AsyncEngine) -> AsyncEngine:
 
 
 def _alembic_config(connection: Connection) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -96,6 +111,8 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     command.upgrade(_alembic_config(connection), "head")
 
 
@@ -117,3 +134,45 @@ async def migrate(engine: AsyncEngine) -> None:
             await conn.run_sync(_upgrade)
     finally:
         await own.dispose()
+
+
+class SchemaNotCurrent(Exception):
+    """The database's schema is not the one this keygate needs; the message says how to fix it, in one line."""
+
+    def __init__(self, found: tuple[str, ...]) -> None:
+        self.found = found
+        if not found:
+            message = "the database holds no keygate schema yet: run `keygate init` to set it up"
+        elif len(found) == 1 and found[0] in REVISIONS:
+            message = (f"the database schema is at revision {found[0]}, this keygate needs {HEAD_REVISION}: "
+                       "run `keygate migrate` (keygate serve and keygate init migrate too)")
+        else:
+            message = (f"the database schema is at revision {', '.join(found)}, which this keygate does not know "
+                       f"(it needs {HEAD_REVISION}): a newer keygate migrated it; use that version")
+        super().__init__(message)
+
+
+def _read_revision(connection: Connection) -> tuple[str, ...]:
+    try:
+        rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except DBAPIError as exc:
+        if is_outage(exc):
+            raise
+        connection.rollback()  # (PostgreSQL: the failed statement aborted the transaction)
+        if connection.dialect.has_table(connection, "alembic_version"):
+            raise
+        return ()  # never migrated
+    return tuple(sorted(rows))
+
+
+async def schema_revision(engine: AsyncEngine) -> tuple[str, ...]:
+    """The revisions Alembic recorded in the database (one, normally; none: never migrated). One query."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_read_revision)
+
+
+async def require_current_schema(engine: AsyncEngine) -> None:
+    """Raise ``SchemaNotCurrent`` unless the database's schema is at ``HEAD_REVISION``; applies nothing."""
+    found = await schema_revision(engine)
+    if found != (HEAD_REVISION,):
+        raise SchemaNotCurrent(found)
