@@ -93,11 +93,11 @@ class _KeyWindow:
         """The order in which the key forgets (the same as the SQL ``ORDER BY`` of ``_window_one``)."""
         return (expires, nonce) if self.spread else (len(nonce), nonce)
 
-    def decide(self, claims: list[tuple[int, WindowClaim]], now: datetime) -> set[int] | None:
-        """The indexes of the accepted claims, decided in order; ``None`` if one would make the key
-        random-style (rare, once per key: the caller then decides them one by one)."""
+    def decide(self, claims: list[tuple[int, WindowClaim]], now: datetime) -> tuple[set[int], list[int]]:
+        """The indexes of the accepted claims, decided in order, and those left undecided: from the
+        first that would make the key random-style on (once per key: the caller decides them one by one)."""
         accepted: set[int] = set()
-        for i, c in claims:
+        for position, (i, c) in enumerate(claims):
             value = nonce_as_u64(c.nonce)
             padded = sortable(value) if value is not None else None
             if padded is not None and self.floor is not None and padded <= self.floor:
@@ -105,7 +105,7 @@ class _KeyWindow:
             if c.nonce in self.present:
                 continue
             if not self.spread and (value is None or (self.high is not None and int(self.high) - value > SPREAD_GAP)):
-                return None
+                return accepted, [j for j, _ in claims[position:]]
             expires = now + timedelta(seconds=c.window_seconds if self.spread else FAR_FUTURE_SECONDS, microseconds=i)
             self.present.add(c.nonce)
             self.added[c.nonce] = expires
@@ -128,7 +128,7 @@ class _KeyWindow:
             if padded is not None and (self.high is None or padded > self.high):
                 self.high = padded
             accepted.add(i)
-        return accepted
+        return accepted, []
 
 
 class SqlState:
@@ -233,12 +233,10 @@ class SqlState:
                 for nonce, expires in await conn.execute(
                         select(u.nonce, u.expires_at).where(u.api_key == key).order_by(*order).limit(overflow)):
                     heapq.heappush(st.oldest, (st.order(nonce, expires), nonce, False))
-            decided = st.decide([(i, claims[i]) for i in idxs], now)
-            if decided is None:  # the key turns random-style in this batch: one by one, below
-                slow.extend(idxs)
-                continue
+            decided, undecided = st.decide([(i, claims[i]) for i in idxs], now)
             for i in idxs:
                 results[i] = i in decided
+            slow.extend(undecided)  # the key turns random-style in this batch: from there on one by one, below
             inserts.extend({"api_key": key, "nonce": n, "expires_at": e} for n, e in st.added.items())
             deletes.extend({"b_key": key, "b_nonce": n} for n in st.forgotten)
             updates.append({"b_key": key, "b_high": st.high, "b_floor": st.floor, "b_spread": st.spread, "b_count": st.count})
