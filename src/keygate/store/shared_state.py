@@ -9,8 +9,9 @@ it at most once.
 from __future__ import annotations
 
 import heapq
+import sqlite3
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -131,6 +132,79 @@ class _KeyWindow:
         return accepted, []
 
 
+def _sqlite_time(value: datetime) -> str:
+    """How SQLAlchemy stores a ``UTCDateTime`` in SQLite (naive UTC, microseconds): string order is time order."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime) -> list[bool | None]:
+    """``SqlState._windows_in``'s fast path in plain sqlite3, on the connection's thread: one result per
+    claim, ``None`` for those left to decide one by one. Rolls back on any error."""
+    by_key: dict[str, list[int]] = {}
+    for i, c in enumerate(claims):
+        by_key.setdefault(c.api_key, []).append(i)
+    keys = list(by_key)
+    marks = ",".join("?" * len(keys))
+    results: list[bool | None] = [False] * len(claims)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        states = {r[0]: _KeyWindow(r[1], r[2], bool(r[3]), int(r[4])) for r in db.execute(
+            f"SELECT api_key, last_nonce, nonce_floor, nonce_spread, nonce_count FROM api_keys WHERE api_key IN ({marks})", keys)}
+        nonces = list({c.nonce for c in claims})
+        if states:
+            for key, nonce in db.execute(
+                    f"SELECT api_key, nonce FROM used_nonces WHERE api_key IN ({marks}) AND nonce IN ({','.join('?' * len(nonces))})",
+                    keys + nonces):
+                if key in states:
+                    states[key].present.add(nonce)
+        spread = [key for key, st in states.items() if st.spread]
+        if spread:  # a random-style key forgets by age too
+            for key, nonce in db.execute(f"DELETE FROM used_nonces WHERE api_key IN ({','.join('?' * len(spread))}) "
+                                         "AND expires_at <= ? RETURNING api_key, nonce", [*spread, _sqlite_time(now)]).fetchall():
+                states[key].count -= 1
+                states[key].present.discard(nonce)
+            for key in spread:
+                states[key].count = max(0, states[key].count)
+        inserts: list[tuple[str, str, str]] = []
+        deletes: list[tuple[str, str]] = []
+        updates: list[tuple[str | None, str | None, bool, int, str]] = []
+        for key, idxs in by_key.items():
+            st = states.get(key)
+            if st is None:
+                continue  # no such key: refused
+            overflow = st.count + len(idxs) - min(claims[i].limit for i in idxs)
+            if overflow > 0:  # the smallest remembered nonces this batch may have to forget
+                order = "expires_at, nonce" if st.spread else "length(nonce), nonce"
+                for nonce, expires in db.execute(
+                        f"SELECT nonce, expires_at FROM used_nonces WHERE api_key = ? ORDER BY {order} LIMIT ?", (key, overflow)):
+                    when = datetime.fromisoformat(expires).replace(tzinfo=timezone.utc)
+                    heapq.heappush(st.oldest, (st.order(nonce, when), nonce, False))
+            decided, undecided = st.decide([(i, claims[i]) for i in idxs], now)
+            for i in idxs:
+                results[i] = i in decided
+            for i in undecided:
+                results[i] = None
+            inserts.extend((key, n, _sqlite_time(e)) for n, e in st.added.items())
+            deletes.extend((key, n) for n in st.forgotten)
+            updates.append((st.high, st.floor, st.spread, st.count, key))
+        if deletes:
+            db.executemany("DELETE FROM used_nonces WHERE api_key = ? AND nonce = ?", deletes)
+        if inserts:
+            db.executemany("INSERT INTO used_nonces (api_key, nonce, expires_at) VALUES (?, ?, ?)", inserts)
+        if updates:
+            db.executemany("UPDATE api_keys SET last_nonce = ?, nonce_floor = ?, nonce_spread = ?, nonce_count = ? "
+                           "WHERE api_key = ?", updates)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection is broken: its error is the one to report
+        raise
+    return results
+
+
 class SqlState:
     """``window`` claims go through a ``Batcher`` (store/batcher.py): at most ``MAX_BATCH`` claims per
     transaction, each waiting at most for the transaction in flight plus its own; a claim is answered
@@ -180,6 +254,8 @@ class SqlState:
         so two processes' batches are serialised key by key and cannot deadlock). Claims of one key
         are decided in arrival order, exactly as one after the other; a refused claim refuses only itself."""
         now = _now()
+        if self._engine.dialect.name == "sqlite":
+            return await self._sqlite_windows(claims, now)
         try:
             async with self._engine.begin() as conn:
                 return await self._windows_in(conn, claims, now, fast=True)
@@ -251,6 +327,25 @@ class SqlState:
         for i in slow:
             results[i] = await self._window_one(conn, claims[i], now + timedelta(microseconds=i))
         return results
+
+    async def _sqlite_windows(self, claims: list[WindowClaim], now: datetime) -> list[bool]:
+        """SQLite: the whole batch in one call on the connection's own thread (aiosqlite's), a handful
+        of statements in C under ``BEGIN IMMEDIATE`` (the file's write lock: other processes wait), then
+        ``COMMIT``; the claims left undecided (a key turning random-style) follow one by one."""
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            aio: Any = raw.driver_connection
+            try:
+                decided = await aio._execute(lambda: _sqlite_batch(aio._conn, claims, now))
+            except sqlite3.IntegrityError:  # a nonce written meanwhile outside the lock (a key's mode changing)
+                decided = [None] * len(claims)
+        rest = [i for i, d in enumerate(decided) if d is None]
+        if rest:
+            async with self._engine.begin() as conn:
+                late = await self._windows_in(conn, [claims[i] for i in rest], now, fast=False)
+            for i, d in zip(rest, late, strict=True):
+                decided[i] = d
+        return [bool(d) for d in decided]
 
     @staticmethod
     async def _window_one(conn: AsyncConnection, claim: WindowClaim, now: datetime) -> bool:
