@@ -74,13 +74,14 @@ def pinned(cpu: int | None, argv: list[str]) -> list[str]:
     return [TASKSET, "-c", str(cpu), *argv] if TASKSET and cpu is not None else argv
 
 
-async def make_key(settings: Settings) -> tuple[int, str, str]:
+async def make_key(settings: Settings) -> tuple[int, str, str, str, str]:
     kg = Keygate(settings)
     try:
         await kg.start()
         user = await kg.users.create(OPERATOR, f"prof{secrets.token_hex(4)}", secrets.token_urlsafe(16), "p@example.com")
         created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), "profile", replay_mode=ReplayMode.WINDOW)
-        return user.user_id, created.key.api_key, created.secret
+        old = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), "apex", replay_mode=ReplayMode.COMPATIBLE)
+        return user.user_id, created.key.api_key, created.secret, old.key.api_key, old.secret
     finally:
         await kg.close()
 
@@ -128,7 +129,7 @@ def main() -> int:
     master = base64.b64encode(secrets.token_bytes(32)).decode()
     namespace = f"kgprof{secrets.token_hex(3)}"
     settings = Settings(data_dir=work, database_url=url, master_key=master, redis_url=args.redis, redis_namespace=namespace)
-    uid, api_key, secret = asyncio.run(make_key(settings))
+    uid, api_key, secret, compat_key, compat_secret = asyncio.run(make_key(settings))
     port = free_port()
     env = {**os.environ, "KEYGATE_DATA_DIR": str(work), "KEYGATE_DATABASE_URL": url, "KEYGATE_MASTER_KEY": master,
            "KEYGATE_HOST": "127.0.0.1", "KEYGATE_PORT": str(port), "KEYGATE_LOG_LEVEL": "warning",
@@ -144,8 +145,10 @@ def main() -> int:
             except httpx.HTTPError:
                 time.sleep(0.1)
         nonce = int(time.time() * 1000)
-        scripts = {"Ping": work / "ping.lua"}
+        scripts = {"Ping": work / "ping.lua", "signed, compatible key": work / "compatible.lua"}
         scripts["Ping"].write_text(PING_LUA)
+        (work / "compatible.txt").write_text(f"{compat_key} {compute_signature(compat_secret, '1', uid, compat_key)} {uid} 1\n")
+        scripts["signed, compatible key"].write_text(LUA % {"file": json.dumps(str(work / "compatible.txt")), "path": '"/AP/GetUserInfo"'})
         for name, path in (("signed GetUserInfo", "/AP/GetUserInfo"), ("AuthenticateUser", "/AP/AuthenticateUser")):
             for r in range(args.rounds + 1):  # fresh sets for the warm-up and every round
                 lines = []
@@ -172,7 +175,10 @@ def main() -> int:
             print(f"{name:<22} {m['rps']:>8.0f} {m['rps'] / ping:>8.2f} {m['cpu_us']:>10.0f} {int(m['non2xx']):>8} {m['errors']}")
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
         if dbname:
             async def drop() -> None:
                 conn = await asyncpg.connect(args.postgres)

@@ -1,4 +1,5 @@
-"""``SharedState`` in Redis. Each operation is one atomic command or Lua script.
+"""``SharedState`` in Redis. Each operation is one atomic command or Lua script (``window`` claims of
+concurrent requests: one script call for the whole batch, see ``RedisState._decide_windows``).
 
 Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (highest numeric nonce accepted, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
 unique nonce, expiring with its window), ``kg:f:<scope>`` (failure count, expiring with its window),
