@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aiosqlite
 import httpx
 import pytest
 from sqlalchemy import event
@@ -58,7 +59,7 @@ def batch_of_claims(key_a: str, key_b: str) -> tuple[list[tuple[str, str]], list
     return claims, expected
 
 
-async def test_concurrent_claims_share_a_transaction(kg: Keygate, make_user) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_claims_share_a_transaction(kg: Keygate, make_user, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     state = SqlState(kg.engine)
     (_, a), (_, b) = await window_key(kg, make_user), await window_key(kg, make_user)
     claims, expected = batch_of_claims(a.key.api_key, b.key.api_key)
@@ -67,15 +68,25 @@ async def test_concurrent_claims_share_a_transaction(kg: Keygate, make_user) -> 
     def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
         statements.append(statement)
 
+    hops: list[object] = []  # on SQLite: calls into the connection's thread (each statement was one)
+    original = aiosqlite.Connection._execute
+
+    async def counted(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(fn)
+        return await original(self, fn, *args, **kwargs)
+
     event.listen(kg.engine.sync_engine, "before_cursor_execute", count)
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
     try:
         results = await asyncio.gather(*(state.claim_window(k, n, LIMIT, WINDOW) for k, n in claims))
     finally:
         event.remove(kg.engine.sync_engine, "before_cursor_execute", count)
+        monkeypatch.undo()
     assert list(results) == expected
     # One transaction for the batch: a handful of statements (plus the change log's polls meanwhile),
     # where one transaction per claim took five or more each.
     assert len(statements) < N // 2, statements
+    assert len(hops) < N // 2, len(hops)
     replays = await asyncio.gather(*(state.claim_window(k, n, LIMIT, WINDOW) for k, n in claims))
     assert not any(replays)
 
