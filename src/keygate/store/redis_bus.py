@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.permissions import format_permissions, parse_permissions
 from keygate.domain.sessions import Session, SessionKind
+from keygate.store.batcher import Batcher
 from keygate.store.redis_state import UNAVAILABLE, connect
 from keygate.telemetry import redis_error
 
@@ -39,6 +40,7 @@ class RedisSessionTier:
     def __init__(self, url: str, namespace: str = "kg") -> None:
         self._ns = namespace
         self._redis = connect(url)
+        self._puts: Batcher[tuple[str, str, int], None] = Batcher(self._put_many)
 
     async def get(self, token_hash: str) -> Session | None:
         try:
@@ -49,12 +51,25 @@ class RedisSessionTier:
         return _decode(token_hash, raw) if raw else None
 
     async def put(self, session: Session, idle: timedelta) -> None:
+        """Store the session for every node; answered once Redis has it. Concurrent puts share one
+        pipelined round trip (store/batcher.py: at most MAX_BATCH per round trip, each waiting at most
+        for the round trip in flight plus its own)."""
         ttl = max(1, int(min((session.expires_at - session.last_seen_at), idle).total_seconds()))
+        await self._puts.submit((f"{self._ns}:s:{session.token_hash}", _encode(session), ttl))
+
+    async def _put_many(self, entries: list[tuple[str, str, int]]) -> list[None]:
         try:
-            await self._redis.set(f"{self._ns}:s:{session.token_hash}", _encode(session), ex=ttl)
+            if len(entries) == 1:
+                await self._redis.set(entries[0][0], entries[0][1], ex=entries[0][2])
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for name, value, ttl in entries:
+                    pipe.set(name, value, ex=ttl)
+                await pipe.execute()
         except (RedisError, OSError):
             redis_error("sessions")
             raise ServiceUnavailable(UNAVAILABLE) from None
+        return [None] * len(entries)
 
     async def delete(self, token_hashes: list[str]) -> None:
         if not token_hashes:

@@ -1,4 +1,5 @@
-"""``SharedState`` in Redis. Each operation is one atomic command or Lua script.
+"""``SharedState`` in Redis. Each operation is one atomic command or Lua script (``window`` claims of
+concurrent requests: one script call for the whole batch, see ``RedisState._decide_windows``).
 
 Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (highest numeric nonce accepted, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
 unique nonce, expiring with its window), ``kg:f:<scope>`` (failure count, expiring with its window),
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import SPREAD_GAP, nonce_as_u64, sortable
+from keygate.store.batcher import Batcher
 from keygate.telemetry import redis_error
 
 T = TypeVar("T")
@@ -33,40 +35,47 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
-# The ``window`` mode (domain.replay), as one atomic script. KEYS: the key's state hash (f: floor,
-# s: random-style), its remembered nonces (a sorted set: by value while increasing-style, by time,
-# after SPREAD_BASE, once random-style) and its highest nonce. ARGV: nonce, its 20-digit form ('' if
-# not a number), now (ms), window (ms), limit, SPREAD_GAP.
-_CLAIM_WINDOW = """
-local hk, zk, nk = KEYS[1], KEYS[2], KEYS[3]
-local nonce, padded, now, window, limit, gap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+# The ``window`` mode (domain.replay), as one atomic script for a whole batch of claims, decided in
+# order. Per claim, KEYS: the key's state hash (f: floor, s: random-style), its remembered nonces (a
+# sorted set: by value while increasing-style, by time, after SPREAD_BASE, once random-style) and its
+# highest nonce. ARGV: now (ms), window (ms), limit, SPREAD_GAP, then per claim the nonce and its
+# 20-digit form ('' if not a number). Returns one 0/1 per claim.
+_CLAIM_WINDOWS = """
 local SPREAD_BASE = 1e15
-local st = redis.call('HMGET', hk, 'f', 's')
-local floor, spread = st[1], st[2] == '1'
-if spread then redis.call('ZREMRANGEBYSCORE', zk, SPREAD_BASE, SPREAD_BASE + now - window) end
-if padded ~= '' and floor and padded <= floor then return 0 end
-if redis.call('ZSCORE', zk, nonce) then return 0 end
-local high = redis.call('GET', nk)
-if not spread and (padded == '' or (high and tonumber(high) - tonumber(padded) > gap)) then
-  spread = true
-  redis.call('HSET', hk, 's', '1')
-end
-redis.call('ZADD', zk, spread and (SPREAD_BASE + now) or tonumber(padded), nonce)
-local n = redis.call('ZCARD', zk)
-if n > limit then
-  if not spread then
-    for _, m in ipairs(redis.call('ZRANGE', zk, 0, n - limit - 1)) do
-      if string.match(m, '^%d+$') and #m <= 20 then
-        local v = string.rep('0', 20 - #m) .. m
-        if not floor or v > floor then floor = v end
-      end
-    end
-    if floor then redis.call('HSET', hk, 'f', floor) end
+local now, window, limit, gap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function claim(hk, zk, nk, nonce, padded)
+  local st = redis.call('HMGET', hk, 'f', 's')
+  local floor, spread = st[1], st[2] == '1'
+  if spread then redis.call('ZREMRANGEBYSCORE', zk, SPREAD_BASE, SPREAD_BASE + now - window) end
+  if padded ~= '' and floor and padded <= floor then return 0 end
+  if redis.call('ZSCORE', zk, nonce) then return 0 end
+  local high = redis.call('GET', nk)
+  if not spread and (padded == '' or (high and tonumber(high) - tonumber(padded) > gap)) then
+    spread = true
+    redis.call('HSET', hk, 's', '1')
   end
-  redis.call('ZREMRANGEBYRANK', zk, 0, n - limit - 1)
+  redis.call('ZADD', zk, spread and (SPREAD_BASE + now) or tonumber(padded), nonce)
+  local n = redis.call('ZCARD', zk)
+  if n > limit then
+    if not spread then
+      for _, m in ipairs(redis.call('ZRANGE', zk, 0, n - limit - 1)) do
+        if string.match(m, '^%d+$') and #m <= 20 then
+          local v = string.rep('0', 20 - #m) .. m
+          if not floor or v > floor then floor = v end
+        end
+      end
+      if floor then redis.call('HSET', hk, 'f', floor) end
+    end
+    redis.call('ZREMRANGEBYRANK', zk, 0, n - limit - 1)
+  end
+  if padded ~= '' and (not high or padded > high) then redis.call('SET', nk, padded) end
+  return 1
 end
-if padded ~= '' and (not high or padded > high) then redis.call('SET', nk, padded) end
-return 1
+local out = {}
+for i = 1, #KEYS / 3 do
+  out[i] = claim(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
+end
+return out
 """
 
 _CLAIM_STEP = """
@@ -111,7 +120,10 @@ class RedisState:
         self._redis = connect(url)
         self._claim = self._redis.register_script(_CLAIM_INCREASING)
         self._fail = self._redis.register_script(_RECORD_FAILURE)
-        self._window = self._redis.register_script(_CLAIM_WINDOW)
+        self._window = self._redis.register_script(_CLAIM_WINDOWS)
+        # ``window`` claims: one script call per batch (store/batcher.py: at most MAX_BATCH claims, each
+        # waiting at most for the call in flight plus its own), answered after Redis has run it.
+        self._windows: Batcher[tuple[str, str, int, int], bool] = Batcher(self._decide_windows)
         self._step = self._redis.register_script(_CLAIM_STEP)
 
     @staticmethod
@@ -133,10 +145,26 @@ class RedisState:
         return claimed
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
-        value = nonce_as_u64(nonce)
-        keys = [f"{self._ns}:w:{api_key}", f"{self._ns}:z:{api_key}", f"{self._ns}:n:{api_key}"]
-        args = [nonce, sortable(value) if value is not None else "", int(time.time() * 1000), window_seconds * 1000, limit, SPREAD_GAP]
-        return bool(await self._guard(lambda: self._window(keys=keys, args=args)))
+        return await self._windows.submit((api_key, nonce, limit, window_seconds))
+
+    async def _decide_windows(self, claims: list[tuple[str, str, int, int]]) -> list[bool]:
+        """One script call per batch (per group of settings: one, in practice)."""
+        results = [False] * len(claims)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, c in enumerate(claims):
+            groups.setdefault((c[2], c[3]), []).append(i)
+        for (limit, window), idxs in groups.items():
+            keys: list[str] = []
+            args: list[str | int] = [int(time.time() * 1000), window * 1000, limit, SPREAD_GAP]
+            for i in idxs:
+                api_key, nonce = claims[i][0], claims[i][1]
+                value = nonce_as_u64(nonce)
+                keys += (f"{self._ns}:w:{api_key}", f"{self._ns}:z:{api_key}", f"{self._ns}:n:{api_key}")
+                args += (nonce, sortable(value) if value is not None else "")
+            decided = await self._guard(lambda: self._window(keys=keys, args=args))
+            for i, d in zip(idxs, decided, strict=True):
+                results[i] = bool(d)
+        return results
 
     async def highest_nonce(self, api_key: str) -> int | None:
         value = await self._guard(lambda: self._redis.get(f"{self._ns}:n:{api_key}"))

@@ -8,14 +8,17 @@ it at most once.
 
 from __future__ import annotations
 
+import heapq
+import sqlite3
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
+from keygate.store.batcher import Batcher
 from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
 
 
@@ -67,9 +70,149 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class WindowClaim(NamedTuple):
+    api_key: str
+    nonce: str
+    limit: int
+    window_seconds: int
+
+
+class _KeyWindow:
+    """One key's ``window`` state while a batch decides its claims: domain.replay's rules, in memory,
+    over the key's row (locked), the batch's nonces it remembers, and the smallest nonces it may forget."""
+
+    __slots__ = ("high", "floor", "spread", "count", "present", "oldest", "added", "forgotten")
+
+    def __init__(self, high: str | None, floor: str | None, spread: bool, count: int) -> None:
+        self.high, self.floor, self.spread, self.count = high, floor, spread, count
+        self.present: set[str] = set()  # remembered, among the batch's nonces
+        self.oldest: list[tuple[tuple[object, str], str, bool]] = []  # heap: (forgetting order, nonce, added by this batch)
+        self.added: dict[str, datetime] = {}  # to insert: nonce -> expiry
+        self.forgotten: list[str] = []  # stored rows to delete
+
+    def order(self, nonce: str, expires: datetime) -> tuple[object, str]:
+        """The order in which the key forgets (the same as the SQL ``ORDER BY`` of ``_window_one``)."""
+        return (expires, nonce) if self.spread else (len(nonce), nonce)
+
+    def decide(self, claims: list[tuple[int, WindowClaim]], now: datetime) -> tuple[set[int], list[int]]:
+        """The indexes of the accepted claims, decided in order, and those left undecided: from the
+        first that would make the key random-style on (once per key: the caller decides them one by one)."""
+        accepted: set[int] = set()
+        for position, (i, c) in enumerate(claims):
+            value = nonce_as_u64(c.nonce)
+            padded = sortable(value) if value is not None else None
+            if padded is not None and self.floor is not None and padded <= self.floor:
+                continue
+            if c.nonce in self.present:
+                continue
+            if not self.spread and (value is None or (self.high is not None and int(self.high) - value > SPREAD_GAP)):
+                return accepted, [j for j, _ in claims[position:]]
+            expires = now + timedelta(seconds=c.window_seconds if self.spread else FAR_FUTURE_SECONDS, microseconds=i)
+            self.present.add(c.nonce)
+            self.added[c.nonce] = expires
+            heapq.heappush(self.oldest, (self.order(c.nonce, expires), c.nonce, True))
+            self.count += 1
+            doomed: list[str] = []
+            while self.count > c.limit and self.oldest:
+                _, nonce, new = heapq.heappop(self.oldest)
+                doomed.append(nonce)
+                self.present.discard(nonce)
+                self.count -= 1
+                if new:
+                    del self.added[nonce]
+                else:
+                    self.forgotten.append(nonce)
+            if doomed and not self.spread:  # forgotten for good: the floor refuses them from now on
+                values = [v for v in (nonce_as_u64(d) for d in doomed) if v is not None]
+                if values and (self.floor is None or sortable(max(values)) > self.floor):
+                    self.floor = sortable(max(values))
+            if padded is not None and (self.high is None or padded > self.high):
+                self.high = padded
+            accepted.add(i)
+        return accepted, []
+
+
+def _sqlite_time(value: datetime) -> str:
+    """How SQLAlchemy stores a ``UTCDateTime`` in SQLite (naive UTC, microseconds): string order is time order."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime) -> list[bool | None]:
+    """``SqlState._windows_in``'s fast path in plain sqlite3, on the connection's thread: one result per
+    claim, ``None`` for those left to decide one by one. Rolls back on any error."""
+    by_key: dict[str, list[int]] = {}
+    for i, c in enumerate(claims):
+        by_key.setdefault(c.api_key, []).append(i)
+    keys = list(by_key)
+    marks = ",".join("?" * len(keys))
+    results: list[bool | None] = [False] * len(claims)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        states = {r[0]: _KeyWindow(r[1], r[2], bool(r[3]), int(r[4])) for r in db.execute(
+            f"SELECT api_key, last_nonce, nonce_floor, nonce_spread, nonce_count FROM api_keys WHERE api_key IN ({marks})", keys)}
+        nonces = list({c.nonce for c in claims})
+        if states:
+            for key, nonce in db.execute(
+                    f"SELECT api_key, nonce FROM used_nonces WHERE api_key IN ({marks}) AND nonce IN ({','.join('?' * len(nonces))})",
+                    keys + nonces):
+                if key in states:
+                    states[key].present.add(nonce)
+        spread = [key for key, st in states.items() if st.spread]
+        if spread:  # a random-style key forgets by age too
+            for key, nonce in db.execute(f"DELETE FROM used_nonces WHERE api_key IN ({','.join('?' * len(spread))}) "
+                                         "AND expires_at <= ? RETURNING api_key, nonce", [*spread, _sqlite_time(now)]).fetchall():
+                states[key].count -= 1
+                states[key].present.discard(nonce)
+            for key in spread:
+                states[key].count = max(0, states[key].count)
+        inserts: list[tuple[str, str, str]] = []
+        deletes: list[tuple[str, str]] = []
+        updates: list[tuple[str | None, str | None, bool, int, str]] = []
+        for key, idxs in by_key.items():
+            st = states.get(key)
+            if st is None:
+                continue  # no such key: refused
+            overflow = st.count + len(idxs) - min(claims[i].limit for i in idxs)
+            if overflow > 0:  # the smallest remembered nonces this batch may have to forget
+                order = "expires_at, nonce" if st.spread else "length(nonce), nonce"
+                for nonce, expires in db.execute(
+                        f"SELECT nonce, expires_at FROM used_nonces WHERE api_key = ? ORDER BY {order} LIMIT ?", (key, overflow)):
+                    when = datetime.fromisoformat(expires).replace(tzinfo=timezone.utc)
+                    heapq.heappush(st.oldest, (st.order(nonce, when), nonce, False))
+            decided, undecided = st.decide([(i, claims[i]) for i in idxs], now)
+            for i in idxs:
+                results[i] = i in decided
+            for i in undecided:
+                results[i] = None
+            inserts.extend((key, n, _sqlite_time(e)) for n, e in st.added.items())
+            deletes.extend((key, n) for n in st.forgotten)
+            updates.append((st.high, st.floor, st.spread, st.count, key))
+        if deletes:
+            db.executemany("DELETE FROM used_nonces WHERE api_key = ? AND nonce = ?", deletes)
+        if inserts:
+            db.executemany("INSERT INTO used_nonces (api_key, nonce, expires_at) VALUES (?, ?, ?)", inserts)
+        if updates:
+            db.executemany("UPDATE api_keys SET last_nonce = ?, nonce_floor = ?, nonce_spread = ?, nonce_count = ? "
+                           "WHERE api_key = ?", updates)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection is broken: its error is the one to report
+        raise
+    return results
+
+
 class SqlState:
+    """``window`` claims go through a ``Batcher`` (store/batcher.py): at most ``MAX_BATCH`` claims per
+    transaction, each waiting at most for the transaction in flight plus its own; a claim is answered
+    after its transaction commits."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._windows: Batcher[WindowClaim, bool] = Batcher(self._decide_windows)
 
     async def claim_increasing(self, api_key: str, nonce: int) -> bool:
         value = sortable(nonce)
@@ -103,50 +246,147 @@ class SqlState:
         return True
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
-        """One transaction, holding the key's row: two processes claiming at once are serialised."""
+        """Decided by the batcher: every claim that arrives while a batch is in flight joins the next."""
+        return await self._windows.submit(WindowClaim(api_key, nonce, limit, window_seconds))
+
+    async def _decide_windows(self, claims: list[WindowClaim]) -> list[bool]:
+        """One transaction for the whole batch, holding the rows of all its keys (locked in key order,
+        so two processes' batches are serialised key by key and cannot deadlock). Claims of one key
+        are decided in arrival order, exactly as one after the other; a refused claim refuses only itself."""
         now = _now()
+        if self._engine.dialect.name == "sqlite":
+            return await self._sqlite_windows(claims, now)
+        try:
+            async with self._engine.begin() as conn:
+                return await self._windows_in(conn, claims, now, fast=True)
+        except IntegrityError:  # a nonce written meanwhile outside the lock (a key's mode changing): one by one
+            async with self._engine.begin() as conn:
+                return await self._windows_in(conn, claims, now, fast=False)
+
+    async def _windows_in(self, conn: AsyncConnection, claims: list[WindowClaim], now: datetime, fast: bool) -> list[bool]:
+        k, u = api_keys.c, used_nonces.c
+        by_key: dict[str, list[int]] = {}
+        for i, c in enumerate(claims):
+            by_key.setdefault(c.api_key, []).append(i)
+        keys = sorted(by_key)
+        columns = (k.api_key, k.last_nonce, k.nonce_floor, k.nonce_spread, k.nonce_count)
+        if conn.dialect.name == "postgresql":
+            rows = (await conn.execute(select(*columns).where(k.api_key.in_(keys)).order_by(k.api_key).with_for_update())).all()
+        else:  # take SQLite's write lock before reading, so no other process writes between
+            await conn.execute(update(api_keys).where(k.api_key.in_(keys)).values(nonce_count=k.nonce_count))
+            rows = (await conn.execute(select(*columns).where(k.api_key.in_(keys)))).all()
+        results = [False] * len(claims)
+        if not fast:
+            for i, c in enumerate(claims):
+                results[i] = await self._window_one(conn, c, now + timedelta(microseconds=i))
+            return results
+        states = {r[0]: _KeyWindow(r[1], r[2], bool(r[3]), int(r[4])) for r in rows}
+        # Which of the batch's nonces each key remembers (one read for the batch).
+        if states:
+            for key, nonce in await conn.execute(select(u.api_key, u.nonce).where(
+                    u.api_key.in_(list(states)), u.nonce.in_(list({c.nonce for c in claims})))):
+                if key in states:
+                    states[key].present.add(nonce)
+        spread = [key for key, st in states.items() if st.spread]
+        if spread:  # a random-style key forgets by age too
+            aged = await conn.execute(delete(used_nonces).where(u.api_key.in_(spread), u.expires_at <= now).returning(u.api_key, u.nonce))
+            for key, nonce in aged:
+                states[key].count -= 1
+                states[key].present.discard(nonce)
+            for key in spread:
+                states[key].count = max(0, states[key].count)
+        inserts: list[dict[str, object]] = []
+        deletes: list[dict[str, object]] = []
+        updates: list[dict[str, object]] = []
+        slow: list[int] = []
+        for key, idxs in by_key.items():
+            st = states.get(key)
+            if st is None:
+                continue  # no such key: refused
+            overflow = st.count + len(idxs) - min(claims[i].limit for i in idxs)
+            if overflow > 0:  # the smallest remembered nonces this batch may have to forget
+                order = (u.expires_at, u.nonce) if st.spread else (func.length(u.nonce), u.nonce)
+                for nonce, expires in await conn.execute(
+                        select(u.nonce, u.expires_at).where(u.api_key == key).order_by(*order).limit(overflow)):
+                    heapq.heappush(st.oldest, (st.order(nonce, expires), nonce, False))
+            decided, undecided = st.decide([(i, claims[i]) for i in idxs], now)
+            for i in idxs:
+                results[i] = i in decided
+            slow.extend(undecided)  # the key turns random-style in this batch: from there on one by one, below
+            inserts.extend({"api_key": key, "nonce": n, "expires_at": e} for n, e in st.added.items())
+            deletes.extend({"b_key": key, "b_nonce": n} for n in st.forgotten)
+            updates.append({"b_key": key, "b_high": st.high, "b_floor": st.floor, "b_spread": st.spread, "b_count": st.count})
+        if deletes:
+            await conn.execute(delete(used_nonces).where(u.api_key == bindparam("b_key"), u.nonce == bindparam("b_nonce")), deletes)
+        if inserts:
+            await conn.execute(insert(used_nonces), inserts)
+        if updates:
+            await conn.execute(update(api_keys).where(k.api_key == bindparam("b_key")).values(
+                last_nonce=bindparam("b_high"), nonce_floor=bindparam("b_floor"), nonce_spread=bindparam("b_spread"),
+                nonce_count=bindparam("b_count")), updates)
+        for i in slow:
+            results[i] = await self._window_one(conn, claims[i], now + timedelta(microseconds=i))
+        return results
+
+    async def _sqlite_windows(self, claims: list[WindowClaim], now: datetime) -> list[bool]:
+        """SQLite: the whole batch in one call on the connection's own thread (aiosqlite's), a handful
+        of statements in C under ``BEGIN IMMEDIATE`` (the file's write lock: other processes wait), then
+        ``COMMIT``; the claims left undecided (a key turning random-style) follow one by one."""
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            aio: Any = raw.driver_connection
+            try:
+                decided = await aio._execute(lambda: _sqlite_batch(aio._conn, claims, now))
+            except sqlite3.IntegrityError:  # a nonce written meanwhile outside the lock (a key's mode changing)
+                decided = [None] * len(claims)
+        rest = [i for i, d in enumerate(decided) if d is None]
+        if rest:
+            async with self._engine.begin() as conn:
+                late = await self._windows_in(conn, [claims[i] for i in rest], now, fast=False)
+            for i, d in zip(rest, late, strict=True):
+                decided[i] = d
+        return [bool(d) for d in decided]
+
+    @staticmethod
+    async def _window_one(conn: AsyncConnection, claim: WindowClaim, now: datetime) -> bool:
+        """One claim, statement by statement, inside the batch's transaction (its key's row is locked)."""
+        api_key, nonce, limit, window_seconds = claim
         value = nonce_as_u64(nonce)
         padded = sortable(value) if value is not None else None
         k = api_keys.c
-        async with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                lock = select(k.last_nonce, k.nonce_floor, k.nonce_spread, k.nonce_count).where(k.api_key == api_key).with_for_update()
-                row = (await conn.execute(lock)).first()
-            else:  # take SQLite's write lock before reading, so no other process writes between
-                await conn.execute(update(api_keys).where(k.api_key == api_key).values(nonce_count=k.nonce_count))
-                row = (await conn.execute(select(k.last_nonce, k.nonce_floor, k.nonce_spread, k.nonce_count).where(k.api_key == api_key))).first()
-            if row is None:
-                return False
-            high, floor, spread, count = row[0], row[1], bool(row[2]), int(row[3])
-            u = used_nonces.c
-            if spread:  # a random-style key forgets by age too
-                aged = await conn.execute(delete(used_nonces).where(u.api_key == api_key, u.expires_at <= now))
-                count = max(0, count - aged.rowcount)
-            if padded is not None and floor is not None and padded <= floor:
-                return False
-            if not spread and (padded is None or (high is not None and int(high) - value > SPREAD_GAP)):  # type: ignore[operator]
-                spread = True
-            expires = now + timedelta(seconds=window_seconds if spread else FAR_FUTURE_SECONDS)
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(insert(used_nonces).values(api_key=api_key, nonce=nonce, expires_at=expires))
-            except IntegrityError:
-                return False
-            count += 1
-            if count > limit:
-                order = (u.expires_at, u.nonce) if spread else (func.length(u.nonce), u.nonce)
-                doomed = [r[0] for r in (await conn.execute(
-                    select(u.nonce).where(u.api_key == api_key).order_by(*order).limit(count - limit))).all()]
-                await conn.execute(delete(used_nonces).where(u.api_key == api_key, u.nonce.in_(doomed)))
-                count -= len(doomed)
-                if not spread:  # forgotten for good: the floor refuses them from now on
-                    values = [v for v in (nonce_as_u64(d) for d in doomed) if v is not None]
-                    if values and (floor is None or sortable(max(values)) > floor):
-                        floor = sortable(max(values))
-            if padded is not None and (high is None or padded > high):
-                high = padded
-            await conn.execute(update(api_keys).where(k.api_key == api_key)
-                               .values(last_nonce=high, nonce_floor=floor, nonce_spread=spread, nonce_count=count))
+        row = (await conn.execute(select(k.last_nonce, k.nonce_floor, k.nonce_spread, k.nonce_count).where(k.api_key == api_key))).first()
+        if row is None:
+            return False
+        high, floor, spread, count = row[0], row[1], bool(row[2]), int(row[3])
+        u = used_nonces.c
+        if spread:  # a random-style key forgets by age too
+            aged = await conn.execute(delete(used_nonces).where(u.api_key == api_key, u.expires_at <= now))
+            count = max(0, count - aged.rowcount)
+        if padded is not None and floor is not None and padded <= floor:
+            return False
+        if not spread and (padded is None or (high is not None and int(high) - value > SPREAD_GAP)):  # type: ignore[operator]
+            spread = True
+        expires = now + timedelta(seconds=window_seconds if spread else FAR_FUTURE_SECONDS)
+        try:
+            async with conn.begin_nested():
+                await conn.execute(insert(used_nonces).values(api_key=api_key, nonce=nonce, expires_at=expires))
+        except IntegrityError:
+            return False
+        count += 1
+        if count > limit:
+            order = (u.expires_at, u.nonce) if spread else (func.length(u.nonce), u.nonce)
+            doomed = [r[0] for r in (await conn.execute(
+                select(u.nonce).where(u.api_key == api_key).order_by(*order).limit(count - limit))).all()]
+            await conn.execute(delete(used_nonces).where(u.api_key == api_key, u.nonce.in_(doomed)))
+            count -= len(doomed)
+            if not spread:  # forgotten for good: the floor refuses them from now on
+                values = [v for v in (nonce_as_u64(d) for d in doomed) if v is not None]
+                if values and (floor is None or sortable(max(values)) > floor):
+                    floor = sortable(max(values))
+        if padded is not None and (high is None or padded > high):
+            high = padded
+        await conn.execute(update(api_keys).where(k.api_key == api_key)
+                           .values(last_nonce=high, nonce_floor=floor, nonce_spread=spread, nonce_count=count))
         return True
 
     async def highest_nonce(self, api_key: str) -> int | None:

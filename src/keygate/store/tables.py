@@ -152,7 +152,11 @@ used_nonces = Table(
     Column("nonce", String(128), primary_key=True),
     Column("expires_at", UTCDateTime, nullable=False),
     Index("ix_used_nonces_expires_at", "expires_at"),
+    Index("ix_used_nonces_key_expiry", "api_key", "expires_at", "nonce"),  # a random-style key forgets its oldest
 )
+# An increasing-style key forgets its smallest nonces (by length, then text): migration 0008.
+Index("ix_used_nonces_key_order", used_nonces.c.api_key, func.length(used_nonces.c.nonce), used_nonces.c.nonce,
+      used_nonces.c.expires_at)
 
 trust_marks = Table(
     "trust_marks",
