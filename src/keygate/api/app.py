@@ -81,8 +81,11 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
             forget_process()
 
     description = DESCRIPTION_200 if settings.refusal_status == "200" else DESCRIPTION
+    # keygate serves /docs itself, without a CDN (api/docs.py). FastAPI's own OpenTelemetry bridge is off:
+    # keygate reports through /metrics and its logs, and the bridge looked up three OpenTelemetry
+    # providers (and the environment) on every request, before any middleware ran.
     app = FastAPI(title="keygate", version=__version__, description=description, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # keygate serves /docs itself, without a CDN (api/docs.py)
+                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     context = ApexContext(app.state.client_address, keygate)
     if keygate is not None:

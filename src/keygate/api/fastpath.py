@@ -135,7 +135,7 @@ class ApexFront:
             except ConflictingForwarding as exc:
                 status = await _send(send, replies.error(exc), rid_header, False)
                 return
-            scope = dict(scope, client=client)
+            scope["client"] = client  # the server's scope of this one request: changed in place
             if proto is not None:
                 scope["scheme"] = _SCHEMES[proto]
             scope[RESOLVED_KEY] = True
