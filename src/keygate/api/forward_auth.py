@@ -71,13 +71,28 @@ async def authorize(request: Request) -> Response:
                      principal.api_key)
 
 
+_Identity = tuple[int, str, frozenset[Permission], str, "str | None"]
+_REPLIES: dict[_Identity, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
+_REPLIES_MAX = 4096
 _FORMATTED: dict[frozenset[Permission], tuple[list[str], bytes]] = {}
 
 
 def _identity(user_id: int, username: str, held: frozenset[Permission], via: str, api_key: str | None) -> Response:
-    """The 200 reply: the identity in ``X-Keygate-*`` headers and in the body. Written as
-    ``ApexJSON(body, headers={...})`` would write it, headers in the same order, without its
-    per-call header parsing (this is the reply of every request an operator's proxy lets through)."""
+    """The 200 reply: the identity in ``X-Keygate-*`` headers and in the body, as
+    ``ApexJSON(body, headers={...})`` writes it, headers in the same order. This is the reply of every
+    request an operator's proxy lets through, and it depends only on these five values (immutable),
+    so it is rendered once per identity and kept (a bounded table, emptied when full)."""
+    identity = (user_id, username, held, via, api_key)
+    found = _REPLIES.get(identity)
+    if found is None:
+        if len(_REPLIES) >= _REPLIES_MAX:
+            _REPLIES.clear()
+        found = _REPLIES[identity] = _render_identity(*identity)
+    return replies.StoredReply(*found)
+
+
+def _render_identity(user_id: int, username: str, held: frozenset[Permission], via: str,
+                     api_key: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     formatted = _FORMATTED.get(held)
     if formatted is None:
         names = format_permissions(held)
@@ -96,7 +111,7 @@ def _identity(user_id: int, username: str, held: frozenset[Permission], via: str
         raw.append((b"x-keygate-api-key", api_key.encode("latin-1")))
     raw.append((b"content-length", str(len(body)).encode("latin-1")))
     raw.append((b"content-type", b"application/json"))
-    return replies.StoredReply(body, raw)
+    return body, raw
 
 
 def install_forward_auth(app: FastAPI) -> None:
