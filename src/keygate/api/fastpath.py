@@ -28,7 +28,7 @@ Envoy's suffix) is answered here, doing in one function, in the same order, what
 
 Everything else goes through the stack unchanged: other methods (405 with ``Allow``), unknown
 endpoints (404), a body without a length (``Transfer-Encoding``: ``BodyLimit`` counts it as it is
-read), a ``root_path``, WebSocket, the console, docs, health and metrics. The FastAPI routes of the
+read), HTTP/2, a ``root_path``, WebSocket, the console, docs, health and metrics. The FastAPI routes of the
 APEX endpoints stay registered, so ``/openapi.json`` is still built from the one registry.
 """
 
@@ -60,6 +60,7 @@ log = logging.getLogger("keygate.api")  # the logger of the app's own ``internal
 
 Handler = Callable[[Request], Awaitable[Response]]
 _SCHEMES = {"http": "http", "https": "https"}
+_HTTP1 = frozenset({"1.1", "1.0"})
 _PLAIN_CALL = Response.__call__
 
 
@@ -94,7 +95,9 @@ class ApexFront:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("root_path"):
+        # HTTP/1.x only: there a body without Content-Length or Transfer-Encoding is empty, so a length
+        # within the limit bounds the body (an HTTP/2 server may stream one without either).
+        if scope["type"] != "http" or scope.get("root_path") or scope.get("http_version") not in _HTTP1:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
