@@ -3,6 +3,7 @@ against a bare Starlette hello on the same uvicorn settings (uvloop + httptools,
 log off), in one session.
 
     PYTHONPATH=src python bench/profile_fastpath.py [--rounds 3] [--duration 3] [--profile out.prof]
+    KEYGATE_SRC=/path/to/other/checkout/src python bench/profile_fastpath.py   # that checkout's code
 
 For every scenario it prints requests per second and the server's CPU microseconds per request (from
 /proc, robust against other load on the machine), and the ratios the issue names: GetUserInfo
@@ -32,7 +33,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+# KEYGATE_SRC: measure another checkout's code (e.g. main's, for a before/after in one session).
+SRC = Path(os.environ.get("KEYGATE_SRC") or ROOT / "src")
+sys.path.insert(0, str(SRC))
 
 from keygate.config import Settings  # noqa: E402
 from keygate.domain.iprules import IpAllowlist  # noqa: E402
@@ -153,7 +156,7 @@ def main() -> int:
     kport, hport = free_port(), free_port()
     env = {**os.environ, "KEYGATE_DATA_DIR": str(settings.data_dir), "KEYGATE_DATABASE_URL": settings.resolved_database_url,
            "KEYGATE_MASTER_KEY": settings.master_key or "", "KEYGATE_HOST": "127.0.0.1", "KEYGATE_PORT": str(kport),
-           "KEYGATE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT / "src")}
+           "KEYGATE_LOG_LEVEL": "warning", "PYTHONPATH": str(SRC)}
     argv = ([sys.executable, "-c", SERVE_PROFILED, str(args.profile)] if args.profile
             else [sys.executable, "-m", "keygate", "serve"])
     kg = subprocess.Popen(pinned(0, argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
