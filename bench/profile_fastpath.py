@@ -3,7 +3,7 @@ against a bare Starlette hello on the same uvicorn settings (uvloop + httptools,
 log off), in one session.
 
     PYTHONPATH=src python bench/profile_fastpath.py [--rounds 3] [--duration 3] [--profile out.prof]
-    KEYGATE_SRC=/path/to/other/checkout/src python bench/profile_fastpath.py   # that checkout's code
+    FASTPATH_SRC=/path/to/other/checkout/src python bench/profile_fastpath.py   # that checkout's code
 
 For every scenario it prints requests per second and the server's CPU microseconds per request (from
 /proc, robust against other load on the machine), and the ratios the issue names: GetUserInfo
@@ -33,8 +33,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-# KEYGATE_SRC: measure another checkout's code (e.g. main's, for a before/after in one session).
-SRC = Path(os.environ.get("KEYGATE_SRC") or ROOT / "src")
+# FASTPATH_SRC: measure another checkout's code (e.g. main's, for a before/after in one session).
+SRC = Path(os.environ.get("FASTPATH_SRC") or ROOT / "src")
 sys.path.insert(0, str(SRC))
 
 from keygate.config import Settings  # noqa: E402
@@ -159,11 +159,16 @@ def main() -> int:
            "KEYGATE_LOG_LEVEL": "warning", "PYTHONPATH": str(SRC)}
     argv = ([sys.executable, "-c", SERVE_PROFILED, str(args.profile)] if args.profile
             else [sys.executable, "-m", "keygate", "serve"])
-    kg = subprocess.Popen(pinned(0, argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = work / "server.log"
+    kg = subprocess.Popen(pinned(0, argv), env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     hello = subprocess.Popen(pinned(0, [sys.executable, "-c", HELLO, str(hport)]), stdout=subprocess.DEVNULL)
     try:
         kbase, hbase = f"http://127.0.0.1:{kport}", f"http://127.0.0.1:{hport}"
-        wait_up(kg, kbase + "/AP/Ping")
+        try:
+            wait_up(kg, kbase + "/AP/Ping")
+        except SystemExit:
+            print(log.read_text(), file=sys.stderr)
+            raise
         wait_up(hello, hbase + "/AP/Ping")
         signed = {"APIKey": api_key, "Signature": compute_signature(secret, "1", user_id, api_key),
                   "UserId": str(user_id), "Nonce": "1"}
