@@ -14,12 +14,15 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from keygate import __version__
 from keygate.api import replies
 from keygate.api.docs import install_docs
 from keygate.api.endpoints import ENDPOINTS
-from keygate.api.forward_auth import install_forward_auth
+from keygate.api.fastpath import ApexFront, apex_handlers
+from keygate.api.forward_auth import PATH as FORWARD_AUTH_PATH
+from keygate.api.forward_auth import authorize, install_forward_auth
 from keygate.api.health import install_health
 from keygate.api.metrics import Observe, install_metrics
 from keygate.api.middleware import ApexContext, ApexScope, BodyLimit
@@ -78,8 +81,11 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
             forget_process()
 
     description = DESCRIPTION_200 if settings.refusal_status == "200" else DESCRIPTION
+    # keygate serves /docs itself, without a CDN (api/docs.py). FastAPI's own OpenTelemetry bridge is off:
+    # keygate reports through /metrics and its logs, and the bridge looked up three OpenTelemetry
+    # providers (and the environment) on every request, before any middleware ran.
     app = FastAPI(title="keygate", version=__version__, description=description, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # keygate serves /docs itself, without a CDN (api/docs.py)
+                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     context = ApexContext(app.state.client_address, keygate)
     if keygate is not None:
@@ -126,7 +132,15 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
     app.add_middleware(ProxyHeaders, client_address=app.state.client_address)
     # Outside even Starlette's error middleware, so that a 500 is counted and carries X-Request-Id too.
     build = app.build_middleware_stack
-    app.build_middleware_stack = lambda: Observe(build(), endpoint_names=list(ENDPOINTS))  # type: ignore[method-assign]
+
+    def build_stack() -> ASGIApp:
+        observed = Observe(build(), endpoint_names=list(ENDPOINTS))
+        # In front of everything: the APEX endpoints and forward auth without the framework (api/fastpath.py).
+        return ApexFront(observed, handlers=apex_handlers((ep.name, ep.handler) for ep in ENDPOINTS.values()),
+                         forward_path=FORWARD_AUTH_PATH, forward_handler=authorize, client_address=app.state.client_address,
+                         context=context, max_body_bytes=settings.max_body_bytes, refusal_status=settings.refusal_status)
+
+    app.build_middleware_stack = build_stack  # type: ignore[method-assign]
     return app
 
 

@@ -49,11 +49,15 @@ def required(request: Request) -> frozenset[Permission]:
     Envoy's ``ext_authz`` cannot add a query to its check request, but can add a header. Either can only
     add requirements, so a client that sends the header itself can only refuse itself.
     """
-    names: list[str] = list(request.query_params.getlist("require"))
-    for name, value in request.scope["headers"]:
+    scope = request.scope
+    names: list[str] = list(request.query_params.getlist("require")) if scope.get("query_string") else []
+    for name, value in scope["headers"]:
         if name == b"x-keygate-require":
             names.extend(value.decode("latin-1").split(","))
-    return parse_permissions(names)
+    return parse_permissions(names) if names else _NONE
+
+
+_NONE: frozenset[Permission] = frozenset()
 
 
 async def authorize(request: Request) -> Response:
@@ -63,19 +67,51 @@ async def authorize(request: Request) -> Response:
             principal.require_permission(permission)
     except KeygateError as exc:
         return refusal(exc)
-    permissions = format_permissions(principal.permissions)
-    headers = {
-        "X-Keygate-User-Id": str(principal.user_id),
-        "X-Keygate-Username": principal.user.username,
-        "X-Keygate-Permissions": ",".join(permissions),
-        "X-Keygate-Auth": principal.via.value,
-        "Cache-Control": "no-store",
-    }
-    if principal.api_key:
-        headers["X-Keygate-Api-Key"] = principal.api_key
-    body = {"UserId": principal.user_id, "UserName": principal.user.username, "Permissions": permissions,
-            "APIKey": principal.api_key, "Auth": principal.via.value}
-    return replies.ApexJSON(body, headers=headers)
+    return _identity(principal.user_id, principal.user.username, principal.permissions, principal.via.value,
+                     principal.api_key)
+
+
+_Identity = tuple[int, str, frozenset[Permission], str, "str | None"]
+_REPLIES: dict[_Identity, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
+_REPLIES_MAX = 4096
+_FORMATTED: dict[frozenset[Permission], tuple[list[str], bytes]] = {}
+
+
+def _identity(user_id: int, username: str, held: frozenset[Permission], via: str, api_key: str | None) -> Response:
+    """The 200 reply: the identity in ``X-Keygate-*`` headers and in the body, as
+    ``ApexJSON(body, headers={...})`` writes it, headers in the same order. This is the reply of every
+    request an operator's proxy lets through, and it depends only on these five values (immutable),
+    so it is rendered once per identity and kept (a bounded table, emptied when full)."""
+    identity = (user_id, username, held, via, api_key)
+    found = _REPLIES.get(identity)
+    if found is None:
+        if len(_REPLIES) >= _REPLIES_MAX:
+            _REPLIES.clear()
+        found = _REPLIES[identity] = _render_identity(*identity)
+    return replies.StoredReply(*found)
+
+
+def _render_identity(user_id: int, username: str, held: frozenset[Permission], via: str,
+                     api_key: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    formatted = _FORMATTED.get(held)
+    if formatted is None:
+        names = format_permissions(held)
+        formatted = _FORMATTED[held] = (names, ",".join(names).encode("latin-1"))
+    permissions, joined = formatted
+    body = replies.encode({"UserId": user_id, "UserName": username, "Permissions": permissions, "APIKey": api_key,
+                           "Auth": via})
+    raw = [
+        (b"x-keygate-user-id", str(user_id).encode("latin-1")),
+        (b"x-keygate-username", username.encode("latin-1")),
+        (b"x-keygate-permissions", joined),
+        (b"x-keygate-auth", via.encode("latin-1")),
+        (b"cache-control", b"no-store"),
+    ]
+    if api_key:
+        raw.append((b"x-keygate-api-key", api_key.encode("latin-1")))
+    raw.append((b"content-length", str(len(body)).encode("latin-1")))
+    raw.append((b"content-type", b"application/json"))
+    return body, raw
 
 
 def install_forward_auth(app: FastAPI) -> None:

@@ -89,7 +89,8 @@ class Observe:
         self._console = series("console")
         self._other = series("other")
 
-    def _series_for(self, path: str) -> _Series:
+    def series_for(self, path: str) -> _Series:
+        """The series of a request for ``path`` (as the client sent it)."""
         found = self._fixed.get(path) or self._apex.get(path.lower())
         if found is not None:
             return found
@@ -115,7 +116,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        target = self._series_for(scope["path"])
+        target = self.series_for(scope["path"])
         status = 500  # what the client gets if the app fails before it answers
         header = (b"x-request-id", rid.encode())
 

@@ -55,12 +55,7 @@ class ApexScope:
 
     def canonical_path(self, path: str, websocket: bool) -> str | None:
         """The canonical form of an APEX (or WebSocket gateway) path, or None for any other path."""
-        parts = [p for p in path.split("/") if p]
-        if len(parts) == 2 and parts[0].lower() == "ap":
-            return "/AP/" + self._names.get(parts[1].lower(), parts[1])
-        if websocket and len(parts) == 1:
-            return self._websocket.get(parts[0].lower())
-        return None
+        return canonical_apex_path(path, self._names, self._websocket if websocket else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -82,6 +77,17 @@ class ApexScope:
         await self.app(scope, receive, send)
 
 
+def canonical_apex_path(path: str, names: dict[str, str], websocket: dict[str, str] | None = None) -> str | None:
+    """``ApexScope.canonical_path``: ``names`` maps lower-case endpoint names to their canonical
+    spelling, ``websocket`` (given for a WebSocket connection only) the gateway's paths the same way."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) == 2 and parts[0].lower() == "ap":
+        return "/AP/" + names.get(parts[1].lower(), parts[1])
+    if websocket is not None and len(parts) == 1:
+        return websocket.get(parts[0].lower())
+    return None
+
+
 def _refusals_as_200(send: Send) -> Send:
     """Answer a 4xx with 200 (headers such as ``Retry-After`` and ``Allow`` and the body unchanged),
     adding ``X-Keygate-Status`` with the status it replaces, for clients that want it (the SDK does).
@@ -98,6 +104,24 @@ def _refusals_as_200(send: Send) -> Send:
     return sender
 
 
+def too_large_reply(max_bytes: int) -> tuple[Message, Message]:
+    """The 413 of ``BodyLimit``: its start and body messages (the connection is closed after it)."""
+    body = json.dumps(
+        {"result": False, "errormsg": f"Request body is larger than {max_bytes} bytes", "errorcode": 100, "detail": None}
+    ).encode()
+    start: Message = {"type": "http.response.start", "status": 413, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]}
+    return start, {"type": "http.response.body", "body": body}
+
+
+def content_length_too_big(value: bytes, max_bytes: int) -> bool:
+    """Whether a ``Content-Length`` value refuses the request: above ``max_bytes``, or not a number."""
+    try:
+        return int(value) > max_bytes
+    except ValueError:
+        return True
+
+
 class BodyLimit:
     """Bound every request body to ``max_bytes``, on every route (APEX, console forms, anything mounted).
 
@@ -112,12 +136,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def _reply(self) -> tuple[Message, Message]:
-        body = json.dumps(
-            {"result": False, "errormsg": f"Request body is larger than {self.max_bytes} bytes", "errorcode": 100, "detail": None}
-        ).encode()
-        start: Message = {"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]}
-        return start, {"type": "http.response.body", "body": body}
+        return too_large_reply(self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,11 +144,7 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = True
-                if too_big:
+                if content_length_too_big(value, self.max_bytes):
                     for message in self._reply():
                         await send(message)
                     return
