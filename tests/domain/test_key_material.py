@@ -139,3 +139,12 @@ def test_signature_encodings_per_key_type() -> None:
     assert decode_signature(KeyType.ED25519, mac) is None  # an hmac-shaped signature never matches an ed25519 key
     for bad in ("", "g" * 64, "a" * 63, "a" * 127, "*" * 88, base64.b64encode(b"x" * 63).decode()):
         assert not signature_shape_ok(bad), bad
+
+
+def test_the_readme_shows_this_vector() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for value in (RFC_SEED.hex(), base64.b64encode(RFC_PUBLIC).decode(), README_SIGNATURE_B64,
+                  signing_message(NONCE, USER_ID, API_KEY).decode()):
+        assert f"`{value}`" in readme, value
