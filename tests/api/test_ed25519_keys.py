@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from live_helpers import ask, body, frame, ws_url
 from sqlalchemy import text
-from support import REDIS_URL, need, redis_available, start_server, stop_server
 from websockets.asyncio.client import connect
 
 from keygate.api import create_app
@@ -30,6 +29,7 @@ from keygate.domain.signature import signing_message
 from keygate.service import Keygate
 from keygate.service.keys import CreatedKey
 from keygate.service.principal import OPERATOR
+from support import REDIS_URL, need, redis_available, start_server, stop_server
 
 
 def _raw(private: Ed25519PrivateKey) -> bytes:

@@ -12,9 +12,7 @@ package (``pip install 'keygate[ed25519]'``); HMAC clients never do.
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 

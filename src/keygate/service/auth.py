@@ -18,12 +18,12 @@ from datetime import timedelta
 from typing import NamedTuple
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError, NotAuthorized, NotFound
+from keygate.domain.key_material import decode_signature, signature_shape_ok, verify
 from keygate.domain.keys import ApiKey
 from keygate.domain.passwords import DUMMY_HASH, verify_password
 from keygate.domain.permissions import ALL_PERMISSIONS
 from keygate.domain.replay import ReplayMode
 from keygate.domain.sessions import Session, SessionKind
-from keygate.domain.key_material import decode_signature, signature_shape_ok, verify
 from keygate.domain.signature import signing_message
 from keygate.domain.totp import matching_step
 from keygate.domain.users import User, parse_user_id
