@@ -231,9 +231,9 @@ def decode_signature(key_type: KeyType, text: str) -> bytes | None:
     if len(text) == 2 * ED25519_SIGNATURE_BYTES and _HEX.fullmatch(text):
         return bytes.fromhex(text)
     if len(text) in (86, 88):
-        raw = _b64(text)
-        if raw is not None and len(raw) == ED25519_SIGNATURE_BYTES:
-            return raw
+        decoded = _b64(text)
+        if decoded is not None and len(decoded) == ED25519_SIGNATURE_BYTES:
+            return decoded
     return None
 
 
