@@ -69,7 +69,9 @@ def test_there_is_no_option_for_the_secret_on_argv() -> None:
     assert V["signature"] not in result.stdout
     help_text = keygate("sign", "--help", env=clean_env(COLUMNS="200")).stdout
     options = {word.strip(",") for word in help_text.split() if word.startswith("--")}
-    assert options == {"--api-key", "--user-id", "--nonce", "--secret-file", "--secret-env", "--headers", "--help"}
+    # --private-key names a file (ed25519 keys), like --secret-file: no option takes key material itself.
+    assert options == {"--api-key", "--user-id", "--nonce", "--secret-file", "--secret-env", "--private-key", "--encoding",
+                       "--headers", "--help"}
 
 
 def test_no_secret_anywhere_is_a_clear_error() -> None:

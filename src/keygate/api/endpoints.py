@@ -33,6 +33,7 @@ from keygate.api.wire import (
 )
 from keygate.domain.errors import Forbidden, InvalidRequest, KeygateError, NotAuthorized
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.key_material import parse_key_type, parse_public_key
 from keygate.domain.keys import parse_expiry
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 from keygate.domain.replay import parse_replay_mode
@@ -193,7 +194,8 @@ _KEY_BODY = {"APIKey": "string", "Signature": "string", "UserId": "integer|strin
 @endpoint(
     "AuthenticateUser", "Sign in with an API key signature (or username and password)",
     "Send the headers `APIKey`, `Signature`, `UserId`, `Nonce` (or the same fields as a JSON body), where "
-    "`Signature = hex(HMAC-SHA256(key=APISecret, msg=Nonce + UserId + APIKey))`. A password login "
+    "`Signature = hex(HMAC-SHA256(key=APISecret, msg=Nonce + UserId + APIKey))`; for an `ed25519` key, the "
+    "Ed25519 signature of the same message in base64 (standard or URL-safe, padding optional) or 128 hex digits. A password login "
     "(`UserName`, `Password`) of a user with two-factor sign-in answers `Requires2FA` and a `Pending2FaToken`. "
     "The reply's `SessionToken` goes in the `aptoken` header of later calls. Every failure of a key, user or "
     "signature answers the same message.",
@@ -276,6 +278,13 @@ async def get_user_accounts(request: Request, principal: Principal) -> Response:
 
 _KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowlist": "array", "Label": "string",
                   "ReplayMode": "string", "ExpiresAt": "string"}
+_KEY_CREATE_BODY = {**_KEY_EDIT_BODY, "KeyType": "string", "PublicKey": "string"}
+
+
+def _public_key_field(payload: dict[str, Any]) -> bytes | None:
+    """``PublicKey`` (an Ed25519 public key, see domain.key_material.parse_public_key), or None if absent."""
+    value = payload.get("publickey")
+    return None if value is None or value == "" else parse_public_key(value if isinstance(value, str) else object())
 
 
 def _api_key_field(payload: dict[str, Any], action: str) -> str:
@@ -296,8 +305,10 @@ def _allowlist(payload: dict[str, Any]) -> IpAllowlist | None:
     "AddUserAPIKey", "Create an API key; the reply is the only time the secret is shown",
     "Needs a password session (a session made from an API key gets errorcode 20). `Permissions` is a list of "
     "`Trading`, `Withdraw`, `Deposit` (none: read only); `IpAllowlist` holds IPv4/IPv6 addresses and CIDR ranges "
-    "(empty: any IP).",
-    auth="password-session", body=_KEY_EDIT_BODY, reply="CreatedKey",
+    "(empty: any IP). `KeyType` is `hmac` (the default: keygate makes the secret and shows it in this reply "
+    "only) or `ed25519`: then `PublicKey` is required (the 32 raw bytes in base64, base64url or hex, or a PEM "
+    "`PUBLIC KEY`), keygate keeps only that, and the reply has no `APISecret`.",
+    auth="password-session", body=_KEY_CREATE_BODY, reply="CreatedKey",
 )
 async def add_user_api_key(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
@@ -309,6 +320,8 @@ async def add_user_api_key(request: Request, principal: Principal) -> Response:
         payload.get("label"),  # null: no label; any other non-string is refused
         replay_mode=parse_replay_mode(payload["replaymode"]) if payload.get("replaymode") is not None else None,
         expires_at=parse_expiry(payload.get("expiresat")),
+        key_type=parse_key_type(payload.get("keytype")),
+        public_key=_public_key_field(payload),
     )
     return replies.ApexJSON(created.reveal(), headers={"Cache-Control": "no-store"})
 
@@ -461,8 +474,10 @@ async def disable_2fa(request: Request, principal: Principal) -> Response:
 @endpoint(
     "RotateUserAPIKey", "Issue a new secret and nonce for a key; shown once, like creation",
     "`GraceSeconds` (default 0, at most 30 days) keeps the old secret working that long, so clients can switch "
-    "without downtime; with 0 the old secret and the key's sessions stop at once.",
-    auth="password-session", body={"UserId": "integer|string", "APIKey": "string", "GraceSeconds": "integer|string"}, reply="CreatedKey",
+    "without downtime; with 0 the old secret and the key's sessions stop at once. An `ed25519` key takes its new "
+    "`PublicKey` instead (required; the old public key is the one kept for the grace), and the reply has no secret.",
+    auth="password-session",
+    body={"UserId": "integer|string", "APIKey": "string", "GraceSeconds": "integer|string", "PublicKey": "string"}, reply="CreatedKey",
 )
 async def rotate_user_api_key(request: Request, principal: Principal) -> Response:
     payload = await _payload(request)
@@ -470,7 +485,8 @@ async def rotate_user_api_key(request: Request, principal: Principal) -> Respons
     grace = payload.get("graceseconds", 0)
     if isinstance(grace, str) and grace.strip().isdigit():
         grace = int(grace.strip())
-    created = await _kg(request).keys.rotate_secret(principal, _target_user(payload, principal), api_key, grace)
+    created = await _kg(request).keys.rotate_secret(principal, _target_user(payload, principal), api_key, grace,
+                                                    public_key=_public_key_field(payload))
     return replies.ApexJSON(created.reveal(), headers={"Cache-Control": "no-store"})
 
 

@@ -63,6 +63,10 @@ _KEY = {
     "CreatedAt": _TIME, "UpdatedAt": _TIME, "LastUsedAt": _NULLABLE_TIME,
     "ReplayMode": {"type": "string", "enum": [m.value for m in ReplayMode]},
     "ExpiresAt": _NULLABLE_TIME, "PreviousSecretValidUntil": _NULLABLE_TIME,
+    "KeyType": {"type": "string", "enum": ["hmac", "ed25519"],
+                "description": "hmac: keygate holds a secret (APEX's HMAC-SHA256 signature); ed25519: keygate holds only a public key"},
+    "PublicKeyFingerprint": {"type": ["string", "null"],
+                             "description": "ed25519 keys: `SHA256:` and the unpadded base64 of the SHA-256 of the 32-byte public key; null for hmac"},
 }
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -94,7 +98,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         closed=True,
     ),
     "Key": _object(_KEY, closed=True),
-    "CreatedKey": _object({**_KEY, "APISecret": {"type": "string", "description": "Shown in this reply only, never again"}}, closed=True),
+    "CreatedKey": _object({**_KEY, "APISecret": {"type": "string", "description": "hmac keys: shown in this reply only, never again; "
+                                                                               "absent for an ed25519 key (keygate has no secret)"}},
+                          required=list(_KEY), closed=True),
     "KeyList": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
     "KeyUsage": _object({
         "APIKey": {"type": "string"}, "UserId": {"type": "integer"}, "LastUsedAt": _NULLABLE_TIME, "LastUsedIp": _NULLABLE_STR,
@@ -124,7 +130,8 @@ def _header(name: str, description: str) -> dict[str, Any]:
 
 _SIGNED = [
     _header("APIKey", "The API key"),
-    _header("Signature", "hex(HMAC-SHA256(key=APISecret, msg=Nonce + UserId + APIKey)), 64 hex digits"),
+    _header("Signature", "hex(HMAC-SHA256(key=APISecret, msg=Nonce + UserId + APIKey)), 64 hex digits; for an ed25519 key "
+                         "the Ed25519 signature of the same message, base64 (standard or URL-safe, padding optional) or 128 hex digits"),
     _header("UserId", "The key owner's user id"),
     _header("Nonce", "Any string or number; part of the signed message"),
 ]

@@ -379,27 +379,78 @@ def key_create(
     replay_mode: Annotated[str | None, typer.Option("--replay-mode", help="compatible, increasing or unique [KEYGATE_DEFAULT_REPLAY_MODE]")] = None,
     expires: Annotated[str | None, typer.Option("--expires", help="Expiry as ISO 8601, e.g. 2027-01-31T00:00:00Z")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the credentials as JSON (the console's Export to JSON)")] = False,
+    key_type: Annotated[str, typer.Option("--type", help="hmac (a secret, shown once) or ed25519 (give --public-key)")] = "hmac",
+    public_key: Annotated[str | None, typer.Option("--public-key", help="ed25519: the file holding the public key ('-': stdin)")] = None,
 ) -> None:
-    """Create an API key. The secret is printed this once and can never be shown again."""
+    """Create an API key. An hmac key's secret is printed this once and can never be shown again; an
+    ed25519 key takes the holder's public key (``keygate keypair`` makes a pair) and has no secret."""
+    from keygate.domain.key_material import fingerprint, parse_key_type
 
     async def work(kg: Keygate) -> None:
+        kind = parse_key_type(key_type)
+        raw_public = _read_public_key(public_key) if public_key is not None else None
         u = await _user(kg, user)
         created = await kg.keys.create(
             _operator(), u.user_id, parse_permissions(permission or []), IpAllowlist.parse(ip or []), label,
             replay_mode=parse_replay_mode(replay_mode) if replay_mode else None, expires_at=parse_expiry(expires),
+            key_type=kind, public_key=raw_public,
         )
         if as_json:
             typer.echo(json.dumps(created.reveal(), indent=2))
             return
         k = created.key
-        typer.echo(f"API KEY:    {k.api_key}\nAPI SECRET: {created.secret}\nNONCE:      {k.nonce}\nUSER ID:    {k.user_id}\n"
+        credential = (f"API SECRET: {created.secret}" if created.secret is not None
+                      else f"KEY TYPE:   ed25519 (public key {fingerprint(k.public_key) if k.public_key else '?'})")
+        typer.echo(f"API KEY:    {k.api_key}\n{credential}\nNONCE:      {k.nonce}\nUSER ID:    {k.user_id}\n"
                    f"PERMISSIONS: {', '.join(format_permissions(k.permissions)) or 'read only'}\n"
                    f"IP ALLOWLIST: {', '.join(k.ip_allowlist.as_strings()) or 'any IP'}\n"
                    f"REPLAY MODE: {k.replay_mode.value}\n"
                    f"EXPIRES:    {k.expires_at.isoformat() if k.expires_at else 'never'}\n"
-                   "Store the secret now: it is shown only once.")
+                   + ("Store the secret now: it is shown only once." if created.secret is not None
+                      else "Sign with the private key (keygate sign --private-key FILE); keygate holds only the public key."))
 
     _run(work)
+
+
+def _read_public_key(source: str) -> bytes:
+    """The raw 32 bytes of the Ed25519 public key in ``source`` (a file, or ``-`` for stdin)."""
+    from keygate.domain.key_material import parse_public_key
+
+    try:
+        if source == "-":
+            data: bytes = sys.stdin.buffer.read()
+        else:
+            data = Path(source).read_bytes()
+    except OSError as exc:
+        raise KeygateError(f"cannot read the public key file {source}: {exc.strerror or exc}") from None
+    return parse_public_key(data)
+
+
+@app.command("keypair")
+def keypair(
+    out: Annotated[Path | None, typer.Option("--out", help="Write the private key to this file (mode 600) and the "
+                                                          "public key to FILE.pub, instead of printing both")] = None,
+) -> None:
+    """Make a new Ed25519 key pair: the private key (PKCS#8 PEM) for the client, the public key for
+    ``keygate key create --type ed25519 --public-key``. Nothing is stored by keygate."""
+    from keygate.domain.key_material import decode_stored_public_key, fingerprint, public_key_pem
+    from keygate.sdk.ed25519 import generate_pem
+
+    private_pem, public_b64 = generate_pem()
+    raw = decode_stored_public_key(public_b64)
+    public_pem = public_key_pem(raw)
+    if out is None:
+        typer.echo(private_pem + public_pem + f"public key (raw, base64): {public_b64}\nfingerprint: {fingerprint(raw)}")
+        return
+    if out.exists():
+        _refuse(f"{out} exists already: keygate keypair never overwrites a key")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private_pem)
+    public_path = out.with_name(out.name + ".pub")
+    public_path.write_text(public_pem)
+    typer.echo(f"private key: {out} (keep it secret)\npublic key:  {public_path}\n"
+               f"public key (raw, base64): {public_b64}\nfingerprint: {fingerprint(raw)}")
 
 
 @key_app.command("list")
@@ -419,7 +470,7 @@ def key_list(
             used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
             perms = ",".join(format_permissions(k.permissions)) or "read-only"
             ips = ",".join(k.ip_allowlist.as_strings()) or "any IP"
-            typer.echo(f"{k.api_key}\t{k.label or '-'}\t{perms}\t{ips}\tcreated {k.created_at:%Y-%m-%d %H:%M}\tlast used {used}")
+            typer.echo(f"{k.api_key}\t{k.label or '-'}\t{perms}\t{ips}\tcreated {k.created_at:%Y-%m-%d %H:%M}\tlast used {used}\t{k.key_type.value}")
 
     _run(work)
 
@@ -471,13 +522,14 @@ def key_rotate(
     api_key: str,
     grace: Annotated[int, typer.Option("--grace", help="Seconds the old secret keeps working (0: stops at once)")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new credentials as JSON")] = False,
+    public_key: Annotated[str | None, typer.Option("--public-key", help="ed25519 keys: the file holding the new public key ('-': stdin)")] = None,
 ) -> None:
-    """Issue a new secret and nonce for a key, printed this once."""
-
+    """Issue a new secret and nonce for a key, printed this once (an ed25519 key: take its new public key)."""
     async def work(kg: Keygate) -> None:
+        raw_public = _read_public_key(public_key) if public_key is not None else None
         owner = await _key_owner(kg, api_key)
-        created = await kg.keys.rotate_secret(_operator(), owner, api_key, grace)
-        if as_json:
+        created = await kg.keys.rotate_secret(_operator(), owner, api_key, grace, public_key=raw_public)
+        if as_json or created.secret is None:
             typer.echo(json.dumps(created.reveal(), indent=2))
             return
         typer.echo(f"API KEY:    {api_key}\nAPI SECRET: {created.secret}\nNONCE:      {created.key.nonce}\n"

@@ -10,6 +10,7 @@ from starlette.datastructures import FormData
 
 from keygate.domain.errors import InvalidRequest
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.key_material import KeyType, parse_key_type, parse_public_key
 from keygate.domain.keys import parse_expiry
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 from keygate.domain.replay import ReplayMode, parse_replay_mode
@@ -31,6 +32,10 @@ class KeyForm:
     parsed_allowlist: IpAllowlist = IpAllowlist()
     parsed_replay_mode: ReplayMode | None = None
     parsed_expiry: datetime | None = None
+    key_type: str = "hmac"  # new keys only: "hmac" or "ed25519"
+    public_key_text: str = ""  # ed25519: the public key pasted, or made in the browser (console/static/keypair.js)
+    parsed_key_type: KeyType = KeyType.HMAC
+    parsed_public_key: bytes | None = None
 
     @classmethod
     def blank(cls) -> "KeyForm":
@@ -71,6 +76,27 @@ class KeyForm:
         kf._read_allowlist()
         return kf
 
+    def read_key_type(self, form: FormData) -> "KeyForm":
+        """The create form's key type and, for ed25519, its public key (never a private key)."""
+        kind, public = form.get("key_type"), form.get("public_key")
+        self.key_type = kind.strip() if isinstance(kind, str) else "hmac"
+        text = public.strip() if isinstance(public, str) else ""
+        try:
+            self.parsed_key_type = parse_key_type(self.key_type)
+        except InvalidRequest as exc:
+            self.errors["key_type"] = exc.message
+            return self
+        if self.parsed_key_type is KeyType.ED25519:
+            try:
+                self.parsed_public_key = parse_public_key(text)
+            except InvalidRequest as exc:
+                self.errors["public_key"] = (exc.message if text else
+                                             "Paste your Ed25519 public key, or make a key pair in this browser")
+                return self
+            if "PRIVATE" not in text:
+                self.public_key_text = text  # shown again on an error; a pasted private key never is
+        return self
+
     def _read_allowlist(self) -> None:
         """Check every entry, so that all bad entries are named at once, not only the first."""
         entries = [e for e in _SPLIT.split(self.allowlist_text) if e]
@@ -105,6 +131,8 @@ class KeyForm:
             self.errors["label"] = message
         elif "allowlist" in lower:
             self.errors["ip_allowlist"] = message
+        elif lower.startswith("publickey"):
+            self.errors["public_key"] = message
         elif "permission" in lower:
             self.errors["permissions"] = message
         else:

@@ -103,7 +103,7 @@ async def new_key(request: Request) -> Response:
 async def create_key(request: Request) -> Response:
     signed = await require_user(request)
     form = await checked_form(request, signed)
-    kf = KeyForm.read(form)
+    kf = KeyForm.read(form).read_key_type(form)
     if not kf.valid:
         return _key_form(request, signed, kf, 400)
     if not form_once(request).claim(signed.token, form.get(FORM_ID_FIELD)):
@@ -112,13 +112,14 @@ async def create_key(request: Request) -> Response:
     try:
         created = await keygate(request).keys.create(
             principal, principal.user_id, kf.parsed_permissions, kf.parsed_allowlist, kf.label,
-            replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry)
+            replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry,
+            key_type=kf.parsed_key_type, public_key=kf.parsed_public_key)
     except (InvalidRequest, Conflict) as exc:
         kf.refused(exc.message)
         return _key_form(request, signed, kf, exc.http_status)
-    credentials = {
+    credentials: dict[str, object] = {
         "APIKey": created.key.api_key,
-        "APISecret": created.secret,
+        "KeyType": created.key.key_type.value,
         "Nonce": created.key.nonce,
         "UserId": created.key.user_id,
         "Label": created.key.label,
@@ -128,6 +129,10 @@ async def create_key(request: Request) -> Response:
         "ExpiresAt": created.key.expires_at.isoformat() if created.key.expires_at else None,
         "CreatedAt": created.key.created_at.isoformat(),
     }
+    if created.secret is not None:
+        credentials["APISecret"] = created.secret
+    else:
+        credentials["PublicKeyFingerprint"] = created.key.public_view()["PublicKeyFingerprint"]
     response = await profile(request, signed, created=credentials, status=201)
     response.headers["cache-control"] = "no-store"
     return response

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.key_material import KeyType, fingerprint
 from keygate.domain.permissions import Permission, format_permissions
 from keygate.domain.replay import ReplayMode
 
@@ -69,14 +70,18 @@ def parse_expiry(value: object) -> datetime | None:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A stored key. ``sealed_secret`` is the AES-GCM ciphertext; the plain secret never lives here."""
+    """A stored key. ``sealed_secret`` is the AES-GCM ciphertext; the plain secret never lives here.
+
+    An ``ed25519`` key has no secret (``sealed_secret`` is None) but ``public_key``, the raw 32 bytes
+    of its Ed25519 public key (nothing that can sign); ``previous_public_key`` is its rotation grace.
+    """
 
     api_key: str
     user_id: int
     label: str
     permissions: frozenset[Permission]
     ip_allowlist: IpAllowlist
-    sealed_secret: bytes
+    sealed_secret: bytes | None
     nonce: str
     created_at: datetime
     updated_at: datetime
@@ -89,6 +94,9 @@ class ApiKey:
     replay_floor: int | None = None  # see domain.replay.floor_applies
     replay_floor_until: datetime | None = None
     last_used_ip: str | None = None  # the client address of the last use (as written with last_used_at)
+    key_type: KeyType = KeyType.HMAC
+    public_key: bytes | None = None  # ed25519 keys: the raw 32-byte public key
+    previous_public_key: bytes | None = None  # ed25519 keys: accepted until previous_secret_expires_at
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -101,8 +109,9 @@ class ApiKey:
         return (now - last).total_seconds() >= max_idle_days * 86400
 
     def previous_secret_usable(self, now: datetime) -> bool:
+        """Whether the previous secret (hmac) or public key (ed25519) still signs: a rotation grace."""
         return (
-            self.sealed_previous_secret is not None
+            (self.sealed_previous_secret is not None or self.previous_public_key is not None)
             and self.previous_secret_expires_at is not None
             and now < self.previous_secret_expires_at
         )
@@ -132,6 +141,9 @@ class ApiKey:
             "ReplayMode": self.replay_mode.value,
             "ExpiresAt": self.expires_at.isoformat() if self.expires_at else None,
             "PreviousSecretValidUntil": (
-                self.previous_secret_expires_at.isoformat() if self.sealed_previous_secret and self.previous_secret_expires_at else None
+                self.previous_secret_expires_at.isoformat()
+                if (self.sealed_previous_secret or self.previous_public_key) and self.previous_secret_expires_at else None
             ),
+            "KeyType": self.key_type.value,
+            "PublicKeyFingerprint": fingerprint(self.public_key) if self.public_key is not None else None,
         }

@@ -3,16 +3,23 @@
 ``Client(base_url, user_id, api_key, secret)`` signs in with ``AuthenticateUser`` on first use, sends the
 session token as ``aptoken`` on every call, and signs in again by itself once when the server answers
 that the session has expired. ``AsyncClient`` is the same on ``httpx.AsyncClient``.
+
+For a keygate ``ed25519`` key, give ``private_key=`` (a PKCS#8 PEM, the 32-byte seed, or the console's
+JSON export) instead of the secret: the client then signs with Ed25519. That needs the ``cryptography``
+package (``pip install 'keygate[ed25519]'``); HMAC clients never do.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from keygate.domain.signature import compute_signature
+
+if TYPE_CHECKING:
+    from keygate.sdk.ed25519 import Ed25519Signer
 
 NOT_AUTHORIZED = 20
 
@@ -43,11 +50,19 @@ class _NonceClock:
 
 
 class _Base:
-    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, prefix: str = "/AP") -> None:
+    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str | None = None, prefix: str = "/AP",
+                 private_key: object = None) -> None:
+        if (secret is None) == (private_key is None):
+            raise ValueError("give either the key's secret (hmac keys) or private_key (ed25519 keys)")
         self.base_url = base_url.rstrip("/")
         self.user_id = str(user_id)
         self.api_key = api_key
         self._secret = secret
+        self._signer: Ed25519Signer | None = None
+        if private_key is not None:
+            from keygate.sdk.ed25519 import Ed25519Signer  # needs cryptography: keygate[ed25519]
+
+            self._signer = Ed25519Signer(private_key)
         self.prefix = prefix
         self.session_token: str | None = None
         self._nonces = _NonceClock()
@@ -60,7 +75,8 @@ class _Base:
         nonce = nonce or self._nonces.next()
         return {
             "APIKey": self.api_key,
-            "Signature": compute_signature(self._secret, nonce, self.user_id, self.api_key),
+            "Signature": (self._signer.apex_signature(nonce, self.user_id, self.api_key) if self._signer is not None
+                          else compute_signature(self._secret or "", nonce, self.user_id, self.api_key)),
             "UserId": self.user_id,
             "Nonce": nonce,
         }
@@ -91,9 +107,9 @@ class _Base:
 class Client(_Base):
     """Synchronous client. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, *, timeout: float = 10.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, user_id, api_key, secret)
+    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str | None = None, *, timeout: float = 10.0,
+                 transport: httpx.BaseTransport | None = None, private_key: object = None) -> None:
+        super().__init__(base_url, user_id, api_key, secret, private_key=private_key)
         self._http = httpx.Client(timeout=timeout, transport=transport)
 
     def __enter__(self) -> "Client":
@@ -142,9 +158,9 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asynchronous twin of ``Client``."""
 
-    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, *, timeout: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, user_id, api_key, secret)
+    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str | None = None, *, timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None, private_key: object = None) -> None:
+        super().__init__(base_url, user_id, api_key, secret, private_key=private_key)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> "AsyncClient":

@@ -3,6 +3,10 @@
 Plain ``argparse`` and the standard library, so that it runs where only the SDK is installed (no
 server extra). The secret never comes from the command line, where it would land in shell history and
 ``ps``: it is read from ``--secret-file``, an environment variable, or stdin.
+
+For an ``ed25519`` key, ``--private-key FILE`` (``-``: stdin) signs with its Ed25519 private key (a
+PKCS#8 PEM, the 32-byte seed in hex or base64, or the console's JSON export); that needs the
+``cryptography`` package (``pip install 'keygate[ed25519]'``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ def _parser(prog: str) -> _Parser:
     parser.add_argument("--secret-file", metavar="PATH", help="Read the secret from this file ('-' for stdin)")
     parser.add_argument("--secret-env", metavar="NAME", default=SECRET_ENV,
                         help=f"Read the secret from this environment variable (default: {SECRET_ENV})")
+    parser.add_argument("--private-key", metavar="PATH",
+                        help="ed25519 keys: sign with the Ed25519 private key in this file ('-' for stdin)")
+    parser.add_argument("--encoding", choices=("base64", "base64url", "hex"), default="base64",
+                        help="ed25519 keys: how the signature is written (default base64)")
     parser.add_argument("--headers", action="store_true", help="Print the four request headers, not just the signature")
     return parser
 
@@ -60,6 +68,26 @@ def _read_secret(secret_file: str | None, secret_env: str) -> str | None:
     return None
 
 
+def _ed25519_signature(args: argparse.Namespace) -> str | None:
+    from keygate.sdk.ed25519 import Ed25519Signer, Ed25519Unavailable, PrivateKeyError
+
+    try:
+        if args.private_key == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.private_key, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a readable text file"
+        _fail(f"cannot read the private key file {args.private_key}: {reason}")
+        return None
+    try:
+        return Ed25519Signer(text).apex_signature(args.nonce, args.user_id, args.api_key, args.encoding)
+    except (Ed25519Unavailable, PrivateKeyError) as exc:
+        _fail(str(exc))
+        return None
+
+
 def main(argv: list[str] | None = None, prog: str = "keygate sign") -> int:
     """Run ``keygate sign`` with ``argv`` (the arguments after ``sign``); return the exit status."""
     parser = _parser(prog)
@@ -68,13 +96,21 @@ def main(argv: list[str] | None = None, prog: str = "keygate sign") -> int:
         # Name unknown options only: the word after one may be the secret someone tried to pass.
         unknown = [word.split("=", 1)[0] for word in extra if word.startswith("-")]
         parser.error(f"no such option: {', '.join(unknown)}" if unknown else "unexpected argument")
-    secret = _read_secret(args.secret_file, args.secret_env)
-    if secret is None:
-        return 2
-    secret = secret.strip()
-    if not secret:
-        return _fail("the secret is empty")
-    signature = compute_signature(secret, args.nonce, args.user_id, args.api_key)
+    if args.private_key is not None:
+        if args.secret_file is not None:
+            return _fail("give --private-key (ed25519 keys) or the secret (hmac keys), not both")
+        made = _ed25519_signature(args)
+        if made is None:
+            return 2
+        signature = made
+    else:
+        secret = _read_secret(args.secret_file, args.secret_env)
+        if secret is None:
+            return 2
+        secret = secret.strip()
+        if not secret:
+            return _fail("the secret is empty")
+        signature = compute_signature(secret, args.nonce, args.user_id, args.api_key)
     if args.headers:
         print(f"APIKey: {args.api_key}\nSignature: {signature}\nUserId: {args.user_id}\nNonce: {args.nonce}")
     else:

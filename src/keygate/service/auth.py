@@ -18,12 +18,13 @@ from datetime import timedelta
 from typing import NamedTuple
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError, NotAuthorized, NotFound
+from keygate.domain.key_material import decode_signature, signature_shape_ok, verify
 from keygate.domain.keys import ApiKey
 from keygate.domain.passwords import verify_password
 from keygate.domain.permissions import ALL_PERMISSIONS
 from keygate.domain.replay import ReplayMode
 from keygate.domain.sessions import Session, SessionKind
-from keygate.domain.signature import is_well_formed, signature_matches
+from keygate.domain.signature import signing_message
 from keygate.domain.totp import matching_step
 from keygate.domain.users import User, parse_user_id
 from keygate.service.audit import AuditLog, event
@@ -64,8 +65,9 @@ class KeyCredentials(NamedTuple):
             raise InvalidRequest(f"Missing {', '.join(missing)}: send APIKey, Signature, UserId and Nonce")
         if not isinstance(api_key, str) or len(api_key) > MAX_API_KEY_LENGTH or not api_key.isascii() or not api_key.isprintable():
             raise InvalidRequest(f"APIKey must be a string of at most {MAX_API_KEY_LENGTH} characters")
-        if not isinstance(signature, str) or not is_well_formed(signature):
-            raise InvalidRequest("Signature must be 64 hexadecimal characters: HMAC-SHA256 of Nonce + UserId + APIKey")
+        if not isinstance(signature, str) or not signature_shape_ok(signature):
+            raise InvalidRequest("Signature must be 64 hexadecimal characters: HMAC-SHA256 of Nonce + UserId + APIKey "
+                                 "(for an ed25519 key: its Ed25519 signature, in base64 or 128 hexadecimal characters)")
         if isinstance(nonce, int) and not isinstance(nonce, bool):
             nonce = str(nonce)
         if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_LENGTH or not nonce.isascii() or not nonce.isprintable():
@@ -151,9 +153,14 @@ class Authenticator:
             raise await self._refuse(action, "api key belongs to another user", key, user, client_ip, started)
         now = utcnow()
         serial = key.secret_serial
-        secret_ok = self._keys.signing_key_of(key).matches(creds.nonce, creds.user_id, creds.api_key, creds.signature)
-        if not secret_ok and key.previous_secret_usable(now):
-            secret_ok = signature_matches(self._keys.previous_secret_of(key), creds.nonce, creds.user_id, creds.api_key, creds.signature)
+        # The signature's shape must be one the key's type accepts (an hmac-shaped one on an ed25519
+        # key simply does not match); then the current secret or public key, or the previous one
+        # during a rotation grace, must verify it.
+        raw = decode_signature(key.key_type, creds.signature)
+        message = signing_message(creds.nonce, creds.user_id, creds.api_key)
+        secret_ok = raw is not None and verify(self._keys.material_of(key), message, raw)
+        if not secret_ok and raw is not None and (previous := self._keys.previous_material_of(key)) is not None:
+            secret_ok = verify(previous, message, raw)
             serial -= 1
         if not secret_ok:
             raise await self._refuse(action, "signature mismatch", key, user, client_ip, started)

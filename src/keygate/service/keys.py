@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 from keygate.domain.errors import Conflict, InvalidRequest, NotFound
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.key_material import KeyMaterial, KeyType, ed25519_material, fingerprint, hmac_material
 from keygate.domain.keys import ApiKey, clean_label, new_api_key, new_nonce, new_secret
 from keygate.domain.permissions import Permission, format_permissions
 from keygate.domain.replay import ReplayMode, nonce_as_u64
@@ -60,14 +61,16 @@ def secret_context(api_key: str) -> str:
 
 @dataclass(frozen=True)
 class CreatedKey:
-    """The one and only time the secret leaves keygate."""
+    """The one and only time the secret leaves keygate. An ed25519 key has none (``secret`` is None):
+    its holder made the private key, and keygate never saw it."""
 
     key: ApiKey
-    secret: str
+    secret: str | None
 
     def reveal(self) -> dict[str, object]:
         view = self.key.public_view()
-        view["APISecret"] = self.secret
+        if self.secret is not None:
+            view["APISecret"] = self.secret
         return view
 
 
@@ -93,7 +96,8 @@ class KeyManager:
         self._sessions = sessions
         self._units = units
         self._unique_window = unique_window_seconds
-        self._opened: dict[str, tuple[bytes, str, SigningKey]] = {}  # api_key -> (sealed secret, plain text, prepared HMAC)
+        # api_key -> (sealed secret or public key, plain secret or None, prepared HMAC or None, key material)
+        self._opened: dict[str, tuple[bytes, str | None, SigningKey | None, KeyMaterial]] = {}
         self._cache: TTLCache[str, ApiKey] = TTLCache(cache_ttl, name="keys")
         (coherence or Coherence()).on("key", self._forget_here, self._forget_all)
         self._used: dict[str, tuple[float, str | None]] = {}  # api key -> (Unix time, client address) of its last use here
@@ -115,24 +119,49 @@ class KeyManager:
         hit, key = self._cache.get(api_key)
         return key if hit else await self._cache.load(api_key, self._repo.get)
 
-    def _open(self, key: ApiKey) -> tuple[bytes, str, SigningKey]:
-        # Opened once per sealed value: the cache hands out one ApiKey object until the key changes
-        # (a new secret, a re-seal or a reload brings new bytes), so the entry is exact by identity.
-        # The plain secret then stays in memory as long as the master key that opens it does.
+    def _open(self, key: ApiKey) -> tuple[bytes, str | None, SigningKey | None, KeyMaterial]:
+        # Opened once per sealed value (or public key): the cache hands out one ApiKey object until the
+        # key changes (a new secret, a re-seal or a reload brings new bytes), so the entry is exact by
+        # identity. The plain secret then stays in memory as long as the master key that opens it does.
+        stored = key.sealed_secret if key.key_type is KeyType.HMAC else key.public_key
+        assert stored is not None, "an hmac key has a sealed secret, an ed25519 key a public key"
         opened = self._opened.get(key.api_key)
-        if opened is None or opened[0] is not key.sealed_secret:
+        if opened is None or opened[0] is not stored:
             if len(self._opened) >= 10_000:
                 self._opened.clear()
-            secret = self._box.open(key.sealed_secret, secret_context(key.api_key))
-            opened = self._opened[key.api_key] = (key.sealed_secret, secret, SigningKey(secret))
+            if key.key_type is KeyType.HMAC:
+                secret = self._box.open(stored, secret_context(key.api_key))
+                opened = (stored, secret, SigningKey(secret), hmac_material(secret))
+            else:
+                opened = (stored, None, None, ed25519_material(stored))
+            self._opened[key.api_key] = opened
         return opened
 
     def secret_of(self, key: ApiKey) -> str:
-        return self._open(key)[1]
+        """The plain secret of an hmac key (an ed25519 key has none)."""
+        secret = self._open(key)[1]
+        assert secret is not None, "an ed25519 key has no secret"
+        return secret
 
     def signing_key_of(self, key: ApiKey) -> SigningKey:
-        """The key's current secret, ready to check signatures (remembered like the secret)."""
-        return self._open(key)[2]
+        """The hmac key's current secret, ready to check APEX signatures (remembered like the secret)."""
+        signing = self._open(key)[2]
+        assert signing is not None, "an ed25519 key has no secret"
+        return signing
+
+    def material_of(self, key: ApiKey) -> KeyMaterial:
+        """What checks the key's signatures now (``domain.key_material.verify``), of either key type;
+        prepared once per key and remembered like the secret."""
+        return self._open(key)[3]
+
+    def previous_material_of(self, key: ApiKey) -> KeyMaterial | None:
+        """What checked the key's signatures before its last rotation, while the rotation grace lasts
+        (``None`` otherwise). Built at each call: only clients that have not switched yet use it."""
+        if not key.previous_secret_usable(utcnow()):
+            return None
+        if key.key_type is KeyType.ED25519:
+            return ed25519_material(key.previous_public_key) if key.previous_public_key is not None else None
+        return hmac_material(self.previous_secret_of(key))
 
     def previous_secret_of(self, key: ApiKey) -> str:
         assert key.sealed_previous_secret is not None
@@ -276,8 +305,18 @@ class KeyManager:
         *,
         replay_mode: ReplayMode | None = None,
         expires_at: datetime | None = None,
+        key_type: KeyType = KeyType.HMAC,
+        public_key: bytes | None = None,
     ) -> CreatedKey:
+        """Create a key. An ``hmac`` key gets a new secret, returned once; an ``ed25519`` key takes
+        ``public_key`` (raw 32 bytes, see ``domain.key_material.parse_public_key``) and has no secret."""
         actor.require_password_session()
+        if key_type is KeyType.ED25519 and public_key is None:
+            raise InvalidRequest("Missing PublicKey: an ed25519 key needs the Ed25519 public key of its holder")
+        if key_type is KeyType.HMAC and public_key is not None:
+            raise InvalidRequest('PublicKey is for KeyType "ed25519" only: an hmac key gets a secret from keygate')
+        if public_key is not None:
+            ed25519_material(public_key)  # refuses anything but the 32 bytes of a public key
         await self._target_user(actor, user_id)
         label = clean_label(label)
         self._check_policy(permissions, ip_allowlist)
@@ -287,14 +326,16 @@ class KeyManager:
         if len(await self._repo.list(user_id)) >= MAX_KEYS_PER_USER:
             raise Conflict(f"A user may hold at most {MAX_KEYS_PER_USER} API keys; delete one first")
         api_key = new_api_key()
-        secret = new_secret()
+        secret = new_secret() if key_type is KeyType.HMAC else None
         key = ApiKey(
             api_key=api_key,
             user_id=user_id,
             label=label,
             permissions=permissions,
             ip_allowlist=ip_allowlist,
-            sealed_secret=self._box.seal(secret, secret_context(api_key)),
+            sealed_secret=self._box.seal(secret, secret_context(api_key)) if secret is not None else None,
+            key_type=key_type,
+            public_key=public_key,
             nonce=new_nonce(),
             created_at=now,
             updated_at=now,
@@ -379,9 +420,11 @@ class KeyManager:
             unit.audit(event("key.delete", actor=actor, subject_user_id=user_id, api_key=key.api_key))
             unit.changed("key", key.api_key)
 
-    async def rotate_secret(self, actor: Principal, user_id: int, api_key: str, grace_seconds: int = 0) -> CreatedKey:
-        """Issue a new secret and nonce for the key, shown once. The old secret, and the sessions it made,
-        keep working for ``grace_seconds`` (0: not at all), so clients can switch without downtime.
+    async def rotate_secret(self, actor: Principal, user_id: int, api_key: str, grace_seconds: int = 0,
+                            public_key: bytes | None = None) -> CreatedKey:
+        """Issue a new secret and nonce for an hmac key, shown once; for an ed25519 key, take its new
+        ``public_key`` (required) and issue a new nonce. The old secret or public key, and the sessions
+        it made, keep working for ``grace_seconds`` (0: not at all), so clients can switch without downtime.
 
         The key's replay state is kept: a header set accepted before the rotation stays refused.
         """
@@ -390,20 +433,28 @@ class KeyManager:
             raise InvalidRequest(f"GraceSeconds must be an integer from 0 to {MAX_GRACE_SECONDS}")
         key = await self._owned_key(actor, user_id, api_key)
         now = utcnow()
-        secret = new_secret()
-        rotated = replace(
-            key,
-            sealed_secret=self._box.seal(secret, secret_context(api_key)),
-            nonce=new_nonce(),
-            sealed_previous_secret=key.sealed_secret if grace_seconds else None,
-            previous_secret_expires_at=now + timedelta(seconds=grace_seconds) if grace_seconds else None,
-            secret_serial=key.secret_serial + 1,
-            updated_at=now,
-        )
+        grace = now + timedelta(seconds=grace_seconds) if grace_seconds else None
+        secret: str | None = None
+        if key.key_type is KeyType.ED25519:
+            if public_key is None:
+                raise InvalidRequest("Missing PublicKey: rotating an ed25519 key takes its new public key")
+            ed25519_material(public_key)
+            if public_key == key.public_key:
+                raise InvalidRequest("PublicKey is the key's current public key: rotation takes a new one")
+            rotated = replace(key, public_key=public_key, previous_public_key=key.public_key if grace_seconds else None)
+            detail = f"grace_seconds={grace_seconds}; key_type=ed25519; public_key={fingerprint(public_key)}"
+        else:
+            if public_key is not None:
+                raise InvalidRequest('PublicKey is for KeyType "ed25519" only: an hmac key gets a new secret from keygate')
+            secret = new_secret()
+            rotated = replace(key, sealed_secret=self._box.seal(secret, secret_context(api_key)),
+                              sealed_previous_secret=key.sealed_secret if grace_seconds else None)
+            detail = f"grace_seconds={grace_seconds}"
+        rotated = replace(rotated, nonce=new_nonce(), previous_secret_expires_at=grace,
+                          secret_serial=key.secret_serial + 1, updated_at=now)
         async with self._units.begin() as unit:
             await self._repo.save(rotated, unit.conn, end_sessions=grace_seconds == 0)
-            unit.audit(event("key.rotate", actor=actor, subject_user_id=user_id, api_key=api_key,
-                             detail=f"grace_seconds={grace_seconds}"))
+            unit.audit(event("key.rotate", actor=actor, subject_user_id=user_id, api_key=api_key, detail=detail))
             unit.changed("key", api_key)
         return CreatedKey(rotated, secret)
 
@@ -444,4 +495,7 @@ def _describe(key: ApiKey) -> str:
     perms = ",".join(format_permissions(key.permissions)) or "read-only"
     ips = key.ip_allowlist.serialize() or "any IP"
     expiry = key.expires_at.isoformat() if key.expires_at else "never"
-    return f"label={key.label!r}; permissions={perms}; ip_allowlist={ips}; replay_mode={key.replay_mode.value}; expires={expiry}"
+    kind = f"; key_type={key.key_type.value}"
+    if key.public_key is not None:
+        kind += f"; public_key={fingerprint(key.public_key)}"
+    return f"label={key.label!r}; permissions={perms}; ip_allowlist={ips}; replay_mode={key.replay_mode.value}; expires={expiry}{kind}"

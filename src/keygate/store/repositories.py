@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keygate.domain.errors import Conflict
 from keygate.domain.iprules import IpAllowlist
+from keygate.domain.key_material import KeyType, decode_stored_public_key, format_public_key
 from keygate.domain.keys import ApiKey
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 from keygate.domain.replay import ReplayMode, sortable
@@ -61,7 +62,7 @@ def _key(row: Row[Any]) -> ApiKey:
         label=m["label"],
         permissions=parse_permissions(m["permissions"]),
         ip_allowlist=IpAllowlist.parse(m["ip_allowlist"]),
-        sealed_secret=bytes(m["sealed_secret"]),
+        sealed_secret=bytes(m["sealed_secret"]) if m["sealed_secret"] is not None else None,
         nonce=m["nonce"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
@@ -74,7 +75,14 @@ def _key(row: Row[Any]) -> ApiKey:
         replay_floor=int(m["replay_floor"]) if m["replay_floor"] is not None else None,
         replay_floor_until=m["replay_floor_until"],
         last_used_ip=m["last_used_ip"],
+        key_type=KeyType(m["key_type"]),
+        public_key=decode_stored_public_key(m["public_key"]) if m["public_key"] else None,
+        previous_public_key=decode_stored_public_key(m["previous_public_key"]) if m["previous_public_key"] else None,
     )
+
+
+def _public(raw: bytes | None) -> str | None:
+    return format_public_key(raw) if raw is not None else None
 
 
 def _session(row: Row[Any]) -> Session:
@@ -196,6 +204,8 @@ class KeyRepository:
                     replay_mode=key.replay_mode.value,
                     expires_at=key.expires_at,
                     secret_serial=key.secret_serial,
+                    key_type=key.key_type.value,
+                    public_key=_public(key.public_key),
                 )
             )
 
@@ -237,6 +247,8 @@ class KeyRepository:
                     secret_serial=key.secret_serial,
                     replay_floor=sortable(key.replay_floor) if key.replay_floor is not None else None,
                     replay_floor_until=key.replay_floor_until,
+                    public_key=_public(key.public_key),
+                    previous_public_key=_public(key.previous_public_key),
                 )
             )
             return await _delete_sessions(conn, sessions.c.api_key == key.api_key) if end_sessions else []

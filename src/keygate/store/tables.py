@@ -72,7 +72,7 @@ api_keys = Table(
     Column("label", String(100), nullable=False, default=""),
     Column("permissions", String(100), nullable=False, default=""),
     Column("ip_allowlist", Text, nullable=False, default=""),
-    Column("sealed_secret", LargeBinary, nullable=False),
+    Column("sealed_secret", LargeBinary, nullable=True),  # None for an ed25519 key (migration 0008)
     Column("nonce", String(32), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
@@ -95,6 +95,11 @@ api_keys = Table(
     Column("nonce_count", Integer, nullable=False, default=0, server_default="0"),
     # The canonical client address of the key's last use (written with ``last_used_at``).
     Column("last_used_ip", String(45), nullable=True),
+    # "hmac" (a sealed secret) or "ed25519" (a public key, standard base64 of its 32 raw bytes; nothing
+    # that can sign). ``previous_public_key``: an ed25519 rotation's grace, until previous_secret_expires_at.
+    Column("key_type", String(16), nullable=False, default="hmac", server_default="hmac"),
+    Column("public_key", String(64), nullable=True),
+    Column("previous_public_key", String(64), nullable=True),
     Index("ix_api_keys_user_id", "user_id"),
 )
 

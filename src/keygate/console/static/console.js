@@ -90,7 +90,9 @@ function setUpCredentialsDialog() {
   document.getElementById("export-json").addEventListener("click", () => {
     const payload = {
       APIKey: data.APIKey,
+      KeyType: data.KeyType,
       APISecret: data.APISecret,
+      PublicKeyFingerprint: data.PublicKeyFingerprint,
       Nonce: data.Nonce,
       UserId: data.UserId,
       Permissions: data.Permissions,
