@@ -11,6 +11,7 @@ from keygate.domain.replay import ReplayMode
 _TYPES: dict[str, dict[str, Any]] = {
     "string": {"type": "string"},
     "integer|string": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+    "boolean": {"type": "boolean"},
     "array": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string", "description": "entries separated by commas"}]},
 }
 
@@ -63,6 +64,7 @@ _KEY = {
     "CreatedAt": _TIME, "UpdatedAt": _TIME, "LastUsedAt": _NULLABLE_TIME,
     "ReplayMode": {"type": "string", "enum": [m.value for m in ReplayMode]},
     "ExpiresAt": _NULLABLE_TIME, "PreviousSecretValidUntil": _NULLABLE_TIME,
+    "RequiresSignatureV2": {"type": "boolean", "description": "Signature v2 (RFC 9421) only: APEX signatures are refused"},
 }
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -135,7 +137,7 @@ def _ref(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
 
 
-_NULL_MEANS_ABSENT = frozenset({"UserId", "Permissions", "IpAllowlist", "Label", "ReplayMode", "ExpiresAt"})
+_NULL_MEANS_ABSENT = frozenset({"UserId", "Permissions", "IpAllowlist", "Label", "ReplayMode", "ExpiresAt", "RequiresSignatureV2"})
 
 
 def _nullable(ep: Endpoint, name: str) -> bool:

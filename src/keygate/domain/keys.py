@@ -89,6 +89,7 @@ class ApiKey:
     replay_floor: int | None = None  # see domain.replay.floor_applies
     replay_floor_until: datetime | None = None
     last_used_ip: str | None = None  # the client address of the last use (as written with last_used_at)
+    requires_v2: bool = False  # Signature v2 (RFC 9421) only: APEX signatures of this key are refused
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -130,6 +131,7 @@ class ApiKey:
             "UpdatedAt": self.updated_at.isoformat(),
             "LastUsedAt": self.last_used_at.isoformat() if self.last_used_at else None,
             "ReplayMode": self.replay_mode.value,
+            "RequiresSignatureV2": self.requires_v2,
             "ExpiresAt": self.expires_at.isoformat() if self.expires_at else None,
             "PreviousSecretValidUntil": (
                 self.previous_secret_expires_at.isoformat() if self.sealed_previous_secret and self.previous_secret_expires_at else None

@@ -74,6 +74,7 @@ def _key(row: Row[Any]) -> ApiKey:
         replay_floor=int(m["replay_floor"]) if m["replay_floor"] is not None else None,
         replay_floor_until=m["replay_floor_until"],
         last_used_ip=m["last_used_ip"],
+        requires_v2=bool(m["requires_v2"]),
     )
 
 
@@ -196,6 +197,7 @@ class KeyRepository:
                     replay_mode=key.replay_mode.value,
                     expires_at=key.expires_at,
                     secret_serial=key.secret_serial,
+                    requires_v2=key.requires_v2,
                 )
             )
 
@@ -237,6 +239,7 @@ class KeyRepository:
                     secret_serial=key.secret_serial,
                     replay_floor=sortable(key.replay_floor) if key.replay_floor is not None else None,
                     replay_floor_until=key.replay_floor_until,
+                    requires_v2=key.requires_v2,
                 )
             )
             return await _delete_sessions(conn, sessions.c.api_key == key.api_key) if end_sessions else []

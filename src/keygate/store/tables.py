@@ -95,6 +95,8 @@ api_keys = Table(
     Column("nonce_count", Integer, nullable=False, default=0, server_default="0"),
     # The canonical client address of the key's last use (written with ``last_used_at``).
     Column("last_used_ip", String(45), nullable=True),
+    # Signature v2 only (migration 0009): APEX signatures of the key are refused.
+    Column("requires_v2", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_api_keys_user_id", "user_id"),
 )
 
