@@ -17,7 +17,6 @@ from starlette.responses import Response
 
 from keygate.api import replies
 from keygate.api.endpoints import Target, authenticate_request
-from keygate.api.wire import header
 from keygate.domain.errors import KeygateError
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 
@@ -64,8 +63,18 @@ def original_target(request: Request) -> Target | None:
     """The method, path and query of the request the proxy asks about, for a Signature v2 to cover:
     ``X-Original-Method``/``X-Original-URI`` (nginx), ``X-Forwarded-Method``/``X-Forwarded-Uri`` (Traefik,
     Caddy), or the path after ``/keygate/authorize`` (Envoy's ``path_prefix``). None: the request itself."""
-    method = header(request, "x-original-method") or header(request, "x-forwarded-method")
-    uri = header(request, "x-original-uri") or header(request, "x-forwarded-uri")
+    found = {name: value for name, value in reversed(request.scope["headers"])}
+    if b"signature-input" not in found:
+        return None  # only a Signature v2 covers the original request
+
+    def field(*names: bytes) -> str | None:
+        for name in names:
+            if found.get(name, b"").strip():
+                return found[name].decode("latin-1").strip()
+        return None
+
+    method = field(b"x-original-method", b"x-forwarded-method")
+    uri = field(b"x-original-uri", b"x-forwarded-uri")
     if uri is None:
         raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
         suffix = raw.decode("latin-1")[len(PATH):]

@@ -3,16 +3,38 @@
 ``Client(base_url, user_id, api_key, secret)`` signs in with ``AuthenticateUser`` on first use, sends the
 session token as ``aptoken`` on every call, and signs in again by itself once when the server answers
 that the session has expired. ``AsyncClient`` is the same on ``httpx.AsyncClient``.
+
+With ``signature="v2"`` every call is signed on its own per RFC 9421 (Signature v2: method, path,
+query, ``Content-Digest`` of the body, ``created``, a random single-use ``nonce`` and ``keyid``); no
+session is made. ``AuthenticateUser`` is then signed the same way.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
+from keygate.domain.httpsig import RequestParts, sign_request
 from keygate.domain.signature import compute_signature
+
+SignatureScheme = Literal["apex", "v2"]
+
+
+def v2_headers(method: str, url: str, body: bytes, api_key: str, secret: str, *,
+               created: int | None = None, nonce: str | None = None) -> dict[str, str]:
+    """The Signature v2 headers of one request (``Content-Digest`` with a body, ``Signature-Input``,
+    ``Signature``), HMAC-SHA256 keyed with the secret's UTF-8 bytes. ``created`` defaults to now and
+    ``nonce`` to 128 random bits."""
+    parts = urlsplit(url)
+    request = RequestParts(method.upper(), parts.path or "/", parts.query, parts.netloc, {}, body or None, bool(body))
+    return sign_request(request, keyid=api_key, key=secret.encode(), alg="hmac-sha256",
+                        created=int(time.time()) if created is None else created,
+                        nonce=nonce or secrets.token_urlsafe(16))
 
 NOT_AUTHORIZED = 20
 
@@ -43,7 +65,11 @@ class _NonceClock:
 
 
 class _Base:
-    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, prefix: str = "/AP") -> None:
+    def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, prefix: str = "/AP",
+                 signature: SignatureScheme = "apex") -> None:
+        if signature not in ("apex", "v2"):
+            raise ValueError("signature must be 'apex' or 'v2'")
+        self.signature = signature
         self.base_url = base_url.rstrip("/")
         self.user_id = str(user_id)
         self.api_key = api_key
@@ -64,6 +90,13 @@ class _Base:
             "UserId": self.user_id,
             "Nonce": nonce,
         }
+
+    def v2_request(self, endpoint: str, payload: dict[str, Any] | None = None) -> tuple[str, bytes, dict[str, str]]:
+        """URL, body and headers of a POST to ``endpoint`` signed with Signature v2."""
+        url = self._url(endpoint)
+        body = json.dumps(payload or {}, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", **v2_headers("POST", url, body, self.api_key, self._secret)}
+        return url, body, headers
 
     def _url(self, endpoint: str) -> str:
         return f"{self.base_url}{self.prefix}/{endpoint}"
@@ -92,8 +125,8 @@ class Client(_Base):
     """Synchronous client. Use as a context manager, or call ``close()``."""
 
     def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, *, timeout: float = 10.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, user_id, api_key, secret)
+                 transport: httpx.BaseTransport | None = None, signature: SignatureScheme = "apex") -> None:
+        super().__init__(base_url, user_id, api_key, secret, signature=signature)
         self._http = httpx.Client(timeout=timeout, transport=transport)
 
     def __enter__(self) -> "Client":
@@ -106,12 +139,20 @@ class Client(_Base):
         self._http.close()
 
     def authenticate(self) -> dict[str, Any]:
-        body = self._decode(self._http.post(self._url("AuthenticateUser"), headers=self.signed_headers()))
+        if self.signature == "v2":
+            url, content, headers = self.v2_request("AuthenticateUser")
+            body = self._decode(self._http.post(url, content=content, headers=headers))
+        else:
+            body = self._decode(self._http.post(self._url("AuthenticateUser"), headers=self.signed_headers()))
         self.session_token = body["SessionToken"]
         return body  # type: ignore[no-any-return]
 
     def call(self, endpoint: str, payload: dict[str, Any] | None = None, *, signed: bool = False) -> Any:
-        """POST ``payload`` to ``endpoint``; with ``signed``, sign this request instead of using a session."""
+        """POST ``payload`` to ``endpoint``; with ``signed``, sign this request instead of using a session
+        (with ``signature="v2"``, every call is signed so)."""
+        if self.signature == "v2":
+            url, content, headers = self.v2_request(endpoint, payload)
+            return self._decode(self._http.post(url, content=content, headers=headers))
         if signed:
             return self._decode(self._http.post(self._url(endpoint), json=payload or {}, headers=self.signed_headers()))
         if self.session_token is None:
@@ -143,8 +184,8 @@ class AsyncClient(_Base):
     """The asynchronous twin of ``Client``."""
 
     def __init__(self, base_url: str, user_id: int | str, api_key: str, secret: str, *, timeout: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, user_id, api_key, secret)
+                 transport: httpx.AsyncBaseTransport | None = None, signature: SignatureScheme = "apex") -> None:
+        super().__init__(base_url, user_id, api_key, secret, signature=signature)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> "AsyncClient":
@@ -157,11 +198,18 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def authenticate(self) -> dict[str, Any]:
-        body = self._decode(await self._http.post(self._url("AuthenticateUser"), headers=self.signed_headers()))
+        if self.signature == "v2":
+            url, content, headers = self.v2_request("AuthenticateUser")
+            body = self._decode(await self._http.post(url, content=content, headers=headers))
+        else:
+            body = self._decode(await self._http.post(self._url("AuthenticateUser"), headers=self.signed_headers()))
         self.session_token = body["SessionToken"]
         return body  # type: ignore[no-any-return]
 
     async def call(self, endpoint: str, payload: dict[str, Any] | None = None, *, signed: bool = False) -> Any:
+        if self.signature == "v2":
+            url, content, headers = self.v2_request(endpoint, payload)
+            return self._decode(await self._http.post(url, content=content, headers=headers))
         if signed:
             return self._decode(await self._http.post(self._url(endpoint), json=payload or {}, headers=self.signed_headers()))
         if self.session_token is None:

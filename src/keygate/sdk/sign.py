@@ -3,6 +3,10 @@
 Plain ``argparse`` and the standard library, so that it runs where only the SDK is installed (no
 server extra). The secret never comes from the command line, where it would land in shell history and
 ``ps``: it is read from ``--secret-file``, an environment variable, or stdin.
+
+``keygate sign --v2 --method POST --url https://host/AP/GetUserInfo --body '{}'`` prints the Signature v2
+(RFC 9421) headers of that request instead: ``Content-Digest`` (with a body), ``Signature-Input`` and
+``Signature``; send the body byte for byte as given.
 """
 
 from __future__ import annotations
@@ -26,8 +30,13 @@ class _Parser(argparse.ArgumentParser):
 def _parser(prog: str) -> _Parser:
     parser = _Parser(prog=prog, description=DESCRIPTION, allow_abbrev=False)
     parser.add_argument("--api-key", required=True, metavar="KEY", help="The API key")
-    parser.add_argument("--user-id", required=True, metavar="ID", help="The user id")
-    parser.add_argument("--nonce", required=True, metavar="NONCE", help="The nonce")
+    parser.add_argument("--user-id", metavar="ID", help="The user id (APEX signature)")
+    parser.add_argument("--nonce", metavar="NONCE", help="The nonce (v2: default 128 random bits)")
+    parser.add_argument("--v2", action="store_true", help="Print the Signature v2 (RFC 9421) headers of one request")
+    parser.add_argument("--method", metavar="METHOD", help="v2: the request's method, e.g. POST")
+    parser.add_argument("--url", metavar="URL", help="v2: the request's URL (its path and query are signed)")
+    parser.add_argument("--body", metavar="TEXT", default="", help="v2: the request's body (its Content-Digest is signed)")
+    parser.add_argument("--created", metavar="UNIX", type=int, help="v2: the signature's created time (default: now)")
     parser.add_argument("--secret-file", metavar="PATH", help="Read the secret from this file ('-' for stdin)")
     parser.add_argument("--secret-env", metavar="NAME", default=SECRET_ENV,
                         help=f"Read the secret from this environment variable (default: {SECRET_ENV})")
@@ -68,12 +77,27 @@ def main(argv: list[str] | None = None, prog: str = "keygate sign") -> int:
         # Name unknown options only: the word after one may be the secret someone tried to pass.
         unknown = [word.split("=", 1)[0] for word in extra if word.startswith("-")]
         parser.error(f"no such option: {', '.join(unknown)}" if unknown else "unexpected argument")
+    if args.v2:
+        if not args.method or not args.url:
+            parser.error("--v2 needs --method and --url")
+    elif args.user_id is None or args.nonce is None:
+        parser.error("the following arguments are required: --user-id, --nonce (or --v2)")
     secret = _read_secret(args.secret_file, args.secret_env)
     if secret is None:
         return 2
     secret = secret.strip()
     if not secret:
         return _fail("the secret is empty")
+    if args.v2:
+        from keygate.sdk.client import v2_headers
+
+        try:
+            headers = v2_headers(args.method, args.url, args.body.encode(), args.api_key, secret,
+                                 created=args.created, nonce=args.nonce)
+        except ValueError as exc:
+            return _fail(str(exc))
+        print("\n".join(f"{name}: {value}" for name, value in headers.items()))
+        return 0
     signature = compute_signature(secret, args.nonce, args.user_id, args.api_key)
     if args.headers:
         print(f"APIKey: {args.api_key}\nSignature: {signature}\nUserId: {args.user_id}\nNonce: {args.nonce}")
