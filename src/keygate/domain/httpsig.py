@@ -574,22 +574,24 @@ def covered_for(parts: RequestParts, extra: Sequence[str] = ()) -> tuple[str, ..
     return tuple(names) + tuple(extra)
 
 
-def signature_params(components: Sequence[str], *, created: int, nonce: str, keyid: str,
+def signature_params(components: Sequence[str], *, created: int, nonce: str | None, keyid: str,
                      alg: str | None = None, expires: int | None = None) -> InnerList:
     params: list[tuple[str, BareItem]] = [("created", created)]
     if expires is not None:
         params.append(("expires", expires))
-    params += [("nonce", nonce), ("keyid", keyid)]
+    if nonce is not None:
+        params.append(("nonce", nonce))
+    params.append(("keyid", keyid))
     if alg is not None:
         params.append(("alg", alg))
     return InnerList(tuple(Item(c) for c in components), tuple(params))
 
 
-def sign_request(parts: RequestParts, *, keyid: str, key: bytes, alg: str, created: int, nonce: str,
+def sign_request(parts: RequestParts, *, keyid: str, key: bytes, alg: str, created: int, nonce: str | None,
                  label: str = LABEL, components: Sequence[str] | None = None, include_alg: bool = True) -> dict[str, str]:
     """The headers that sign ``parts``: ``Content-Digest`` (when it has a body), ``Signature-Input`` and
     ``Signature``. ``key`` is the HMAC key (keygate: the API secret's UTF-8 bytes) or the raw Ed25519
-    private key."""
+    private key. ``nonce=None`` leaves the parameter out (keygate refuses that; RFC examples have none)."""
     from keygate.domain.digest import content_digest
 
     if alg not in ALGORITHMS:
