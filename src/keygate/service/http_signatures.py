@@ -62,7 +62,7 @@ def key_algorithm(key: ApiKey) -> str:
 
     (The key type arrives with the ``ed25519`` key-type work; until then every key is an HMAC key.)
     """
-    return "ed25519" if str(getattr(key, "key_type", "hmac")) == "ed25519" else "hmac-sha256"
+    return "ed25519" if getattr(key, "key_type", "hmac") == "ed25519" else "hmac-sha256"  # a str Enum compares so
 
 
 def hmac_verifier(keys: KeyManager) -> Verify:
