@@ -201,3 +201,37 @@ def test_the_parser_never_fails_but_with_its_own_error(text):
         parse_dictionary(text)
     except SfvError:
         pass
+
+
+def test_the_readme_worked_example_is_what_the_signer_makes():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Signature v2 (RFC 9421)\n", 1)[1].split("\n## ", 1)[0]
+    base_block, headers_block = [b for b in section.split("```text\n")[1:3]]
+    parts = RequestParts("POST", "/AP/GetUserInfo", "UserId=42", None, {}, b"{}", True)
+    headers = sign_request(parts, keyid="8d4f1a2b3c5e6f708192a3b4c5d6e7f8", key=b"4b3e7c0a9f1d2e8b6a5c4d3e2f1a0b9c",
+                           alg="hmac-sha256", created=1700000000, nonce="7f3a9c0e5b2d4f61")
+    assert headers_block.split("```")[0].strip().splitlines() == [f"{k}: {v}" for k, v in headers.items()]
+    signed = read_signature(headers["Signature-Input"], headers["Signature"])
+    with_digest = RequestParts("POST", "/AP/GetUserInfo", "UserId=42", None, {"content-digest": [headers["Content-Digest"]]},
+                               b"{}", True)
+    assert base_block.split("```")[0].strip() == signature_base(signed.covered, with_digest).decode()
+
+
+def test_the_deployment_guide_digest_recipe_agrees_with_keygate():
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+    section = guide.split("### Who checks the body\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    names: dict[str, object] = {}
+    exec(compile(code, "deployment.md", "exec"), names)  # noqa: S102 - the guide's own recipe
+    check = names["body_matches_digest"]
+    body = b'{"side": "buy"}'
+    for field, given in ((content_digest(body), body), ("sha-512=:AAAA:, " + content_digest(body), body),
+                         (content_digest(body), body + b" "), (None, body), ("sha-256=:!!:", body), (None, b""),
+                         (content_digest(b""), b"")):
+        expected = digest_matches(field, given) if field is not None else not given
+        assert check(given, field) is expected, (field, given)
