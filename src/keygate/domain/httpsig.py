@@ -89,16 +89,18 @@ class _Reader:
         self.i = 0
 
     def peek(self) -> str:
-        return self.s[self.i] if self.i < len(self.s) else ""
+        return self.s[self.i:self.i + 1]
 
     def take(self) -> str:
-        c = self.peek()
+        c = self.s[self.i:self.i + 1]
         self.i += 1
         return c
 
     def skip(self, chars: str) -> None:
-        while self.i < len(self.s) and self.s[self.i] in chars:
-            self.i += 1
+        s, i = self.s, self.i
+        while s[i:i + 1] in chars and i < len(s):
+            i += 1
+        self.i = i
 
     def done(self) -> bool:
         return self.i >= len(self.s)
@@ -107,88 +109,67 @@ class _Reader:
         return SfvError(f"{what} at character {self.i + 1}")
 
 
+_KEY_RE = re.compile(r"[a-z*][a-z0-9_\-.*]*")
+_STRING_RE = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+_TOKEN_RE = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+_BYTES_RE = re.compile(r":([A-Za-z0-9+/=]*):")
+_NUMBER_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
+_UNESCAPE = re.compile(r"\\(.)")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
 def _key(r: _Reader) -> str:
-    if r.peek() not in _KEY_FIRST or r.done():
+    m = _KEY_RE.match(r.s, r.i)
+    if m is None:
         raise r.fail("expected a key (lower-case letter or '*')")
-    start = r.i
-    while not r.done() and r.peek() in _KEY_REST:
-        r.i += 1
-    return r.s[start:r.i]
+    r.i = m.end()
+    return m.group()
 
 
 def _number(r: _Reader) -> int | Decimal:
-    start = r.i
-    sign = 1
-    if r.peek() == "-":
-        r.i += 1
-        sign = -1
-    if r.peek() not in _DIGITS or r.done():
+    m = _NUMBER_RE.match(r.s, r.i)
+    if m is None:
         raise r.fail("expected a digit")
-    digits_start = r.i
-    is_decimal = False
-    while not r.done():
-        c = r.peek()
-        if c in _DIGITS:
-            r.i += 1
-        elif c == "." and not is_decimal:
-            if r.i - digits_start > 12:
-                raise r.fail("a decimal has at most 12 integer digits")
-            is_decimal = True
-            r.i += 1
-        else:
-            break
-        if not is_decimal and r.i - digits_start > 15:
+    sign, whole, fraction = m.groups()
+    if fraction is None:
+        if len(whole) > 15:
             raise r.fail("an integer has at most 15 digits")
-        if is_decimal and r.i - digits_start > 16:
-            raise r.fail("a decimal is at most 16 characters")
-    text = r.s[digits_start:r.i]
-    if not is_decimal:
-        return sign * int(text)
-    if text.endswith("."):
+        r.i = m.end()
+        return -int(whole) if sign else int(whole)
+    if len(whole) > 12:
+        raise r.fail("a decimal has at most 12 integer digits")
+    if not fraction:
         raise r.fail("a decimal needs a digit after '.'")
-    if len(text.split(".")[1]) > 3:
-        r.i = start
+    if len(fraction) > 3:
         raise r.fail("a decimal has at most 3 fraction digits")
-    return sign * Decimal(text)
+    r.i = m.end()
+    value = Decimal(f"{whole}.{fraction}")
+    return -value if sign else value
 
 
 def _string(r: _Reader) -> str:
-    r.take()  # the opening quote
-    out: list[str] = []
-    while not r.done():
-        c = r.take()
-        if c == "\\":
-            n = r.take()
-            if n not in ('"', "\\") or n == "":
-                raise r.fail("a string may escape only '\"' and '\\'")
-            out.append(n)
-        elif c == '"':
-            return "".join(out)
-        elif not (" " <= c <= "~"):
-            raise r.fail("a string holds printable ASCII only")
-        else:
-            out.append(c)
-    raise r.fail("unterminated string")
+    m = _STRING_RE.match(r.s, r.i)
+    if m is None:
+        raise r.fail("a string is printable ASCII between quotes, escaping only '\"' and '\\'")
+    r.i = m.end()
+    text = m.group(1)
+    return _UNESCAPE.sub(r"\1", text) if "\\" in text else text
 
 
 def _token(r: _Reader) -> Token:
-    start = r.i
-    r.i += 1
-    while not r.done() and r.peek() in _TOKEN_REST:
-        r.i += 1
-    return Token(r.s[start:r.i])
+    m = _TOKEN_RE.match(r.s, r.i)
+    assert m is not None  # the caller saw a letter or '*'
+    r.i = m.end()
+    return Token(m.group())
 
 
 def _bytes(r: _Reader) -> bytes:
-    r.take()
-    start = r.i
-    while not r.done() and r.peek() in _BASE64:
-        r.i += 1
-    if r.take() != ":":
+    m = _BYTES_RE.match(r.s, r.i)
+    if m is None:
         raise r.fail("a byte sequence is base64 between ':' and ':'")
-    text = r.s[start:r.i - 1]
+    r.i = m.end()
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode(m.group(1), validate=True)
     except (binascii.Error, ValueError):
         raise r.fail("a byte sequence is not valid base64") from None
 
@@ -202,10 +183,10 @@ def _bare(r: _Reader) -> BareItem:
     if c == ":":
         return _bytes(r)
     if c == "?":
-        r.take()
-        v = r.take()
+        v = r.s[r.i + 1:r.i + 2]
         if v not in ("0", "1") or v == "":
             raise r.fail("a boolean is ?0 or ?1")
+        r.i += 2
         return v == "1"
     if c and (c in _ALPHA or c == "*"):
         return _token(r)
@@ -213,14 +194,18 @@ def _bare(r: _Reader) -> BareItem:
 
 
 def _params(r: _Reader) -> Params:
+    s = r.s
+    if s[r.i:r.i + 1] != ";":
+        return ()
     out: dict[str, BareItem] = {}
-    while r.peek() == ";":
-        r.take()
-        r.skip(" ")
+    while s[r.i:r.i + 1] == ";":
+        r.i += 1
+        if s[r.i:r.i + 1] == " ":
+            r.skip(" ")
         key = _key(r)
         value: BareItem = True
-        if r.peek() == "=":
-            r.take()
+        if s[r.i:r.i + 1] == "=":
+            r.i += 1
             value = _bare(r)
         out.pop(key, None)  # a repeated key: the last value wins, at the last place
         out[key] = value
@@ -290,18 +275,18 @@ def serialize_bare(value: BareItem) -> str:
     if isinstance(value, bytes):
         return ":" + base64.b64encode(value).decode() + ":"
     if isinstance(value, Token):
-        if not value or not (value[0] in _ALPHA or value[0] == "*") or any(c not in _TOKEN_REST for c in value):
+        if _TOKEN_RE.fullmatch(value) is None:
             raise SfvError(f"not a token: {value!r}")
         return str(value)
     if isinstance(value, str):
-        if any(not (" " <= c <= "~") for c in value):
+        if _PRINTABLE.fullmatch(value) is None:
             raise SfvError("a string holds printable ASCII only")
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise SfvError(f"not a structured field item: {type(value).__name__}")
 
 
 def _check_key(key: str) -> str:
-    if not key or key[0] not in _KEY_FIRST or any(c not in _KEY_REST for c in key):
+    if _KEY_RE.fullmatch(key) is None:
         raise SfvError(f"not a key: {key!r}")
     return key
 
