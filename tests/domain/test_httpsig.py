@@ -235,3 +235,14 @@ def test_the_deployment_guide_digest_recipe_agrees_with_keygate():
                          (content_digest(b""), b"")):
         expected = digest_matches(field, given) if field is not None else not given
         assert check(given, field) is expected, (field, given)
+
+
+def test_the_sdk_signs_v2_with_an_ed25519_private_key():
+    from keygate.sdk.client import v2_headers
+
+    headers = v2_headers("POST", "https://api.example/AP/SendOrder?x=1", b"{}", "k" * 32, None, private_key=ED25519_PRIVATE,
+                         created=1700000000, nonce="abc")
+    assert 'alg="ed25519"' in headers["Signature-Input"]
+    signed = read_signature(headers["Signature-Input"], headers["Signature"])
+    parts = RequestParts("POST", "/AP/SendOrder", "x=1", None, {"content-digest": [headers["Content-Digest"]]}, b"{}", True)
+    assert verify("ed25519", ED25519_PUBLIC, signature_base(signed.covered, parts), signed.signature)

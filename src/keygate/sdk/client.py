@@ -25,14 +25,17 @@ from keygate.domain.signature import compute_signature
 SignatureScheme = Literal["apex", "v2"]
 
 
-def v2_headers(method: str, url: str, body: bytes, api_key: str, secret: str, *,
-               created: int | None = None, nonce: str | None = None) -> dict[str, str]:
+def v2_headers(method: str, url: str, body: bytes, api_key: str, secret: str | None, *,
+               created: int | None = None, nonce: str | None = None, private_key: bytes | None = None) -> dict[str, str]:
     """The Signature v2 headers of one request (``Content-Digest`` with a body, ``Signature-Input``,
-    ``Signature``), HMAC-SHA256 keyed with the secret's UTF-8 bytes. ``created`` defaults to now and
-    ``nonce`` to 128 random bits."""
+    ``Signature``): HMAC-SHA256 keyed with the secret's UTF-8 bytes, or, with ``private_key`` (the raw
+    32 bytes; needs ``cryptography``), Ed25519. ``created`` defaults to now and ``nonce`` to 128 random bits."""
     parts = urlsplit(url)
     request = RequestParts(method.upper(), parts.path or "/", parts.query, parts.netloc, {}, body or None, bool(body))
-    return sign_request(request, keyid=api_key, key=secret.encode(), alg="hmac-sha256",
+    if private_key is None and secret is None:
+        raise ValueError("give the API secret (HMAC keys) or the Ed25519 private key")
+    key, alg = (private_key, "ed25519") if private_key is not None else ((secret or "").encode(), "hmac-sha256")
+    return sign_request(request, keyid=api_key, key=key, alg=alg,
                         created=int(time.time()) if created is None else created,
                         nonce=nonce or secrets.token_urlsafe(16))
 
