@@ -230,11 +230,11 @@ def test_the_deployment_guide_digest_recipe_agrees_with_keygate():
     exec(compile(code, "deployment.md", "exec"), names)  # noqa: S102 - the guide's own recipe
     check = names["body_matches_digest"]
     body = b'{"side": "buy"}'
-    for field, given in ((content_digest(body), body), ("sha-512=:AAAA:, " + content_digest(body), body),
-                         (content_digest(body), body + b" "), (None, body), ("sha-256=:!!:", body), (None, b""),
-                         (content_digest(b""), b"")):
-        expected = digest_matches(field, given) if field is not None else not given
-        assert check(given, field) is expected, (field, given)
+    for field, sent in ((content_digest(body), body), ("sha-512=:AAAA:, " + content_digest(body), body),
+                        (content_digest(body), body + b" "), (None, body), ("sha-256=:!!:", body), (None, b""),
+                        (content_digest(b""), b"")):
+        expected = digest_matches(field, sent) if field is not None else not sent
+        assert check(sent, field) is expected, (field, sent)
 
 
 def test_the_sdk_signs_v2_with_an_ed25519_private_key():
