@@ -148,9 +148,11 @@ def test_an_unknown_key_or_wrong_secret_gets_the_one_public_refusal(servers, acc
     url = server.base_url + "/AP/GetUserInfo"
     wrong = v2_headers("POST", url, b"{}", created.key.api_key, "not the secret")
     unknown = v2_headers("POST", url, b"{}", "0" * 32, created.secret)
-    answers = [_send("POST", url, b"{}", h) for h in (wrong, unknown)]
-    assert [a.status_code for a in answers] == [401, 401]
-    assert answers[0].json()["errormsg"] == answers[1].json()["errormsg"]
+    other_alg = v2_headers("POST", url, b"{}", created.key.api_key, created.secret)
+    other_alg["Signature-Input"] = other_alg["Signature-Input"].replace('alg="hmac-sha256"', 'alg="ed25519"')
+    answers = [_send("POST", url, b"{}", h) for h in (wrong, unknown, other_alg)]
+    assert [a.status_code for a in answers] == [401, 401, 401]
+    assert answers[0].json()["errormsg"] == answers[1].json()["errormsg"] == answers[2].json()["errormsg"]
 
 
 def test_sign_in_with_v2_and_a_path_written_in_another_case(servers, account):
