@@ -214,3 +214,13 @@ def test_forward_auth_with_v2_covers_the_original_request(servers, account):
     assert envoy.status_code == 400 and "Content-Digest" in envoy.json()["errormsg"]
     envoy = httpx.post(server.base_url + "/keygate/authorize/orders?symbol=BTC", content=body, headers=headers, timeout=10)
     assert envoy.status_code == 200, envoy.text
+
+
+def test_the_handler_reads_the_signed_body(servers, account):
+    server = servers[0]
+    _, created = account
+    body = json.dumps({"APIKey": created.key.api_key, "Hours": 2}).encode()
+    url, headers = _signed(server, created, "POST", "/AP/GetUserAPIKeyUsage", body)
+    r = _send("POST", url, body, headers)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["Hours"]) == 2, "the body keygate read for the digest reached the handler"
