@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     # the ``window`` mode: how many accepted nonces a key remembers (domain.replay states the guarantee)
     nonce_window_size: int = Field(4096, ge=16, le=1_000_000)
     require_allowlist_for_withdraw: Boolean = False
+    # Signature v2 (RFC 9421): how far ``created`` may lie in the past; each nonce is single-use per key for that long
+    signature_window_seconds: int = Field(5, ge=1, le=300)
+    require_signature_v2_for_new_keys: Boolean = False
     key_max_idle_days_without_allowlist: int = Field(0, ge=0, le=100_000)  # 0: off
     throttle_ip_failures: int = Field(_THROTTLE.ip_failures, ge=1)
     throttle_key_failures: int = Field(_THROTTLE.key_failures, ge=1)

@@ -212,6 +212,9 @@ KNOWN_REASONS = frozenset({
     "administrator", "cli", "console", "wrong 2fa code", "unknown or expired pending 2fa token",
     "nonce already used or below the key's floor (replay?)", "nonce at or below the floor of an earlier mode (replay?)",
     "2fa code already used", "username differed from an older one only in case",
+    # Signature v2 (service/http_signatures.py) and keys that require it
+    "v2 alg is not the key's", "v2 created outside the window", "v2 signature expired", "v2 nonce reused (replay?)",
+    "api key requires signature v2",
 })
 _PATTERNS = (
     (re.compile(r"client ip .* not in allowlist\Z", re.DOTALL), "client ip not in allowlist"),

@@ -71,7 +71,7 @@ def test_there_is_no_option_for_the_secret_on_argv() -> None:
     options = {word.strip(",") for word in help_text.split() if word.startswith("--")}
     # --private-key names a file (ed25519 keys), like --secret-file: no option takes key material itself.
     assert options == {"--api-key", "--user-id", "--nonce", "--secret-file", "--secret-env", "--private-key", "--encoding",
-                       "--headers", "--help"}
+                       "--headers", "--help", "--v2", "--method", "--url", "--body", "--created"}
 
 
 def test_no_secret_anywhere_is_a_clear_error() -> None:
@@ -83,3 +83,20 @@ def test_no_secret_anywhere_is_a_clear_error() -> None:
 def test_missing_secret_file_is_a_clear_error(tmp_path: Path) -> None:
     result = keygate(*SIGN_ARGS, "--secret-file", str(tmp_path / "absent"), env=clean_env())
     assert_clean_refusal(result)
+
+
+def test_v2_prints_the_readme_worked_example() -> None:
+    """``keygate sign --v2``: the Signature v2 headers of one request (new with Signature v2)."""
+    result = keygate("sign", "--v2", "--api-key", V["api_key"], "--method", "POST", "--url",
+                     "http://127.0.0.1:8000/AP/GetUserInfo?UserId=42", "--body", "{}", "--created", "1700000000",
+                     "--nonce", "7f3a9c0e5b2d4f61", env=clean_env(), input=V["secret"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Content-Digest: sha-256=:RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o=:",
+        'Signature-Input: kg=("@method" "@path" "@query" "content-digest");created=1700000000;nonce="7f3a9c0e5b2d4f61";'
+        'keyid="8d4f1a2b3c5e6f708192a3b4c5d6e7f8";alg="hmac-sha256"',
+        "Signature: kg=:l5QBxKppBnZVIkfUiClRSKkio0IFRODWs3tZ6HO0Jr4=:",
+    ]
+    assert V["secret"] not in result.stdout
+    missing = keygate("sign", "--v2", "--api-key", V["api_key"], env=clean_env(), input=V["secret"])
+    assert_clean_refusal(missing, "--method and --url")

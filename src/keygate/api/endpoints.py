@@ -27,11 +27,14 @@ from keygate.api.wire import (
     basic_auth,
     credential_headers,
     header,
+    may_have_body,
     over_websocket,
+    read_body,
     read_payload,
     session_token,
 )
 from keygate.domain.errors import Forbidden, InvalidRequest, KeygateError, NotAuthorized
+from keygate.domain.httpsig import RequestParts
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.key_material import parse_key_type, parse_public_key
 from keygate.domain.keys import parse_expiry
@@ -117,12 +120,52 @@ _NOT_SIGNED_IN = {
 }
 
 
-async def authenticate_request(request: Request) -> Principal:
-    """A private call: ``aptoken``/``APToken``, or the four signed headers on the request itself."""
+Target = tuple[str, str, str]  # (method, raw path, raw query) of the request a signature covers
+
+
+def _signs_v2(request: Request) -> bool:
+    """Whether the request carries a Signature v2 (RFC 9421): a ``Signature-Input`` field. WebSocket
+    frames have no HTTP request to sign: v2 applies to HTTP requests only."""
+    return not over_websocket(request) and b"signature-input" in _header_lines(request)
+
+
+def _header_lines(request: Request) -> dict[bytes, list[bytes]]:
+    lines: dict[bytes, list[bytes]] = {}
+    for name, value in request.scope["headers"]:
+        lines.setdefault(name, []).append(value)
+    return lines
+
+
+async def v2_parts(request: Request, target: Target | None = None) -> RequestParts:
+    """What a v2 signature covers of ``request`` (or, for forward auth, of the ``target`` it stands for).
+
+    The path is the one the client sent (before keygate gave APEX paths their canonical form); the
+    body, when the request has one, is read here (at most ``KEYGATE_MAX_BODY_BYTES``) and stays
+    readable by the handler.
+    """
+    scope = request.scope
+    if target is None:
+        raw = scope.get("keygate.sent_raw_path") or scope.get("raw_path") or scope["path"].encode()
+        target = (request.method, raw.decode("latin-1"), scope.get("query_string", b"").decode("latin-1"))
+    headers = {k.decode("latin-1"): [v.decode("latin-1") for v in vs] for k, vs in _header_lines(request).items()}
+    has_body = may_have_body(request)
+    body: bytes | None = None
+    if has_body:
+        body = await read_body(request, _kg(request).settings.max_body_bytes)
+        request._body = body  # the handler reads it again (Starlette's Request.stream() yields it)
+    host = headers.get("host")
+    return RequestParts(target[0], target[1], target[2], host[0] if host else None, headers, body, has_body)
+
+
+async def authenticate_request(request: Request, target: Target | None = None) -> Principal:
+    """A private call: ``aptoken``/``APToken``, a Signature v2 (RFC 9421), or the four signed headers
+    on the request itself. ``target``: forward auth's original method, path and query."""
     kg, ip = _kg(request), _ip(request)
     token = session_token(request)
     if token:
         return await kg.auth.principal_for_token(token, ip)
+    if _signs_v2(request):
+        return await kg.http_signatures.principal_for_http_signature(await v2_parts(request, target), ip)
     creds = credential_headers(request)
     if creds:
         return await kg.auth.principal_for_signature(KeyCredentials.parse(creds), ip)
@@ -159,6 +202,8 @@ async def _sign_in(request: Request, allow_resume: bool = False) -> Response:
     and answers APEX's top-level ``UserId`` string."""
     kg, ip = _kg(request), _ip(request)
     try:
+        if _signs_v2(request):
+            return _render_grant(await kg.http_signatures.authenticate_http_signature(await v2_parts(request), ip), allow_resume)
         creds = credential_headers(request)
         if creds:
             return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(creds), ip), allow_resume)
@@ -277,7 +322,7 @@ async def get_user_accounts(request: Request, principal: Principal) -> Response:
 
 
 _KEY_EDIT_BODY = {"UserId": "integer|string", "Permissions": "array", "IpAllowlist": "array", "Label": "string",
-                  "ReplayMode": "string", "ExpiresAt": "string"}
+                  "ReplayMode": "string", "ExpiresAt": "string", "RequiresSignatureV2": "boolean"}
 _KEY_CREATE_BODY = {**_KEY_EDIT_BODY, "KeyType": "string", "PublicKey": "string"}
 
 
@@ -285,6 +330,13 @@ def _public_key_field(payload: dict[str, Any]) -> bytes | None:
     """``PublicKey`` (an Ed25519 public key, see domain.key_material.parse_public_key), or None if absent."""
     value = payload.get("publickey")
     return None if value is None or value == "" else parse_public_key(value if isinstance(value, str) else object())
+
+
+def _requires_v2(payload: dict[str, Any]) -> bool | None:
+    value = payload.get("requiressignaturev2")
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidRequest("RequiresSignatureV2 must be true or false")
 
 
 def _api_key_field(payload: dict[str, Any], action: str) -> str:
@@ -322,6 +374,7 @@ async def add_user_api_key(request: Request, principal: Principal) -> Response:
         expires_at=parse_expiry(payload.get("expiresat")),
         key_type=parse_key_type(payload.get("keytype")),
         public_key=_public_key_field(payload),
+        requires_v2=_requires_v2(payload),
     )
     return replies.ApexJSON(created.reveal(), headers={"Cache-Control": "no-store"})
 
@@ -373,6 +426,7 @@ async def update_user_api_key(request: Request, principal: Principal) -> Respons
         principal, _target_user(payload, principal), api_key, permissions=perms, ip_allowlist=_allowlist(payload), label=label,
         replay_mode=parse_replay_mode(payload["replaymode"]) if payload.get("replaymode") is not None else None,
         expires_at=parse_expiry(payload["expiresat"]) if "expiresat" in payload else False,
+        requires_v2=_requires_v2(payload),
     )
     return replies.ApexJSON(key.public_view())
 

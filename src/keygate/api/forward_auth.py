@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from keygate.api import replies
-from keygate.api.endpoints import authenticate_request
+from keygate.api.endpoints import Target, authenticate_request
 from keygate.domain.errors import KeygateError
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 
@@ -27,7 +27,10 @@ DESCRIPTION = (
     "`UserId`, `Nonce`) and answer 200 with `X-Keygate-User-Id`, `X-Keygate-Username`, `X-Keygate-Permissions`, "
     "`X-Keygate-Api-Key` and `X-Keygate-Auth` (`password` or `key`). `require` (repeatable) names permissions the "
     "caller must hold (403 otherwise); so does the `X-Keygate-Require` header (comma-separated). A refusal carries its APEX body also in `X-Keygate-Error`. Behind a proxy, list it in `KEYGATE_TRUSTED_PROXIES` so that "
-    "`X-Forwarded-For` gives the client's address."
+    "`X-Forwarded-For` gives the client's address. A Signature v2 (RFC 9421: `Signature-Input`, `Signature`, "
+    "`Content-Digest`) covers the original request: the proxy sends its method and URI in `X-Original-Method`/"
+    "`X-Original-URI` (or `X-Forwarded-Method`/`X-Forwarded-Uri`); keygate checks `Content-Digest` against the body "
+    "when the body reaches it, and the upstream checks it otherwise (docs/deployment.md)."
 )
 
 
@@ -60,9 +63,36 @@ def required(request: Request) -> frozenset[Permission]:
 _NONE: frozenset[Permission] = frozenset()
 
 
+def original_target(request: Request) -> Target | None:
+    """The method, path and query of the request the proxy asks about, for a Signature v2 to cover:
+    ``X-Original-Method``/``X-Original-URI`` (nginx), ``X-Forwarded-Method``/``X-Forwarded-Uri`` (Traefik,
+    Caddy), or the path after ``/keygate/authorize`` (Envoy's ``path_prefix``). None: the request itself."""
+    found = {name: value for name, value in reversed(request.scope["headers"])}
+    if b"signature-input" not in found:
+        return None  # only a Signature v2 covers the original request
+
+    def field(*names: bytes) -> str | None:
+        for name in names:
+            if found.get(name, b"").strip():
+                return found[name].decode("latin-1").strip()
+        return None
+
+    method = field(b"x-original-method", b"x-forwarded-method")
+    uri = field(b"x-original-uri", b"x-forwarded-uri")
+    if uri is None:
+        raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+        suffix = raw.decode("latin-1")[len(PATH):]
+        if not suffix.startswith("/"):
+            return None if method is None else (method, raw.decode("latin-1"), request.scope.get("query_string", b"").decode("latin-1"))
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        uri = suffix + ("?" + query if query else "")
+    path, _, query = uri.partition("?")
+    return ((method or request.method).upper(), path or "/", query)
+
+
 async def authorize(request: Request) -> Response:
     try:
-        principal = await authenticate_request(request)
+        principal = await authenticate_request(request, original_target(request))
         for permission in required(request):
             principal.require_permission(permission)
     except KeygateError as exc:

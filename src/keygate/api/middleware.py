@@ -71,7 +71,10 @@ class ApexScope:
                     apex = True
                     if prefix + canonical != path:
                         full = prefix + canonical
+                        # the path as sent stays known: a Signature v2 covers it (api/endpoints.v2_parts)
+                        sent = scope.get("raw_path") or path.encode()
                         scope = dict(scope, path=full, raw_path=full.encode())
+                        scope["keygate.sent_raw_path"] = sent
             if apex and kind == "http" and self._refusals_as_200:
                 send = _refusals_as_200(send)
         await self.app(scope, receive, send)

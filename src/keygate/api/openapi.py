@@ -11,6 +11,7 @@ from keygate.domain.replay import ReplayMode
 _TYPES: dict[str, dict[str, Any]] = {
     "string": {"type": "string"},
     "integer|string": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+    "boolean": {"type": "boolean"},
     "array": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string", "description": "entries separated by commas"}]},
 }
 
@@ -67,6 +68,7 @@ _KEY = {
                 "description": "hmac: keygate holds a secret (APEX's HMAC-SHA256 signature); ed25519: keygate holds only a public key"},
     "PublicKeyFingerprint": {"type": ["string", "null"],
                              "description": "ed25519 keys: `SHA256:` and the unpadded base64 of the SHA-256 of the 32-byte public key; null for hmac"},
+    "RequiresSignatureV2": {"type": "boolean", "description": "Signature v2 (RFC 9421) only: APEX signatures are refused"},
 }
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -142,7 +144,7 @@ def _ref(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
 
 
-_NULL_MEANS_ABSENT = frozenset({"UserId", "Permissions", "IpAllowlist", "Label", "ReplayMode", "ExpiresAt"})
+_NULL_MEANS_ABSENT = frozenset({"UserId", "Permissions", "IpAllowlist", "Label", "ReplayMode", "ExpiresAt", "RequiresSignatureV2"})
 
 
 def _nullable(ep: Endpoint, name: str) -> bool:

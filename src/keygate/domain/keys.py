@@ -97,6 +97,7 @@ class ApiKey:
     key_type: KeyType = KeyType.HMAC
     public_key: bytes | None = None  # ed25519 keys: the raw 32-byte public key
     previous_public_key: bytes | None = None  # ed25519 keys: accepted until previous_secret_expires_at
+    requires_v2: bool = False  # Signature v2 (RFC 9421) only: APEX signatures of this key are refused
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -139,6 +140,7 @@ class ApiKey:
             "UpdatedAt": self.updated_at.isoformat(),
             "LastUsedAt": self.last_used_at.isoformat() if self.last_used_at else None,
             "ReplayMode": self.replay_mode.value,
+            "RequiresSignatureV2": self.requires_v2,
             "ExpiresAt": self.expires_at.isoformat() if self.expires_at else None,
             "PreviousSecretValidUntil": (
                 self.previous_secret_expires_at.isoformat()

@@ -75,6 +75,12 @@ class Ed25519Signer:
             return raw.hex()
         raise ValueError("encoding must be base64, base64url or hex")
 
+    def raw_private_key(self) -> bytes:
+        """The 32-byte private key (seed), for Signature v2 (``keygate.domain.httpsig.sign_request``)."""
+        serialization, _ = _crypto()
+        return bytes(self._key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
+
     def public_key_base64(self) -> str:
         """The raw 32-byte public key, base64: what ``AddUserAPIKey``'s ``PublicKey`` takes."""
         serialization, _ = _crypto()

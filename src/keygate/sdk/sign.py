@@ -7,6 +7,10 @@ server extra). The secret never comes from the command line, where it would land
 For an ``ed25519`` key, ``--private-key FILE`` (``-``: stdin) signs with its Ed25519 private key (a
 PKCS#8 PEM, the 32-byte seed in hex or base64, or the console's JSON export); that needs the
 ``cryptography`` package (``pip install 'keygate[ed25519]'``).
+
+``keygate sign --v2 --method POST --url https://host/AP/GetUserInfo --body '{}'`` prints the Signature v2
+(RFC 9421) headers of that request instead: ``Content-Digest`` (with a body), ``Signature-Input`` and
+``Signature``; send the body byte for byte as given.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from keygate.domain.signature import compute_signature
+
+if TYPE_CHECKING:
+    from keygate.sdk.ed25519 import Ed25519Signer
 
 DESCRIPTION = "Compute the APEX signature. The secret never comes from the command line."
 SECRET_ENV = "KEYGATE_API_SECRET"
@@ -30,8 +37,13 @@ class _Parser(argparse.ArgumentParser):
 def _parser(prog: str) -> _Parser:
     parser = _Parser(prog=prog, description=DESCRIPTION, allow_abbrev=False)
     parser.add_argument("--api-key", required=True, metavar="KEY", help="The API key")
-    parser.add_argument("--user-id", required=True, metavar="ID", help="The user id")
-    parser.add_argument("--nonce", required=True, metavar="NONCE", help="The nonce")
+    parser.add_argument("--user-id", metavar="ID", help="The user id (APEX signature)")
+    parser.add_argument("--nonce", metavar="NONCE", help="The nonce (v2: default 128 random bits)")
+    parser.add_argument("--v2", action="store_true", help="Print the Signature v2 (RFC 9421) headers of one request")
+    parser.add_argument("--method", metavar="METHOD", help="v2: the request's method, e.g. POST")
+    parser.add_argument("--url", metavar="URL", help="v2: the request's URL (its path and query are signed)")
+    parser.add_argument("--body", metavar="TEXT", default="", help="v2: the request's body (its Content-Digest is signed)")
+    parser.add_argument("--created", metavar="UNIX", type=int, help="v2: the signature's created time (default: now)")
     parser.add_argument("--secret-file", metavar="PATH", help="Read the secret from this file ('-' for stdin)")
     parser.add_argument("--secret-env", metavar="NAME", default=SECRET_ENV,
                         help=f"Read the secret from this environment variable (default: {SECRET_ENV})")
@@ -68,7 +80,7 @@ def _read_secret(secret_file: str | None, secret_env: str) -> str | None:
     return None
 
 
-def _ed25519_signature(args: argparse.Namespace) -> str | None:
+def _ed25519_signer(args: argparse.Namespace) -> "Ed25519Signer | None":
     from keygate.sdk.ed25519 import Ed25519Signer, Ed25519Unavailable, PrivateKeyError
 
     try:
@@ -82,10 +94,22 @@ def _ed25519_signature(args: argparse.Namespace) -> str | None:
         _fail(f"cannot read the private key file {args.private_key}: {reason}")
         return None
     try:
-        return Ed25519Signer(text).apex_signature(args.nonce, args.user_id, args.api_key, args.encoding)
+        return Ed25519Signer(text)
     except (Ed25519Unavailable, PrivateKeyError) as exc:
         _fail(str(exc))
         return None
+
+
+def _print_v2(args: argparse.Namespace, secret: str | None, private_key: bytes | None) -> int:
+    from keygate.sdk.client import v2_headers
+
+    try:
+        headers = v2_headers(args.method, args.url, args.body.encode(), args.api_key, secret,
+                             created=args.created, nonce=args.nonce, private_key=private_key)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print("\n".join(f"{name}: {value}" for name, value in headers.items()))
+    return 0
 
 
 def main(argv: list[str] | None = None, prog: str = "keygate sign") -> int:
@@ -96,13 +120,23 @@ def main(argv: list[str] | None = None, prog: str = "keygate sign") -> int:
         # Name unknown options only: the word after one may be the secret someone tried to pass.
         unknown = [word.split("=", 1)[0] for word in extra if word.startswith("-")]
         parser.error(f"no such option: {', '.join(unknown)}" if unknown else "unexpected argument")
+    if args.v2:
+        if not args.method or not args.url:
+            parser.error("--v2 needs --method and --url")
+    elif args.user_id is None or args.nonce is None:
+        parser.error("the following arguments are required: --user-id, --nonce (or --v2)")
     if args.private_key is not None:
         if args.secret_file is not None:
             return _fail("give --private-key (ed25519 keys) or the secret (hmac keys), not both")
-        made = _ed25519_signature(args)
-        if made is None:
+        signer = _ed25519_signer(args)
+        if signer is None:
             return 2
-        signature = made
+        if args.v2:
+            return _print_v2(args, None, signer.raw_private_key())
+        try:
+            signature = signer.apex_signature(args.nonce, args.user_id, args.api_key, args.encoding)
+        except ValueError as exc:
+            return _fail(str(exc))
     else:
         secret = _read_secret(args.secret_file, args.secret_env)
         if secret is None:
@@ -110,6 +144,8 @@ def main(argv: list[str] | None = None, prog: str = "keygate sign") -> int:
         secret = secret.strip()
         if not secret:
             return _fail("the secret is empty")
+        if args.v2:
+            return _print_v2(args, secret, None)
         signature = compute_signature(secret, args.nonce, args.user_id, args.api_key)
     if args.headers:
         print(f"APIKey: {args.api_key}\nSignature: {signature}\nUserId: {args.user_id}\nNonce: {args.nonce}")

@@ -165,6 +165,10 @@ class Authenticator:
         if not secret_ok:
             raise await self._refuse(action, "signature mismatch", key, user, client_ip, started)
         # From here on the caller proved it holds the secret: refusals may say exactly what is wrong.
+        if key.requires_v2:
+            raise self._refuse_holder(action, "api key requires signature v2", key, user, client_ip,
+                                      "This API key accepts Signature v2 (RFC 9421) only: sign the request with "
+                                      "Signature-Input and Signature instead of APIKey, Signature, UserId and Nonce")
         if not key.ip_allowlist.allows(client_ip):
             raise self._refuse_holder(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
                                       "This API key may not be used from your IP address")

@@ -25,6 +25,7 @@ from keygate.service.auth import Authenticator
 from keygate.service.coherence import Coherence
 from keygate.service.guard import AbuseGuard
 from keygate.service.hash_gate import HashGate
+from keygate.service.http_signatures import HttpSignatures
 from keygate.service.keys import KeyManager, KeyPolicy
 from keygate.service.principal import OPERATOR
 from keygate.service.session_writer import SessionWriter
@@ -111,6 +112,7 @@ class Keygate:
                 default_replay_mode=parse_replay_mode(settings.default_replay_mode),
                 require_allowlist_for_withdraw=settings.require_allowlist_for_withdraw,
                 max_idle_days_without_allowlist=settings.key_max_idle_days_without_allowlist,
+                require_v2_for_new_keys=settings.require_signature_v2_for_new_keys,
             ),
             self.coherence,
             unique_window_seconds=settings.unique_nonce_window_seconds,
@@ -143,6 +145,7 @@ class Keygate:
             units=self.units,
             refusal_seconds=settings.refusal_seconds,
         )
+        self.http_signatures = HttpSignatures(self.auth, self.keys, settings.signature_window_seconds)
         self._flusher: asyncio.Task[None] | None = None
         self._audit_flusher: asyncio.Task[None] | None = None
         self._keyring_mtime = self._keyring_stamp()

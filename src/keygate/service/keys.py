@@ -48,6 +48,7 @@ class KeyPolicy:
     default_replay_mode: ReplayMode = ReplayMode.WINDOW
     require_allowlist_for_withdraw: bool = False
     max_idle_days_without_allowlist: int = 0
+    require_v2_for_new_keys: bool = False  # new keys accept Signature v2 (RFC 9421) only
 
 MAX_KEYS_PER_USER = 50
 MAX_PENDING_USAGE = 100_000  # (key, hour) pairs held between flushes; past it, a new pair is not counted
@@ -307,6 +308,7 @@ class KeyManager:
         expires_at: datetime | None = None,
         key_type: KeyType = KeyType.HMAC,
         public_key: bytes | None = None,
+        requires_v2: bool | None = None,
     ) -> CreatedKey:
         """Create a key. An ``hmac`` key gets a new secret, returned once; an ``ed25519`` key takes
         ``public_key`` (raw 32 bytes, see ``domain.key_material.parse_public_key``) and has no secret."""
@@ -341,6 +343,7 @@ class KeyManager:
             updated_at=now,
             replay_mode=replay_mode or self.policy.default_replay_mode,
             expires_at=expires_at,
+            requires_v2=self.policy.require_v2_for_new_keys if requires_v2 is None else requires_v2,
         )
         async with self._units.begin() as unit:
             await self._repo.insert(key, unit.conn)
@@ -367,6 +370,7 @@ class KeyManager:
         label: str | None = None,
         replay_mode: ReplayMode | None = None,
         expires_at: datetime | None | bool = False,
+        requires_v2: bool | None = None,
     ) -> ApiKey:
         """Edit a key. Its live sessions take the new rights at once, on every process.
 
@@ -384,6 +388,7 @@ class KeyManager:
             label=key.label if label is None else clean_label(label),
             replay_mode=key.replay_mode if replay_mode is None else replay_mode,
             expires_at=key.expires_at if expires_at is False else expires_at,  # type: ignore[arg-type]
+            requires_v2=key.requires_v2 if requires_v2 is None else requires_v2,
             updated_at=now,
         )
         self._check_policy(changed.permissions, changed.ip_allowlist)
@@ -498,4 +503,4 @@ def _describe(key: ApiKey) -> str:
     kind = f"; key_type={key.key_type.value}"
     if key.public_key is not None:
         kind += f"; public_key={fingerprint(key.public_key)}"
-    return f"label={key.label!r}; permissions={perms}; ip_allowlist={ips}; replay_mode={key.replay_mode.value}; expires={expiry}{kind}"
+    return f"label={key.label!r}; permissions={perms}; ip_allowlist={ips}; replay_mode={key.replay_mode.value}; expires={expiry}{kind}" + ("; signature=v2 only" if key.requires_v2 else "")

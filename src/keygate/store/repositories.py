@@ -78,6 +78,7 @@ def _key(row: Row[Any]) -> ApiKey:
         key_type=KeyType(m["key_type"]),
         public_key=decode_stored_public_key(m["public_key"]) if m["public_key"] else None,
         previous_public_key=decode_stored_public_key(m["previous_public_key"]) if m["previous_public_key"] else None,
+        requires_v2=bool(m["requires_v2"]),
     )
 
 
@@ -206,6 +207,7 @@ class KeyRepository:
                     secret_serial=key.secret_serial,
                     key_type=key.key_type.value,
                     public_key=_public(key.public_key),
+                    requires_v2=key.requires_v2,
                 )
             )
 
@@ -249,6 +251,7 @@ class KeyRepository:
                     replay_floor_until=key.replay_floor_until,
                     public_key=_public(key.public_key),
                     previous_public_key=_public(key.previous_public_key),
+                    requires_v2=key.requires_v2,
                 )
             )
             return await _delete_sessions(conn, sessions.c.api_key == key.api_key) if end_sessions else []

@@ -100,6 +100,8 @@ api_keys = Table(
     Column("key_type", String(16), nullable=False, default="hmac", server_default="hmac"),
     Column("public_key", String(64), nullable=True),
     Column("previous_public_key", String(64), nullable=True),
+    # Signature v2 only (migration 0009): APEX signatures of the key are refused.
+    Column("requires_v2", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_api_keys_user_id", "user_id"),
 )
 

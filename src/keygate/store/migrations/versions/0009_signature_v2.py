@@ -1,0 +1,23 @@
+"""Signature v2 (RFC 9421): a key may require it, and then refuses APEX signatures.
+
+Revision ID: 0009
+Revises: 0007 (the lead re-chains it after 0008, the key types, when both are merged)
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(sa.Column("requires_v2", sa.Boolean, nullable=False, server_default=sa.false()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("requires_v2")
