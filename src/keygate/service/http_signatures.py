@@ -38,9 +38,10 @@ from keygate.domain.httpsig import (
     missing_for_keygate,
     read_signature,
     signature_base,
-    verify_hmac_sha256,
     well_formed_nonce,
 )
+from keygate.domain.key_material import KeyType
+from keygate.domain.key_material import verify as verify_material
 from keygate.domain.keys import ApiKey
 from keygate.domain.sessions import SessionKind
 from keygate.domain.users import User
@@ -58,18 +59,16 @@ signature of ``signature_base`` (HMAC keys: HMAC-SHA256 under the API secret; Ed
 
 
 def key_algorithm(key: ApiKey) -> str:
-    """The RFC 9421 ``alg`` of a key: ``ed25519`` for public-key keys, else ``hmac-sha256``.
-
-    (The key type arrives with the ``ed25519`` key-type work; until then every key is an HMAC key.)
-    """
-    return "ed25519" if getattr(key, "key_type", "hmac") == "ed25519" else "hmac-sha256"  # a str Enum compares so
+    """The RFC 9421 ``alg`` of a key: ``ed25519`` for public-key keys, else ``hmac-sha256``."""
+    return "ed25519" if key.key_type is KeyType.ED25519 else "hmac-sha256"
 
 
-def hmac_verifier(keys: KeyManager) -> Verify:
-    """The default ``verify``: HMAC-SHA256 keyed with the API secret's UTF-8 bytes (as APEX's signature is)."""
+def material_verifier(keys: KeyManager) -> Verify:
+    """The default ``verify``: the key's material (``domain.key_material``), the same check as APEX's:
+    HMAC-SHA256 keyed with the API secret's UTF-8 bytes, or the Ed25519 public key."""
 
     def verify(key: ApiKey, base: bytes, signature: bytes) -> bool:
-        return verify_hmac_sha256(keys.secret_of(key).encode(), base, signature)
+        return verify_material(keys.material_of(key), base, signature)
 
     return verify
 
@@ -79,7 +78,7 @@ class HttpSignatures:
         self._auth = auth
         self._keys = keys
         self.window_seconds = window_seconds
-        self._check = verify or hmac_verifier(keys)
+        self._check = verify or material_verifier(keys)
 
     @staticmethod
     def read(parts: RequestParts) -> SignedRequest:
@@ -133,9 +132,10 @@ class HttpSignatures:
         now = utcnow()
         serial = key.secret_serial
         ok = self._check(key, base, signed.signature)
-        if not ok and alg == "hmac-sha256" and key.previous_secret_usable(now):
-            ok = verify_hmac_sha256(self._keys.previous_secret_of(key).encode(), base, signed.signature)
-            serial -= 1
+        if not ok:
+            previous = self._keys.previous_material_of(key)
+            if previous is not None and verify_material(previous, base, signed.signature):
+                ok, serial = True, serial - 1
         if not ok:
             raise await auth._refuse(action, "signature mismatch", key, user, client_ip, started)
         # The caller proved it holds the key: refusals may say exactly what is wrong.
