@@ -183,9 +183,9 @@ async def test_errors_are_clear_and_change_nothing(
 ) -> None:
     made = await make_user()
     name, user = made.username, await kg.users.require(made.user_id)
-    users_before = len(await kg.users.list(OPERATOR))
+    users_before = await kg.users.count()
     result = keygate(*(a.replace("{user}", name) for a in args), env=cli_env, input="short\n")
     assert_clean_refusal(result, *fragments)
     assert await kg.keys.list(OPERATOR, user.user_id) == []
-    assert len(await kg.users.list(OPERATOR)) == users_before
+    assert await kg.users.count() == users_before
 

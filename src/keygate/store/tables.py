@@ -95,7 +95,7 @@ api_keys = Table(
     Column("nonce_count", Integer, nullable=False, default=0, server_default="0"),
     # The canonical client address of the key's last use (written with ``last_used_at``).
     Column("last_used_ip", String(45), nullable=True),
-    Index("ix_api_keys_user_id", "user_id"),
+    Index("ix_api_keys_user_created", "user_id", "created_at"),  # owner lookups and listings (0008)
 )
 
 sessions = Table(
@@ -111,7 +111,7 @@ sessions = Table(
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("key_serial", Integer, nullable=True),  # the key's secret serial that made a key session
-    Index("ix_sessions_user_id", "user_id"),
+    Index("ix_sessions_user_created", "user_id", "created_at"),  # owner lookups and listings (0008)
     Index("ix_sessions_api_key", "api_key"),
 )
 
