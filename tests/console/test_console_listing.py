@@ -10,10 +10,10 @@ import secrets
 
 import pytest
 from console_support import ConsoleHttp
-from listing_support import Seeded, seed
 
 from keygate.service import Keygate
 from keygate.service.principal import OPERATOR
+from listing_support import Seeded, seed
 
 COUNT = 300
 PAGE = 50
