@@ -15,7 +15,8 @@ administrator.
 Layout: user ``i`` is ``{prefix}{i:07d}`` (user ids follow the highest id already there); key ``j``
 belongs to user ``j % users`` (at most ``MAX_KEYS_PER_USER`` = 50 a user, so give at least
 keys / 50 users); session ``j`` is a key session of key ``j % keys`` (a password session of user
-``j % users`` when there are no keys), started now, live for ``session_max_seconds``.
+``j % users`` when there are no keys), started now, live for ``session_max_seconds``; ``audit``
+key sign-in events of users spread over the table end a little before now.
 
 Run alone: ``python bench/scale_fill.py --keys 1000000 --sessions 1000000 [--database-url URL]``
 prints the time it took and a few credentials.
@@ -67,12 +68,13 @@ class Filled:
     sample_tokens: list[tuple[str, str]] = field(default_factory=list)  # (session token, its api key or "")
 
 
-def fill(settings: Settings, users: int, keys: int, sessions: int, prefix: str = "scale") -> Filled:
+def fill(settings: Settings, users: int, keys: int, sessions: int, prefix: str = "scale", audit: int = 1000) -> Filled:
     """Fill the database of ``settings`` (see the module docstring); call it outside an event loop."""
-    return asyncio.run(fill_async(settings, users, keys, sessions, prefix))
+    return asyncio.run(fill_async(settings, users, keys, sessions, prefix, audit))
 
 
-async def fill_async(settings: Settings, users: int, keys: int, sessions: int, prefix: str = "scale") -> Filled:
+async def fill_async(settings: Settings, users: int, keys: int, sessions: int, prefix: str = "scale",
+                     audit: int = 1000) -> Filled:
     """As ``fill``, from inside an event loop."""
     if users < 1:
         raise ValueError("fill at least one user")
@@ -132,10 +134,18 @@ async def fill_async(settings: Settings, users: int, keys: int, sessions: int, p
             else:
                 yield (token_hash, first_id + j % users, "password", "", None, "127.0.0.1", created, created, expires, None)
 
+    def audit_rows() -> Any:
+        for j in range(audit):  # key sign-ins of users all over the table, as the audit page shows them
+            at = when(now - timedelta(seconds=audit - j))
+            owner = first_id + (j * 7919) % users
+            yield (at, "auth.key", "success", None, owner, None, owner, None, "127.0.0.1", None)
+
+    tables = [("users", _USER_COLUMNS, iter(user_rows)), ("api_keys", _KEY_COLUMNS, key_rows()),
+              ("sessions", _SESSION_COLUMNS, session_rows()), ("audit_events", _AUDIT_COLUMNS, audit_rows())]
     if sqlite:
-        await asyncio.to_thread(_sqlite_fill, url, user_rows, key_rows(), session_rows())
+        await asyncio.to_thread(_sqlite_fill, url, tables)
     else:
-        await _pg_fill(url, user_rows, key_rows(), session_rows())
+        await _pg_fill(url, tables)
     filled.seconds = time.perf_counter() - started
     return filled
 
@@ -143,6 +153,8 @@ async def fill_async(settings: Settings, users: int, keys: int, sessions: int, p
 _USER_COLUMNS = ("user_id", "username", "email", "password_hash", "is_admin", "locked", "account_id", "created_at")
 _KEY_COLUMNS = ("api_key", "user_id", "label", "permissions", "ip_allowlist", "sealed_secret", "nonce", "created_at",
                 "updated_at", "replay_mode")
+_AUDIT_COLUMNS = ("at", "action", "outcome", "reason", "actor_user_id", "actor", "subject_user_id", "api_key", "client_ip",
+                  "detail")
 _SESSION_COLUMNS = ("token_hash", "user_id", "kind", "permissions", "api_key", "client_ip", "created_at", "last_seen_at",
                     "expires_at", "key_serial")
 
@@ -158,7 +170,7 @@ def _sqlite_max_user_id(url: str) -> int:
         return int(conn.execute("SELECT coalesce(max(user_id), 0) FROM users").fetchone()[0])
 
 
-def _sqlite_fill(url: str, user_rows: list[tuple[Any, ...]], key_rows: Any, session_rows: Any) -> None:
+def _sqlite_fill(url: str, tables: list[tuple[str, tuple[str, ...], Any]]) -> None:
     import itertools
     import sqlite3
 
@@ -167,8 +179,7 @@ def _sqlite_fill(url: str, user_rows: list[tuple[Any, ...]], key_rows: Any, sess
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-200000")
         conn.execute("BEGIN")
-        for table, columns, rows in (("users", _USER_COLUMNS, iter(user_rows)), ("api_keys", _KEY_COLUMNS, key_rows),
-                                     ("sessions", _SESSION_COLUMNS, session_rows)):
+        for table, columns, rows in tables:
             statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
             while batch := list(itertools.islice(rows, _BATCH)):
                 conn.executemany(statement, batch)
@@ -191,7 +202,7 @@ async def _pg_max_user_id(url: str) -> int:
         await conn.close()
 
 
-async def _pg_fill(url: str, user_rows: list[tuple[Any, ...]], key_rows: Any, session_rows: Any) -> None:
+async def _pg_fill(url: str, tables: list[tuple[str, tuple[str, ...], Any]]) -> None:
     import itertools
 
     import asyncpg
@@ -199,13 +210,12 @@ async def _pg_fill(url: str, user_rows: list[tuple[Any, ...]], key_rows: Any, se
     conn = await asyncpg.connect(_pg_dsn(url))
     try:
         async with conn.transaction():
-            for table, columns, rows in (("users", _USER_COLUMNS, iter(user_rows)), ("api_keys", _KEY_COLUMNS, key_rows),
-                                         ("sessions", _SESSION_COLUMNS, session_rows)):
+            for table, columns, rows in tables:
                 while batch := list(itertools.islice(rows, _BATCH)):
                     await conn.copy_records_to_table(table, records=batch, columns=list(columns))
             # The next user made through the service gets the next id.
             await conn.execute("SELECT setval(pg_get_serial_sequence('users', 'user_id'), (SELECT max(user_id) FROM users))")
-        await conn.execute("ANALYZE users; ANALYZE api_keys; ANALYZE sessions")  # what autovacuum would do soon
+        await conn.execute("ANALYZE users; ANALYZE api_keys; ANALYZE sessions; ANALYZE audit_events")  # what autovacuum would do soon
     finally:
         await conn.close()
 
