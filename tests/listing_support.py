@@ -35,8 +35,8 @@ class Seeded:
         return f"{self.tag}{i:04d}"
 
 
-async def seed(kg: Keygate, count: int, with_keys: bool = True, with_sessions: bool = True) -> Seeded:
-    tag = unique_name("ls")
+async def seed(kg: Keygate, count: int, with_keys: bool = True, with_sessions: bool = True, tag: str = "") -> Seeded:
+    tag = tag or unique_name("ls")
     now = datetime.now(timezone.utc)
     rows = [{"username": f"{tag}{i:04d}", "email": "", "password_hash": "!", "is_admin": False, "locked": False,
              "account_id": 0, "created_at": now} for i in range(count)]

@@ -5,14 +5,16 @@ administrator (or the operator) sees every user's rows."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from keygate.domain.errors import Forbidden, InvalidRequest, NotFound
 from keygate.domain.permissions import ALL_PERMISSIONS
 from keygate.domain.sessions import SessionKind
 from keygate.service import Keygate
 from keygate.service.principal import OPERATOR, Principal
+from keygate.store.tables import api_keys, users
 from listing_support import Seeded, seed
+from support import unique_name
 
 COUNT = 120
 
@@ -82,3 +84,21 @@ async def test_only_an_administrator_pages_every_users_rows(kg: Keygate, seeded:
             await kg.users.page(OPERATOR, page=page, size=size)
     with pytest.raises(InvalidRequest):
         await kg.users.page(OPERATOR, "x" * 65)
+
+
+async def test_a_hex_search_lists_key_prefix_matches_then_the_keys_of_matching_names(kg: Keygate, seeded: Seeded) -> None:
+    await seed(kg, 12, with_sessions=False, tag=unique_name("a"))  # names that start with "a", as keys do
+    async with kg.engine.connect() as conn:
+        rows = (await conn.execute(select(api_keys.c.api_key, users.c.username, api_keys.c.created_at)
+                                   .join(users, users.c.user_id == api_keys.c.user_id))).all()
+    by_key = sorted(r[0] for r in rows if r[0].startswith("a"))
+    by_name = [r[0] for r in sorted((r for r in rows if r[1].lower().startswith("a") and not r[0].startswith("a")),
+                                    key=lambda r: (r[1].lower(), r[2]))]
+    assert by_key and len(by_name) >= 6
+    listed: list[str] = []
+    for number in range(1, 1000):  # 7 a page, so pages start inside either part, and one spans both
+        found = await kg.keys.page(OPERATOR, "A", page=number, size=7)
+        listed += [k.api_key for k in found.items]
+        if not found.has_next:
+            break
+    assert listed == by_key + by_name
