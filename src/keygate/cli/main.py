@@ -275,7 +275,7 @@ def user_list(
     page: Annotated[int, typer.Option("--page", help=_PAGE_HELP)] = 1,
     limit: Annotated[int, typer.Option("--limit", help=_LIMIT_HELP)] = 50,
 ) -> None:
-    """List users, a page at a time: by id, or by name for a --search."""
+    """List users, a page at a time: the newest first, or by name for a --search."""
 
     async def work(kg: Keygate) -> None:
         found = await kg.users.page(_operator(), search, page, limit)

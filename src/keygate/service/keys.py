@@ -313,9 +313,10 @@ class KeyManager:
 
     async def page(self, actor: Principal, search: str = "", page: int = 1, size: int = DEFAULT_PAGE_SIZE,
                    user_id: int | None = None) -> Page[ApiKey]:
-        """A page of keys. Every user's (administrators and the operator): by owner and age; ``search``
+        """A page of keys. Every user's (administrators and the operator): by owner and age, the newest
+        first; ``search``
         is a user id (a number), or a username or API-key prefix (the keys starting with it first).
-        With ``user_id``: that user's keys only (themself or an administrator), by age."""
+        With ``user_id``: that user's keys only (themself or an administrator), the newest first."""
         page, size = check_paging(page, size)
         if user_id is not None:
             await self._target_user(actor, user_id)

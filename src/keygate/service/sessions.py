@@ -152,7 +152,7 @@ class SessionManager:
     async def page(self, actor: Principal, search: str = "", page: int = 1, size: int = DEFAULT_PAGE_SIZE,
                    user_id: int | None = None) -> Page[Session]:
         """A page of live sessions (pending two-factor sign-ins excluded), administrators only: by
-        owner and age; ``search`` is a user id (a number) or a username prefix (by name, then age)."""
+        owner and age (the newest first); ``search`` is a user id (a number) or a username prefix (by name, then age)."""
         actor.require_admin()
         page, size = check_paging(page, size)
         wanted = Search(user_id=user_id) if user_id is not None else parse_search(search)

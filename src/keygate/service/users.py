@@ -77,8 +77,8 @@ class UserManager:
         return await self._repo.get_by_name(username)
 
     async def page(self, actor: Principal, search: str = "", page: int = 1, size: int = DEFAULT_PAGE_SIZE) -> Page[User]:
-        """A page of users (administrators and the operator): every user by id, one user by id (a
-        number), or the users whose name starts with ``search`` (any case) by name."""
+        """A page of users (administrators and the operator): every user by id (the newest first), one
+        user by id (a number), or the users whose name starts with ``search`` (any case) by name."""
         actor.require_admin()
         page, size = check_paging(page, size)
         found = await self._repo.page(parse_search(search), (page - 1) * size, size + 1)

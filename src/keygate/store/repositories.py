@@ -198,14 +198,14 @@ class UserRepository:
             return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())
 
     async def page(self, search: Search, offset: int, limit: int) -> builtins.list[User]:
-        """Up to ``limit`` users from ``offset``: by id, or (a name prefix) by name, in index order."""
+        """Up to ``limit`` users from ``offset``: by id (the newest first), or (a name prefix) by name, in index order."""
         query = select(users)
         if search.user_id is not None:
             query = query.where(users.c.user_id == search.user_id)
         elif search.name_prefix:
             query = query.where(_name_prefix(search.name_prefix)).order_by(func.lower(users.c.username))
         else:
-            query = query.order_by(users.c.user_id)
+            query = query.order_by(users.c.user_id.desc())  # the newest first
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.offset(offset).limit(limit))).all()
         return [_user(r) for r in rows]
@@ -276,9 +276,9 @@ class KeyRepository:
 
     async def page(self, search: Search, offset: int, limit: int) -> builtins.list[ApiKey]:
         """Up to ``limit`` keys from ``offset``, each query in index order: every key (or one user's) by
-        owner and age; for a prefix, the keys that start with it first, then the keys of the users whose
+        owner and age, the newest first; for a prefix, the keys that start with it first, then the keys of the users whose
         name starts with it (by name)."""
-        by_owner = (api_keys.c.user_id, api_keys.c.created_at)
+        by_owner = (api_keys.c.user_id.desc(), api_keys.c.created_at.desc())  # the newest first
         if search.user_id is not None:
             query = select(api_keys).where(api_keys.c.user_id == search.user_id).order_by(*by_owner)
             return await self._rows(query, offset, limit)
@@ -516,18 +516,18 @@ class SessionRepository:
     async def page(self, search: Search, now: datetime, idle_cutoff: datetime, offset: int,
                    limit: int) -> builtins.list[Session]:
         """Up to ``limit`` live sessions (pending two-factor sign-ins left out) from ``offset``, in index
-        order: by owner and age; for a name prefix, by owner's name and age."""
+        order: by owner and age, the newest first; for a name prefix, by owner's name and age."""
         live = ((sessions.c.kind != SessionKind.PENDING_2FA.value) & (sessions.c.expires_at > now)
                 & (sessions.c.last_seen_at > idle_cutoff))
         if search.user_id is not None:
             query = (select(sessions).where(live, sessions.c.user_id == search.user_id)
-                     .order_by(sessions.c.user_id, sessions.c.created_at))
+                     .order_by(sessions.c.user_id.desc(), sessions.c.created_at.desc()))
         elif search.name_prefix:
             query = (select(sessions).join(users, users.c.user_id == sessions.c.user_id)
                      .where(live, _name_prefix(search.name_prefix))
                      .order_by(func.lower(users.c.username), sessions.c.created_at))
         else:
-            query = select(sessions).where(live).order_by(sessions.c.user_id, sessions.c.created_at)
+            query = select(sessions).where(live).order_by(sessions.c.user_id.desc(), sessions.c.created_at.desc())
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.offset(offset).limit(limit))).all()
         return [_session(r) for r in rows]
