@@ -306,14 +306,31 @@ def user_create(
     _run(work)
 
 
+_SEARCH_HELP = "A user id (a number), or the start of a username (any case)"
+_PAGE_HELP = "Which page of --limit rows"
+_LIMIT_HELP = "Rows per page (1 to 500)"
+
+
+def _more(found: Any, page: int) -> None:
+    """Say on stderr (stdout keeps one row per line) that another page follows."""
+    if found.has_next:
+        typer.echo(f"(more: --page {page + 1})", err=True)
+
+
 @user_app.command("list")
-def user_list() -> None:
-    """List users."""
+def user_list(
+    search: Annotated[str, typer.Option("--search", "-s", help=_SEARCH_HELP)] = "",
+    page: Annotated[int, typer.Option("--page", help=_PAGE_HELP)] = 1,
+    limit: Annotated[int, typer.Option("--limit", help=_LIMIT_HELP)] = 50,
+) -> None:
+    """List users, a page at a time: the newest first, or by name for a --search."""
 
     async def work(kg: Keygate) -> None:
-        for u in await kg.users.list(_operator()):
+        found = await kg.users.page(_operator(), search, page, limit)
+        for u in found.items:
             flags = ",".join(f for f, on in (("admin", u.is_admin), ("locked", u.locked), ("2fa", u.uses_2fa)) if on)
             typer.echo(f"{u.user_id}\t{u.username}\t{u.email}\t{flags}")
+        _more(found, page)
 
     _run(work)
 
@@ -455,22 +472,53 @@ def keypair(
 
 @key_app.command("list")
 def key_list(
-    user: Annotated[str, typer.Option("--user", help="Username or UserId")],
+    user: Annotated[str | None, typer.Option("--user", help="Username or UserId: that user's keys only")] = None,
+    search: Annotated[str, typer.Option("--search", "-s", help=_SEARCH_HELP + ", or of an API key")] = "",
+    page: Annotated[int, typer.Option("--page", help=_PAGE_HELP)] = 1,
+    limit: Annotated[int, typer.Option("--limit", help=_LIMIT_HELP)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List a user's keys (never the secret)."""
+    """List API keys (never the secret), a page at a time: a user's, or every user's (the owner's id first)."""
 
     async def work(kg: Keygate) -> None:
-        u = await _user(kg, user)
-        keys = await kg.keys.list(_operator(), u.user_id)
+        owner = (await _user(kg, user)).user_id if user is not None else None
+        found = await kg.keys.page(_operator(), search, page, limit, user_id=owner)
         if as_json:
-            typer.echo(json.dumps([k.public_view() for k in keys], indent=2))
+            typer.echo(json.dumps([k.public_view() for k in found.items], indent=2))
+            _more(found, page)
             return
-        for k in keys:
+        for k in found.items:
             used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
             perms = ",".join(format_permissions(k.permissions)) or "read-only"
             ips = ",".join(k.ip_allowlist.as_strings()) or "any IP"
-            typer.echo(f"{k.api_key}\t{k.label or '-'}\t{perms}\t{ips}\tcreated {k.created_at:%Y-%m-%d %H:%M}\tlast used {used}\t{k.key_type.value}")
+            line = f"{k.api_key}\t{k.label or '-'}\t{perms}\t{ips}\tcreated {k.created_at:%Y-%m-%d %H:%M}\tlast used {used}\t{k.key_type.value}"
+            typer.echo(line if owner is not None else f"{k.user_id}\t{line}")
+        _more(found, page)
+
+    _run(work)
+
+
+session_app = typer.Typer(help="See live sessions.", no_args_is_help=True)
+app.add_typer(session_app, name="session")
+
+
+@session_app.command("list")
+def session_list(
+    user: Annotated[str | None, typer.Option("--user", help="Username or UserId: that user's sessions only")] = None,
+    search: Annotated[str, typer.Option("--search", "-s", help=_SEARCH_HELP)] = "",
+    page: Annotated[int, typer.Option("--page", help=_PAGE_HELP)] = 1,
+    limit: Annotated[int, typer.Option("--limit", help=_LIMIT_HELP)] = 50,
+) -> None:
+    """List live sessions (never a token), a page at a time: user id, username, kind, API key, IP, started, last seen."""
+
+    async def work(kg: Keygate) -> None:
+        owner = (await _user(kg, user)).user_id if user is not None else None
+        found = await kg.sessions.page(_operator(), search, page, limit, user_id=owner)
+        names = await kg.users.names(_operator(), {s.user_id for s in found.items})
+        for s in found.items:
+            typer.echo(f"{s.user_id}\t{names.get(s.user_id, '-')}\t{s.kind.value}\t{s.api_key or '-'}\t"
+                       f"{s.client_ip or '-'}\tstarted {s.created_at:%Y-%m-%d %H:%M}\tlast seen {s.last_seen_at:%Y-%m-%d %H:%M}")
+        _more(found, page)
 
     _run(work)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import NamedTuple
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +15,7 @@ from keygate.console.routes_keys import DUPLICATE, form_once, render_usage
 from keygate.console.security import FORM_ID_FIELD, FormOnce
 from keygate.console.web import PageError, Signed, checked_form, field, keygate, render, require_admin
 from keygate.domain.errors import InvalidRequest, KeygateError, NotFound
+from keygate.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_SEARCH, Page
 from keygate.domain.permissions import format_permissions
 from keygate.domain.users import User
 from keygate.service.users import generate_password
@@ -25,15 +29,42 @@ AUDIT_OUTCOMES = ["success", "failure", "pending-2fa"]
 MAX_AUDIT_ROWS = 1000
 
 
-async def _users_by_id(request: Request, signed: Signed) -> dict[int, User]:
-    return {u.user_id: u for u in await keygate(request).users.list(signed.principal)}
+class Listing(NamedTuple):
+    """Where an operator is in a listing: ``?q=<search>&page=<n>`` (50 rows a page)."""
+
+    q: str
+    page: int
+
+    @staticmethod
+    def of(request: Request) -> Listing:
+        """Read from the query string; a page that is not a number is the first, a search is cut short."""
+        raw = (request.query_params.get("page") or "").strip()
+        page = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 7 else 1
+        return Listing((request.query_params.get("q") or "").strip()[:MAX_SEARCH], min(max(page, 1), MAX_PAGE))
+
+    def query(self, page: int | None = None) -> str:
+        """The query string of this listing (or of another page of it): ``?q=..&page=..``, or ""."""
+        params = {k: v for k, v in (("q", self.q), ("page", page or self.page)) if v and v != 1}
+        return "?" + urlencode(params) if params else ""
+
+
+def _paging(listing: Listing, found: Page[object]) -> dict[str, object]:
+    return {"listing": listing, "page": found, "keep": listing.query(),
+            "previous": listing.query(found.page - 1) if found.has_previous else None,
+            "next": listing.query(found.page + 1) if found.has_next else None}
+
+
+async def _names(request: Request, signed: Signed, user_ids: Iterable[int | None]) -> dict[int, str]:
+    """Usernames of the users on one page of rows (one query for the ids on the page, not every user)."""
+    return await keygate(request).users.names(signed.principal, (i for i in user_ids if i))
 
 
 async def _users_page(request: Request, signed: Signed, status: int = 200, notice: str = "", error: str = "",
                       revealed: dict[str, str] | None = None, new_user: dict[str, str] | None = None) -> Response:
-    users = sorted((await _users_by_id(request, signed)).values(), key=lambda u: u.user_id)
-    response = render(request, "admin_users.html", signed, status=status, users=users, notice=notice, error=error,
-                      revealed=revealed, new_user=new_user or {}, form_id=FormOnce.new_id())
+    listing = Listing.of(request)
+    found = await keygate(request).users.page(signed.principal, listing.q, listing.page, DEFAULT_PAGE_SIZE)
+    response = render(request, "admin_users.html", signed, status=status, users=found.items, notice=notice, error=error,
+                      revealed=revealed, new_user=new_user or {}, form_id=FormOnce.new_id(), **_paging(listing, found))
     if revealed:
         response.headers["cache-control"] = "no-store"
     return response
@@ -112,9 +143,11 @@ async def sign_out_user(request: Request) -> Response:
 
 async def all_keys(request: Request, notice: str = "") -> Response:
     signed = await require_admin(request)
-    keys = sorted(await keygate(request).keys.list_all(signed.principal), key=lambda k: (k.user_id, k.created_at))
-    return render(request, "admin_keys.html", signed, keys=keys, users=await _users_by_id(request, signed), notice=notice,
-                  format_permissions=format_permissions)
+    listing = Listing.of(request)
+    found = await keygate(request).keys.page(signed.principal, listing.q, listing.page, DEFAULT_PAGE_SIZE)
+    names = await _names(request, signed, (k.user_id for k in found.items))
+    return render(request, "admin_keys.html", signed, keys=found.items, users=names, notice=notice,
+                  format_permissions=format_permissions, **_paging(listing, found))
 
 
 async def revoke_key(request: Request) -> Response:
@@ -136,9 +169,11 @@ async def key_usage(request: Request) -> Response:
 
 async def sessions(request: Request, notice: str = "") -> Response:
     signed = await require_admin(request)
-    live = sorted(await keygate(request).sessions.list(signed.principal), key=lambda s: s.last_seen_at, reverse=True)
-    return render(request, "admin_sessions.html", signed, sessions=live, users=await _users_by_id(request, signed),
-                  notice=notice, own_hash=signed.principal.token_hash)
+    listing = Listing.of(request)
+    found = await keygate(request).sessions.page(signed.principal, listing.q, listing.page, DEFAULT_PAGE_SIZE)
+    names = await _names(request, signed, (s.user_id for s in found.items))
+    return render(request, "admin_sessions.html", signed, sessions=found.items, users=names,
+                  notice=notice, own_hash=signed.principal.token_hash, **_paging(listing, found))
 
 
 async def end_session(request: Request) -> Response:
@@ -195,7 +230,8 @@ async def audit(request: Request) -> Response:
         except InvalidRequest as exc:
             errors["form"] = exc.message
     return render(request, "admin_audit.html", signed, status=400 if errors else 200, events=events, f=f, errors=errors,
-                  actions=AUDIT_ACTIONS, outcomes=AUDIT_OUTCOMES, users=await _users_by_id(request, signed), limit=limit)
+                  actions=AUDIT_ACTIONS, outcomes=AUDIT_OUTCOMES, limit=limit,
+                  users=await _names(request, signed, (i for e in events for i in (e.subject_user_id, e.actor_user_id))))
 
 
 ROUTES = [

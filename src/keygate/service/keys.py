@@ -10,7 +10,6 @@ session), a change of permissions or allowlist reaches every live session within
 
 from __future__ import annotations
 
-import builtins
 import ipaddress
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from keygate.domain.errors import Conflict, InvalidRequest, NotFound
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.key_material import KeyMaterial, KeyType, ed25519_material, fingerprint, hmac_material
 from keygate.domain.keys import ApiKey, clean_label, new_api_key, new_nonce, new_secret
+from keygate.domain.paging import DEFAULT_PAGE_SIZE, Page, Search, check_paging, parse_search
 from keygate.domain.permissions import Permission, format_permissions
 from keygate.domain.replay import ReplayMode, nonce_as_u64
 from keygate.domain.secretbox import SecretBox
@@ -355,9 +355,21 @@ class KeyManager:
         await self._target_user(actor, user_id)
         return await self._repo.list(user_id)
 
-    async def list_all(self, actor: Principal) -> builtins.list[ApiKey]:
-        actor.require_admin()
-        return await self._repo.list()
+    async def page(self, actor: Principal, search: str = "", page: int = 1, size: int = DEFAULT_PAGE_SIZE,
+                   user_id: int | None = None) -> Page[ApiKey]:
+        """A page of keys. Every user's (administrators and the operator): by owner and age, the newest
+        first; ``search``
+        is a user id (a number), or a username or API-key prefix (the keys starting with it first).
+        With ``user_id``: that user's keys only (themself or an administrator), the newest first."""
+        page, size = check_paging(page, size)
+        if user_id is not None:
+            await self._target_user(actor, user_id)
+            wanted = Search(user_id=user_id)
+        else:
+            actor.require_admin()
+            wanted = parse_search(search)
+        found = await self._repo.page(wanted, (page - 1) * size, size + 1)
+        return Page(found[:size], page, size, len(found) > size)
 
     async def update(
         self,

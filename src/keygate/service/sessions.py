@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from keygate.domain.errors import NotAuthorized
+from keygate.domain.paging import DEFAULT_PAGE_SIZE, Page, Search, check_paging, parse_search
 from keygate.domain.permissions import ALL_PERMISSIONS
 from keygate.domain.sessions import ISSUED_SHAPE, MAX_TOKEN_LENGTH, Session, SessionKind, hash_token, new_token
 from keygate.service.cache import TTLCache
@@ -151,12 +152,17 @@ class SessionManager:
         return len(ended)
 
     # ----- listing and upkeep -------------------------------------------------------------------
-    async def list(self, actor: Principal, user_id: int | None = None) -> list[Session]:
-        """Live sessions (pending two-factor sign-ins excluded): administrators only."""
+    async def page(self, actor: Principal, search: str = "", page: int = 1, size: int = DEFAULT_PAGE_SIZE,
+                   user_id: int | None = None) -> Page[Session]:
+        """A page of live sessions (pending two-factor sign-ins excluded), administrators only: by
+        owner and age (the newest first); ``search`` is a user id (a number) or a username prefix (by name, then age)."""
         actor.require_admin()
+        page, size = check_paging(page, size)
+        wanted = Search(user_id=user_id) if user_id is not None else parse_search(search)
         await self.flush()
         now = utcnow()
-        return [s for s in await self._repo.list(user_id) if not s.expired(now, self.idle)]
+        found = await self._repo.page(wanted, now, now - self.idle, (page - 1) * size, size + 1)
+        return Page(found[:size], page, size, len(found) > size)
 
     async def get(self, token_hash: str) -> Session | None:
         return await self._repo.get(token_hash)

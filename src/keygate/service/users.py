@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Iterable
 
 import pyotp
 
 from keygate.domain.errors import InvalidRequest, NotFound
+from keygate.domain.paging import DEFAULT_PAGE_SIZE, Page, check_paging, parse_search
 from keygate.domain.passwords import check_password_policy, hash_password
 from keygate.domain.secretbox import SecretBox
 from keygate.domain.sessions import SessionKind
@@ -74,9 +76,18 @@ class UserManager:
     async def get_by_name(self, username: str) -> User | None:
         return await self._repo.get_by_name(username)
 
-    async def list(self, actor: Principal) -> list[User]:
+    async def page(self, actor: Principal, search: str = "", page: int = 1, size: int = DEFAULT_PAGE_SIZE) -> Page[User]:
+        """A page of users (administrators and the operator): every user by id (the newest first), one
+        user by id (a number), or the users whose name starts with ``search`` (any case) by name."""
         actor.require_admin()
-        return await self._repo.list()
+        page, size = check_paging(page, size)
+        found = await self._repo.page(parse_search(search), (page - 1) * size, size + 1)
+        return Page(found[:size], page, size, len(found) > size)
+
+    async def names(self, actor: Principal, user_ids: Iterable[int]) -> dict[int, str]:
+        """The usernames of these user ids, in one query (administrators: to label a page of rows)."""
+        actor.require_admin()
+        return await self._repo.names(i for i in user_ids if 0 < i <= MAX_STORED_USER_ID)
 
     async def count(self) -> int:
         return await self._repo.count()

@@ -18,11 +18,14 @@ from keygate.domain.errors import Conflict
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.key_material import KeyType, decode_stored_public_key, format_public_key
 from keygate.domain.keys import ApiKey
+from keygate.domain.paging import Search
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 from keygate.domain.replay import ReplayMode, sortable
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.users import User
 from keygate.store.tables import api_keys, audit_events, key_usage, sessions, users
+
+T = TypeVar("T")
 
 
 def _perms_to_db(perms: Iterable[Permission]) -> str:
@@ -113,6 +116,47 @@ async def _writing(engine: AsyncEngine, conn: AsyncConnection | None) -> AsyncIt
         yield own
 
 
+# Every character a username or an API key may hold sorts below this one (both are ASCII), so a prefix's
+# matches lie in the range [prefix, prefix + _AFTER): an index range on both SQLite and PostgreSQL. The
+# LIKE repeats the test for collations that do not sort byte by byte.
+_AFTER = "\x7f"
+
+
+def _like_escaped(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _name_prefix(prefix: str) -> Any:
+    name = func.lower(users.c.username)
+    return (name >= prefix) & (name < prefix + _AFTER) & name.like(_like_escaped(prefix), escape="\\")
+
+
+def _key_prefix(prefix: str) -> Any:
+    key = api_keys.c.api_key
+    return (key >= prefix) & (key < prefix + _AFTER) & key.like(_like_escaped(prefix), escape="\\")
+
+
+async def _concatenated(engine: AsyncEngine, parts: Sequence[Any], offset: int, limit: int,
+                        to_item: Callable[[Row[Any]], T]) -> list[T]:
+    """Rows ``offset`` to ``offset + limit`` of the queries' results one after another (each ordered),
+    without counting any of them: a part is read up to the page's end, and a later part starts where
+    the earlier ones ran out."""
+    found: list[T] = []
+    async with engine.connect() as conn:
+        for query in parts:
+            rows = (await conn.execute(query.offset(offset).limit(limit - len(found)))).all()
+            found.extend(to_item(r) for r in rows)
+            if len(found) >= limit:
+                break
+            if rows:
+                offset = 0
+            else:  # this part ended before the page began: how many rows did it hold?
+                held = len((await conn.execute(query.with_only_columns(query.selected_columns[0])
+                                               .limit(offset))).all())
+                offset -= held
+    return found
+
+
 async def _delete_sessions(conn: AsyncConnection, condition: Any) -> list[str]:
     """Delete the sessions that match; return their token hashes, so caches can drop them too."""
     result = await conn.execute(delete(sessions).where(condition).returning(sessions.c.token_hash))
@@ -158,14 +202,32 @@ class UserRepository:
             ).first()
         return _user(row) if row else None
 
-    async def list(self) -> list[User]:
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(users).order_by(users.c.user_id))).all()
-        return [_user(r) for r in rows]
-
     async def count(self) -> int:
         async with self._engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())
+
+    async def page(self, search: Search, offset: int, limit: int) -> builtins.list[User]:
+        """Up to ``limit`` users from ``offset``: by id (the newest first), or (a name prefix) by name, in index order."""
+        query = select(users)
+        if search.user_id is not None:
+            query = query.where(users.c.user_id == search.user_id)
+        elif search.name_prefix:
+            query = query.where(_name_prefix(search.name_prefix)).order_by(func.lower(users.c.username))
+        else:
+            query = query.order_by(users.c.user_id.desc())  # the newest first
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.offset(offset).limit(limit))).all()
+        return [_user(r) for r in rows]
+
+    async def names(self, user_ids: Iterable[int]) -> dict[int, str]:
+        """The usernames of these ids (one query; unknown ids are left out)."""
+        wanted = sorted(set(user_ids))
+        if not wanted:
+            return {}
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(users.c.user_id, users.c.username)
+                                       .where(users.c.user_id.in_(wanted)))).all()
+        return {r[0]: r[1] for r in rows}
 
     async def update(self, user_id: int, conn: AsyncConnection | None = None, **values: Any) -> None:
         async with _writing(self._engine, conn) as conn:
@@ -216,12 +278,39 @@ class KeyRepository:
             row = (await conn.execute(select(api_keys).where(api_keys.c.api_key == api_key))).first()
         return _key(row) if row else None
 
-    async def list(self, user_id: int | None = None) -> list[ApiKey]:
-        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.api_key)
-        if user_id is not None:
-            query = query.where(api_keys.c.user_id == user_id)
+    async def list(self, user_id: int) -> list[ApiKey]:
+        """One user's keys (at most ``MAX_KEYS_PER_USER``), oldest first."""
+        query = (select(api_keys).where(api_keys.c.user_id == user_id)
+                 .order_by(api_keys.c.user_id, api_keys.c.created_at, api_keys.c.api_key))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
+        return [_key(r) for r in rows]
+
+    async def page(self, search: Search, offset: int, limit: int) -> builtins.list[ApiKey]:
+        """Up to ``limit`` keys from ``offset``, each query in index order: every key (or one user's) by
+        owner and age, the newest first; for a prefix, the keys that start with it first, then the keys of the users whose
+        name starts with it (by name)."""
+        by_owner = (api_keys.c.user_id.desc(), api_keys.c.created_at.desc())  # the newest first
+        if search.user_id is not None:
+            query = select(api_keys).where(api_keys.c.user_id == search.user_id).order_by(*by_owner)
+            return await self._rows(query, offset, limit)
+        if search.empty:
+            return await self._rows(select(api_keys).order_by(*by_owner), offset, limit)
+        parts = []
+        if search.key_prefix:
+            parts.append(select(api_keys).where(_key_prefix(search.key_prefix)).order_by(api_keys.c.api_key))
+        if search.name_prefix:
+            query = (select(api_keys).join(users, users.c.user_id == api_keys.c.user_id)
+                     .where(_name_prefix(search.name_prefix))
+                     .order_by(func.lower(users.c.username), api_keys.c.created_at))
+            if search.key_prefix:
+                query = query.where(~_key_prefix(search.key_prefix))  # listed in the first part already
+            parts.append(query)
+        return await _concatenated(self._engine, parts, offset, limit, _key)
+
+    async def _rows(self, query: Any, offset: int, limit: int) -> builtins.list[ApiKey]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.offset(offset).limit(limit))).all()
         return [_key(r) for r in rows]
 
     async def save(self, key: ApiKey, conn: AsyncConnection | None = None, end_sessions: bool = False) -> builtins.list[str]:
@@ -345,8 +434,6 @@ _SESSION_COLUMNS = ("token_hash", "user_id", "kind", "permissions", "api_key", "
                     "expires_at", "key_serial")
 _AUDIT_COLUMNS = ("at", "action", "outcome", "reason", "actor_user_id", "actor", "subject_user_id", "api_key", "client_ip", "detail")
 
-T = TypeVar("T")
-
 
 def _plain_time(value: datetime, sqlite: bool) -> datetime | str:
     """What ``UTCDateTime`` binds: naive UTC; on SQLite, as the text SQLAlchemy's DATETIME stores."""
@@ -441,12 +528,23 @@ class SessionRepository:
         async with _writing(self._engine, conn) as conn:
             return await _delete_sessions(conn, condition)
 
-    async def list(self, user_id: int | None = None) -> list[Session]:
-        query = select(sessions).where(sessions.c.kind != SessionKind.PENDING_2FA.value)
-        if user_id is not None:
-            query = query.where(sessions.c.user_id == user_id)
+    async def page(self, search: Search, now: datetime, idle_cutoff: datetime, offset: int,
+                   limit: int) -> builtins.list[Session]:
+        """Up to ``limit`` live sessions (pending two-factor sign-ins left out) from ``offset``, in index
+        order: by owner and age, the newest first; for a name prefix, by owner's name and age."""
+        live = ((sessions.c.kind != SessionKind.PENDING_2FA.value) & (sessions.c.expires_at > now)
+                & (sessions.c.last_seen_at > idle_cutoff))
+        if search.user_id is not None:
+            query = (select(sessions).where(live, sessions.c.user_id == search.user_id)
+                     .order_by(sessions.c.user_id.desc(), sessions.c.created_at.desc()))
+        elif search.name_prefix:
+            query = (select(sessions).join(users, users.c.user_id == sessions.c.user_id)
+                     .where(live, _name_prefix(search.name_prefix))
+                     .order_by(func.lower(users.c.username), sessions.c.created_at))
+        else:
+            query = select(sessions).where(live).order_by(sessions.c.user_id.desc(), sessions.c.created_at.desc())
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(sessions.c.created_at))).all()
+            rows = (await conn.execute(query.offset(offset).limit(limit))).all()
         return [_session(r) for r in rows]
 
     async def touch_many(self, seen: dict[str, datetime]) -> None:

@@ -102,7 +102,7 @@ api_keys = Table(
     Column("previous_public_key", String(64), nullable=True),
     # Signature v2 only (migration 0009): APEX signatures of the key are refused.
     Column("requires_v2", Boolean, nullable=False, default=False, server_default=false()),
-    Index("ix_api_keys_user_id", "user_id"),
+    Index("ix_api_keys_user_created", "user_id", "created_at"),  # owner lookups and listings (0011)
 )
 
 sessions = Table(
@@ -118,7 +118,7 @@ sessions = Table(
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("key_serial", Integer, nullable=True),  # the key's secret serial that made a key session
-    Index("ix_sessions_user_id", "user_id"),
+    Index("ix_sessions_user_created", "user_id", "created_at"),  # owner lookups and listings (0011)
     Index("ix_sessions_api_key", "api_key"),
 )
 
@@ -161,7 +161,7 @@ used_nonces = Table(
     Index("ix_used_nonces_expires_at", "expires_at"),
     Index("ix_used_nonces_key_expiry", "api_key", "expires_at", "nonce"),  # a random-style key forgets its oldest
 )
-# An increasing-style key forgets its smallest nonces (by length, then text): migration 0008.
+# An increasing-style key forgets its smallest nonces (by length, then text): migration 0010.
 Index("ix_used_nonces_key_order", used_nonces.c.api_key, func.length(used_nonces.c.nonce), used_nonces.c.nonce,
       used_nonces.c.expires_at)
 

@@ -1,14 +1,14 @@
 """Signature v2 (RFC 9421): a key may require it, and then refuses APEX signatures.
 
 Revision ID: 0009
-Revises: 0007 (the lead re-chains it after 0008, the key types, when both are merged)
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

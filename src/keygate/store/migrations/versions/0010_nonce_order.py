@@ -2,15 +2,15 @@
 then text) while increasing-style, the oldest first once random-style. A full key forgets one nonce per
 claim; without these a batch of claims sorted all of the key's remembered nonces (up to 4096) to find it.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,104 @@
+"""The listing use cases page in the database: every query that reads users, keys or sessions for a
+page carries a LIMIT (none loads a whole table), the pages hold the right rows, and only an
+administrator (or the operator) sees every user's rows."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, select
+
+from keygate.domain.errors import Forbidden, InvalidRequest, NotFound
+from keygate.domain.permissions import ALL_PERMISSIONS
+from keygate.domain.sessions import SessionKind
+from keygate.service import Keygate
+from keygate.service.principal import OPERATOR, Principal
+from keygate.store.tables import api_keys, users
+from listing_support import Seeded, seed
+from support import unique_name
+
+COUNT = 120
+
+
+@pytest.fixture(scope="module")
+async def seeded(kg: Keygate) -> Seeded:
+    return await seed(kg, COUNT)
+
+
+class Statements:
+    def __init__(self, kg: Keygate) -> None:
+        self.seen: list[str] = []
+        self._engine = kg.engine.sync_engine
+
+    def __enter__(self) -> Statements:
+        event.listen(self._engine, "after_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self._engine, "after_cursor_execute", self._record)
+
+    def _record(self, conn, cursor, statement: str, *args: object) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append(" ".join(statement.split()))
+
+    def listing_reads(self) -> list[str]:
+        return [s for s in self.seen if s.upper().startswith("SELECT")
+                and any(f"FROM {t}" in s for t in ("users", "api_keys", "sessions"))]
+
+
+async def test_every_listing_query_is_limited(kg: Keygate, seeded: Seeded) -> None:
+    user_id = seeded.user_ids[5]
+    with Statements(kg) as statements:
+        pages = [
+            await kg.users.page(OPERATOR),
+            await kg.users.page(OPERATOR, seeded.tag, page=2),
+            await kg.keys.page(OPERATOR),
+            await kg.keys.page(OPERATOR, seeded.tag, page=3),
+            await kg.keys.page(OPERATOR, seeded.keys[user_id][:8]),
+            await kg.sessions.page(OPERATOR),
+            await kg.sessions.page(OPERATOR, seeded.tag, page=2),
+        ]
+        names = await kg.users.names(OPERATOR, [user_id, seeded.user_ids[6], 2**40])
+    reads = statements.listing_reads()
+    assert reads, statements.seen
+    for statement in reads:
+        assert " LIMIT " in statement or " IN (" in statement, statement
+    assert [len(p.items) for p in pages[:2]] == [50, 50] and pages[0].has_next and pages[1].has_next
+    assert [u.username for u in pages[1].items] == [seeded.name(i) for i in range(50, 100)]
+    assert [k.api_key for k in pages[3].items] == [seeded.keys[i] for i in seeded.user_ids[100:]]
+    assert not pages[3].has_next and pages[3].page == 3 and pages[3].has_previous
+    assert seeded.keys[user_id] in [k.api_key for k in pages[4].items]
+    assert [s.token_hash for s in pages[6].items] == [seeded.sessions[i] for i in seeded.user_ids[50:100]]
+    assert names == {user_id: seeded.name(5), seeded.user_ids[6]: seeded.name(6)}
+
+
+async def test_only_an_administrator_pages_every_users_rows(kg: Keygate, seeded: Seeded) -> None:
+    own_id, other_id = seeded.user_ids[0], seeded.user_ids[1]
+    person = Principal(await kg.users.require(own_id), ALL_PERMISSIONS, SessionKind.PASSWORD)
+    for call in (kg.users.page(person), kg.keys.page(person), kg.sessions.page(person), kg.users.names(person, [own_id])):
+        with pytest.raises(Forbidden):
+            await call
+    assert [k.api_key for k in (await kg.keys.page(person, user_id=own_id)).items] == [seeded.keys[own_id]]
+    with pytest.raises(NotFound):
+        await kg.keys.page(person, user_id=other_id)
+    for page, size in ((0, 50), (1, 0), (1, 501), (True, 50)):
+        with pytest.raises(InvalidRequest):
+            await kg.users.page(OPERATOR, page=page, size=size)
+    with pytest.raises(InvalidRequest):
+        await kg.users.page(OPERATOR, "x" * 65)
+
+
+async def test_a_hex_search_lists_key_prefix_matches_then_the_keys_of_matching_names(kg: Keygate, seeded: Seeded) -> None:
+    await seed(kg, 12, with_sessions=False, tag=unique_name("a"))  # names that start with "a", as keys do
+    async with kg.engine.connect() as conn:
+        rows = (await conn.execute(select(api_keys.c.api_key, users.c.username, api_keys.c.created_at)
+                                   .join(users, users.c.user_id == api_keys.c.user_id))).all()
+    by_key = sorted(r[0] for r in rows if r[0].startswith("a"))
+    by_name = [r[0] for r in sorted((r for r in rows if r[1].lower().startswith("a") and not r[0].startswith("a")),
+                                    key=lambda r: (r[1].lower(), r[2]))]
+    assert by_key and len(by_name) >= 6
+    listed: list[str] = []
+    for number in range(1, 1000):  # 7 a page, so pages start inside either part, and one spans both
+        found = await kg.keys.page(OPERATOR, "A", page=number, size=7)
+        listed += [k.api_key for k in found.items]
+        if not found.has_next:
+            break
+    assert listed == by_key + by_name
