@@ -224,3 +224,40 @@ def test_the_handler_reads_the_signed_body(servers, account):
     r = _send("POST", url, body, headers)
     assert r.status_code == 200, r.text
     assert len(r.json()["Hours"]) == 2, "the body keygate read for the digest reached the handler"
+
+
+async def test_an_ed25519_key_signs_v2_and_its_sdk_client_too(servers, kg, make_user):
+    """Signature v2 with a public key: keygate holds nothing that can sign, the private key signs the
+    whole request (RFC 9421 ``ed25519``), an HMAC signature under the key's id is refused, and the
+    SDK's v2 client with ``private_key=`` is accepted (sync)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from keygate.domain.key_material import KeyType
+
+    first, second = servers
+    user = await make_user()
+    private = Ed25519PrivateKey.generate()
+    raw_private = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                        serialization.NoEncryption())
+    raw_public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), key_type=KeyType.ED25519,
+                                   public_key=raw_public)
+    api_key = created.key.api_key
+    body = b'{"UserId": %d}' % user.user_id
+    url = first.base_url + "/AP/GetUserInfo"
+    headers = v2_headers("POST", url, body, api_key, None, private_key=raw_private)
+    assert 'alg="ed25519"' in headers["Signature-Input"]
+    accepted = _send("POST", url, body, headers)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["UserId"] == user.user_id
+    replayed = _send("POST", url.replace(first.base_url, second.base_url), body, headers)
+    assert replayed.status_code == 401, replayed.text
+    # Signed as if it were an HMAC key (any secret): refused, with the one public refusal.
+    forged = v2_headers("POST", url, body, api_key, "not-the-key", private_key=None)
+    refused = _send("POST", url, body, forged)
+    assert refused.status_code == 401, refused.text
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    with Client(second.base_url, user.user_id, api_key, private_key=pem, signature="v2") as client:
+        assert client.call("GetUserInfo", {"UserId": user.user_id})["UserId"] == user.user_id
