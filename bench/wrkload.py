@@ -11,6 +11,7 @@ top, counts a ``wrapped``, and the replayed nonces are refused (non-2xx), so the
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -119,6 +120,43 @@ class SignedKey:
 
 
 SIGNED_COLUMNS = ("APIKey", "UserId", "Nonce", "Signature")
+V2_COLUMNS = ("Signature-Input", "Signature")
+
+
+@dataclass
+class Ed25519Key:
+    """An ``ed25519`` key: the private key (which keygate never sees) signs APEX's message."""
+
+    api_key: str
+    user_id: int
+    private_key: Any  # cryptography's Ed25519PrivateKey
+    next_nonce: int = field(default_factory=lambda: int(time.time() * 1000) * 1000)
+
+    def take(self) -> tuple[str, str, str, str]:
+        nonce = str(self.next_nonce)
+        self.next_nonce += 1
+        raw = self.private_key.sign(f"{nonce}{self.user_id}{self.api_key}".encode())
+        return (self.api_key, str(self.user_id), nonce, base64.b64encode(raw).decode())
+
+
+@dataclass
+class V2Key:
+    """Signature v2 (RFC 9421) of ``GET path`` with an HMAC key: a fresh nonce per row, and ``created``
+    FUTURE seconds ahead of the moment the row is made (the server allows 2 s of skew), so a row made
+    just before a run stays inside the default 5 s window for the whole of a 3 s run."""
+
+    api_key: str
+    secret: str
+    path: str
+    FUTURE = 2
+
+    def take(self) -> tuple[str, str]:
+        from keygate.domain.httpsig import RequestParts, sign_request
+
+        parts = RequestParts("GET", self.path, "", "", {}, None, False)
+        headers = sign_request(parts, keyid=self.api_key, key=self.secret.encode(), alg="hmac-sha256",
+                               created=int(time.time()) + self.FUTURE, nonce=secrets.token_urlsafe(12))
+        return (headers["Signature-Input"], headers["Signature"])
 
 
 class Feed:
@@ -139,6 +177,10 @@ class Feed:
             return [keys[i % len(keys)].take() for i in range(n)]
 
         return cls(SIGNED_COLUMNS, rows, fresh=True)
+
+    @classmethod
+    def rows_of(cls, columns: Sequence[str], key: "Ed25519Key | V2Key") -> "Feed":
+        return cls(columns, lambda n: [key.take() for _ in range(n)], fresh=True)
 
     @classmethod
     def cycle(cls, column: str, values: Sequence[str]) -> "Feed":

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from keygate.api import replies
 from keygate.api.endpoints import Target, authenticate_request
+from keygate.api.wire import header_map
 from keygate.domain.errors import KeygateError
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 
@@ -67,7 +68,7 @@ def original_target(request: Request) -> Target | None:
     """The method, path and query of the request the proxy asks about, for a Signature v2 to cover:
     ``X-Original-Method``/``X-Original-URI`` (nginx), ``X-Forwarded-Method``/``X-Forwarded-Uri`` (Traefik,
     Caddy), or the path after ``/keygate/authorize`` (Envoy's ``path_prefix``). None: the request itself."""
-    found = {name: value for name, value in reversed(request.scope["headers"])}
+    found = header_map(request)  # built once per request, shared with the auth path
     if b"signature-input" not in found:
         return None  # only a Signature v2 covers the original request
 

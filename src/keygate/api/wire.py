@@ -66,7 +66,7 @@ async def read_payload(request: Request, limit: int = 65536) -> dict[str, Any]:
     return payload
 
 
-def _header_map(request: Request) -> dict[bytes, bytes]:
+def header_map(request: Request) -> dict[bytes, bytes]:
     """The request's headers by (lower-case) name, the first of repeated ones winning as in
     ``request.headers.get``; built once per request, since the auth path reads up to five."""
     scope = request.scope
@@ -83,7 +83,7 @@ def header(request: Request, name: str) -> str | None:
     wire_name = _WIRE_NAMES.get(name)
     if wire_name is None:
         wire_name = _WIRE_NAMES[name] = name.lower().encode("latin-1")
-    raw = _header_map(request).get(wire_name)
+    raw = header_map(request).get(wire_name)
     return None if raw is None else _header_value(raw, name)
 
 
@@ -98,7 +98,7 @@ _CREDENTIAL_NAMES = tuple((name.encode(), name) for name in CREDENTIAL_HEADERS)
 
 def credential_headers(request: Request) -> dict[str, str] | None:
     """The four signing headers, if the request carries any of them."""
-    found = _header_map(request)
+    found = header_map(request)
     values: dict[str, str] = {}
     for raw_name, name in _CREDENTIAL_NAMES:
         raw = found.get(raw_name)

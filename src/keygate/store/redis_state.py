@@ -124,6 +124,7 @@ class RedisState:
         # ``window`` claims: one script call per batch (store/batcher.py: at most MAX_BATCH claims, each
         # waiting at most for the call in flight plus its own), answered after Redis has run it.
         self._windows: Batcher[tuple[str, str, int, int], bool] = Batcher(self._decide_windows)
+        self._uniques: Batcher[tuple[str, str, int], bool] = Batcher(self._decide_uniques)  # ``unique`` and v2 nonces
         self._step = self._redis.register_script(_CLAIM_STEP)
 
     @staticmethod
@@ -138,7 +139,7 @@ class RedisState:
         return bool(await self._guard(lambda: self._claim(keys=[f"{self._ns}:n:{api_key}"], args=[sortable(nonce)])))
 
     async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
-        claimed = bool(await self._guard(lambda: self._redis.set(f"{self._ns}:u:{api_key}:{nonce}", "1", nx=True, ex=window_seconds)))
+        claimed = await self._uniques.submit((api_key, nonce, window_seconds))
         value = nonce_as_u64(nonce)
         if claimed and value is not None:  # every strict mode keeps the highest: a switch to ``increasing`` refuses these
             await self.raise_highest_nonce(api_key, value)
@@ -146,6 +147,18 @@ class RedisState:
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
         return await self._windows.submit((api_key, nonce, limit, window_seconds))
+
+    async def _decide_uniques(self, claims: list[tuple[str, str, int]]) -> list[bool]:
+        """One pipelined round trip per batch: ``SET key 1 NX EX window`` per claim, in order (a repeat
+        within the batch finds the first one's key and is refused, as it would be one at a time)."""
+
+        async def run() -> list[object]:
+            pipe = self._redis.pipeline(transaction=False)
+            for api_key, nonce, window in claims:
+                pipe.set(f"{self._ns}:u:{api_key}:{nonce}", "1", nx=True, ex=window)
+            return list(await pipe.execute())
+
+        return [bool(r) for r in await self._guard(run)]
 
     async def _decide_windows(self, claims: list[tuple[str, str, int, int]]) -> list[bool]:
         """One script call per batch (per group of settings: one, in practice)."""

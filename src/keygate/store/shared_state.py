@@ -13,7 +13,9 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -213,6 +215,7 @@ class SqlState:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._windows: Batcher[WindowClaim, bool] = Batcher(self._decide_windows)
+        self._uniques: Batcher[tuple[str, str, int], bool] = Batcher(self._decide_uniques)
 
     async def claim_increasing(self, api_key: str, nonce: int) -> bool:
         value = sortable(nonce)
@@ -226,24 +229,37 @@ class SqlState:
         return result.rowcount == 1
 
     async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
-        now = _now()
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                delete(used_nonces).where(
-                    and_(used_nonces.c.api_key == api_key, used_nonces.c.nonce == nonce, used_nonces.c.expires_at <= now)
-                )
-            )
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    insert(used_nonces).values(api_key=api_key, nonce=nonce, expires_at=now + timedelta(seconds=window_seconds))
-                )
-        except IntegrityError:
-            return False
+        """Decided by a batcher like ``window`` claims: the claims that arrive while one batch is in
+        flight are decided together, in one transaction (``_decide_uniques``)."""
+        claimed = await self._uniques.submit((api_key, nonce, window_seconds))
         value = nonce_as_u64(nonce)
-        if value is not None:  # every strict mode keeps the highest: a switch to ``increasing`` refuses these
+        if claimed and value is not None:  # every strict mode keeps the highest: a switch to ``increasing`` refuses these
             await self.raise_highest_nonce(api_key, value)
-        return True
+        return claimed
+
+    async def _decide_uniques(self, claims: list[tuple[str, str, int]]) -> list[bool]:
+        """One transaction: forget the batch's nonces whose window has passed, insert every distinct
+        (key, nonce) with ``ON CONFLICT DO NOTHING ... RETURNING``, and accept a claim if and only if its
+        row was inserted by this batch and no earlier claim of the batch took it. The primary key
+        decides between processes: two batches inserting one nonce at once accept it once."""
+        now = _now()
+        u = used_nonces.c
+        rows: dict[tuple[str, str], dict[str, object]] = {}
+        for api_key, nonce, window in claims:
+            rows.setdefault((api_key, nonce), {"api_key": api_key, "nonce": nonce,
+                                               "expires_at": now + timedelta(seconds=window)})
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(used_nonces).where(u.expires_at <= now, tuple_(u.api_key, u.nonce).in_(list(rows))))
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            statement = dialect_insert(used_nonces).values(list(rows.values())).on_conflict_do_nothing().returning(u.api_key, u.nonce)
+            inserted = {(r[0], r[1]) for r in (await conn.execute(statement)).all()}
+        results: list[bool] = []
+        for api_key, nonce, _ in claims:
+            ok = (api_key, nonce) in inserted
+            if ok:
+                inserted.discard((api_key, nonce))  # a repeat within the batch is a replay
+            results.append(ok)
+        return results
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
         """Decided by the batcher: every claim that arrives while a batch is in flight joins the next."""
