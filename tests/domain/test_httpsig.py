@@ -246,3 +246,48 @@ def test_the_sdk_signs_v2_with_an_ed25519_private_key():
     signed = read_signature(headers["Signature-Input"], headers["Signature"])
     parts = RequestParts("POST", "/AP/SendOrder", "x=1", None, {"content-digest": [headers["Content-Digest"]]}, b"{}", True)
     assert verify("ed25519", ED25519_PUBLIC, signature_base(signed.covered, parts), signed.signature)
+
+
+# ----- the canonical fast path of read_signature ---------------------------------------------------
+_SF_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters='"\\'), max_size=20)
+_PARAM_VALUE = st.one_of(st.integers(min_value=0, max_value=10**15 - 1), _SF_TEXT)
+
+
+@given(
+    components=st.lists(st.one_of(st.sampled_from(["@method", "@path", "@query", "content-digest"]), _SF_TEXT), max_size=5),
+    params=st.dictionaries(st.sampled_from(["created", "nonce", "keyid", "alg", "expires", "tag"]), _PARAM_VALUE, max_size=6),
+    raw=st.binary(min_size=1, max_size=80),
+    label=st.sampled_from(["sig1", "kg", "a*b"]),
+)
+def test_the_fast_reader_agrees_with_the_general_parser(components, params, raw, label) -> None:  # type: ignore[no-untyped-def]
+    """What every signer writes (canonical RFC 8941) is read by a fast path; it must give exactly what
+    the general parser gives: the same components, parameters and bytes, and the same serialization
+    in the signature base."""
+    from keygate.domain import httpsig
+
+    inner = httpsig.InnerList(tuple(httpsig.Item(c) for c in components), tuple(params.items()))
+    signature_input = f"{label}={httpsig.serialize_inner_list(inner)}"
+    signature = f"{label}={httpsig.serialize_bare(raw)}"
+    fast = httpsig._read_canonical(signature_input, signature)
+    assert fast is not None, signature_input
+    slow_inputs = httpsig.parse_dictionary(signature_input)
+    slow_sigs = httpsig.parse_dictionary(signature)
+    assert fast.label == label
+    assert fast.covered == slow_inputs[label]
+    assert fast.signature == slow_sigs[label].value == raw  # type: ignore[union-attr]
+    assert fast.covered.serialized == httpsig.serialize_inner_list(slow_inputs[label])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("signature_input", [
+    'kg=("@method" "@path");created=1;created=2',  # a repeated parameter: the general parser decides
+    'kg=("@method"  "@path");created=1',  # two spaces
+    ' kg=("@method");created=1',  # leading space
+    'kg=("@method");created=01',  # a leading zero
+    'kg=("@me\\"thod");created=1',  # an escape
+    'kg=("@method");flag',  # a boolean parameter
+    'kg=("@method");created=1, other=("@path")',  # two members
+])
+def test_anything_but_the_canonical_form_takes_the_general_parser(signature_input: str) -> None:
+    from keygate.domain import httpsig
+
+    assert httpsig._read_canonical(signature_input, "kg=:AAAA:") is None
