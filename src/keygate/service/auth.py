@@ -106,7 +106,10 @@ class Authenticator:
         self._units = units
         self._guard = guard
         self._refusal_seconds = refusal_seconds
-        self._healthy = (coherence or Coherence()).require_healthy
+        self._coherence = coherence or Coherence()
+        self._healthy = self._coherence.require_healthy
+        # The principal memo: token -> (generation, until, client address, principal). See principal_for_token.
+        self._memo: dict[str, tuple[int, float, str | None, Principal]] = {}
         self._key_max_idle_days = key_max_idle_days
         self._users = users
         self._keys = keys
@@ -303,8 +306,22 @@ class Authenticator:
         A key session's rights are its key's permissions as they are now; a password session has its
         person's rights. Every input to this rule is either immutable or in a cache that every process
         invalidates from the change log, so a change anywhere is enforced here within its bound.
+
+        The decision is remembered per token and client address (the principal memo) for at most
+        ``MEMO_SECONDS`` (0.5 s; at most ``MEMO_ENTRIES`` entries, emptied when full): any change this
+        process applies (its own, or one read from the change log) voids every remembered decision at
+        once (``Coherence.generation``), a decision whose reads overlapped a change is not kept, and
+        nothing that expires within the memo's life (session, key, rotation grace, timed lock) is
+        remembered. Usage counts still count every request.
         """
         self._healthy()
+        memo = self._memo.get(token)
+        if memo is not None and memo[0] == self._coherence.generation and memo[2] == client_ip and time.monotonic() < memo[1]:
+            principal = memo[3]
+            if principal.api_key is not None:
+                self._keys.mark_used(principal.api_key, client_ip)
+            return principal
+        generation = self._coherence.generation  # before any read: a change applied meanwhile voids the memo
         session = await self._sessions.resolve(token)
         if session.kind is SessionKind.PENDING_2FA:
             raise NotAuthorized("Not Authorized: finish two-factor sign-in with Authenticate2FA first")
@@ -313,18 +330,27 @@ class Authenticator:
         user = await self._users.get(session.user_id)
         if user is None or (user.locked and user.is_locked(utcnow())) or user.session_revoked(session.created_at):
             raise NotAuthorized(_ENDED)
-        if session.api_key is None:
-            return Principal(user, ALL_PERMISSIONS, session.kind, None, session.token_hash)
-        key = await self._keys.lookup(session.api_key)
-        if key is None or key.user_id != user.user_id:
-            raise NotAuthorized(_ENDED)
         now = utcnow()
-        if (not key.ip_allowlist.allows(client_ip) or key.expired(now) or key.idle_expired(now, self._key_max_idle_days)
-                or not key.accepts_session_serial(session.key_serial, now)):
-            self._keys.note_refusal(key.api_key)
-            raise NotAuthorized(_ENDED)
-        self._keys.mark_used(key.api_key, client_ip)
-        return Principal(user, key.permissions, SessionKind.KEY, key.api_key, session.token_hash)
+        later = now + MEMO_TIMEDELTA
+        if session.api_key is None:
+            principal = Principal(user, ALL_PERMISSIONS, session.kind, None, session.token_hash)
+        else:
+            key = await self._keys.lookup(session.api_key)
+            if key is None or key.user_id != user.user_id:
+                raise NotAuthorized(_ENDED)
+            if (not key.ip_allowlist.allows(client_ip) or key.expired(now) or key.idle_expired(now, self._key_max_idle_days)
+                    or not key.accepts_session_serial(session.key_serial, now)):
+                self._keys.note_refusal(key.api_key)
+                raise NotAuthorized(_ENDED)
+            self._keys.mark_used(key.api_key, client_ip)
+            principal = Principal(user, key.permissions, SessionKind.KEY, key.api_key, session.token_hash)
+            if key.expired(later) or key.idle_expired(later, self._key_max_idle_days) or not key.accepts_session_serial(session.key_serial, later):
+                return principal  # something ends within the memo's life: not remembered
+        if not user.locked and not session.expired(later, self._sessions.idle):
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[token] = (generation, time.monotonic() + MEMO_SECONDS, client_ip, principal)
+        return principal
 
     async def resume(self, token: str, client_ip: str | None) -> SessionGrant:
         principal = await self.principal_for_token(token, client_ip)
@@ -352,4 +378,7 @@ class Authenticator:
         return target
 
 
+MEMO_SECONDS = 0.5
+MEMO_TIMEDELTA = timedelta(seconds=MEMO_SECONDS)
+MEMO_ENTRIES = 65_536
 _ENDED = "Not Authorized: session expired or unknown; authenticate again"

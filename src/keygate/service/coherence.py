@@ -36,6 +36,9 @@ class Coherence:
         self._sources: list[Source] = []
         self._handlers: dict[str, list[Callable[[str], None]]] = {}
         self._resets: list[Callable[[], None]] = []
+        # Counts every change applied here (and every reset): what was derived from the caches under
+        # an older generation may be stale (the principal memo in service/auth.py checks it).
+        self.generation = 0
 
     def attach(self, source: Source) -> None:
         self._sources.append(source)
@@ -45,10 +48,12 @@ class Coherence:
         self._resets.append(reset)
 
     def apply(self, kind: str, ident: str) -> None:
+        self.generation += 1
         for handler in self._handlers.get(kind, ()):
             handler(ident)
 
     def reset(self) -> None:
+        self.generation += 1
         for reset in self._resets:
             reset()
 
