@@ -398,6 +398,9 @@ def key_create(
     as_json: Annotated[bool, typer.Option("--json", help="Print the credentials as JSON (the console's Export to JSON)")] = False,
     key_type: Annotated[str, typer.Option("--type", help="hmac (a secret, shown once) or ed25519 (give --public-key)")] = "hmac",
     public_key: Annotated[str | None, typer.Option("--public-key", help="ed25519: the file holding the public key ('-': stdin)")] = None,
+    require_v2: Annotated[bool | None, typer.Option("--require-v2/--allow-apex",
+                                                    help="Accept Signature v2 (RFC 9421) only, or APEX signatures too "
+                                                         "[KEYGATE_REQUIRE_SIGNATURE_V2_FOR_NEW_KEYS]")] = None,
 ) -> None:
     """Create an API key. An hmac key's secret is printed this once and can never be shown again; an
     ed25519 key takes the holder's public key (``keygate keypair`` makes a pair) and has no secret."""
@@ -410,7 +413,7 @@ def key_create(
         created = await kg.keys.create(
             _operator(), u.user_id, parse_permissions(permission or []), IpAllowlist.parse(ip or []), label,
             replay_mode=parse_replay_mode(replay_mode) if replay_mode else None, expires_at=parse_expiry(expires),
-            key_type=kind, public_key=raw_public,
+            key_type=kind, public_key=raw_public, requires_v2=require_v2,
         )
         if as_json:
             typer.echo(json.dumps(created.reveal(), indent=2))
@@ -423,6 +426,7 @@ def key_create(
                    f"IP ALLOWLIST: {', '.join(k.ip_allowlist.as_strings()) or 'any IP'}\n"
                    f"REPLAY MODE: {k.replay_mode.value}\n"
                    f"EXPIRES:    {k.expires_at.isoformat() if k.expires_at else 'never'}\n"
+                   f"SIGNATURES: {'v2 (RFC 9421) only' if k.requires_v2 else 'APEX and v2 (RFC 9421)'}\n"
                    + ("Store the secret now: it is shown only once." if created.secret is not None
                       else "Sign with the private key (keygate sign --private-key FILE); keygate holds only the public key."))
 
@@ -534,8 +538,10 @@ def key_edit(
     replay_mode: Annotated[str | None, typer.Option("--replay-mode", help="compatible, increasing or unique")] = None,
     expires: Annotated[str | None, typer.Option("--expires", help="New expiry (ISO 8601)")] = None,
     no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Remove the expiry")] = False,
+    require_v2: Annotated[bool | None, typer.Option("--require-v2/--allow-apex",
+                                                    help="Accept Signature v2 (RFC 9421) only, or APEX signatures too")] = None,
 ) -> None:
-    """Edit a key's permissions, allowlist, label, replay mode or expiry. Live sessions get the new rights at once."""
+    """Edit a key's permissions, allowlist, label, replay mode, expiry or signature scheme. Live sessions get the new rights at once."""
 
     async def work(kg: Keygate) -> None:
         owner = await _key_owner(kg, api_key)
@@ -545,9 +551,11 @@ def key_edit(
         k = await kg.keys.update(
             _operator(), owner, api_key, permissions=perms, ip_allowlist=allow, label=label,
             replay_mode=parse_replay_mode(replay_mode) if replay_mode else None, expires_at=expiry,
+            requires_v2=require_v2,
         )
         typer.echo(f"updated {k.api_key}: permissions {', '.join(format_permissions(k.permissions)) or 'read only'}; "
                    f"IPs {', '.join(k.ip_allowlist.as_strings()) or 'any'}; label {k.label!r}; "
+                   f"signatures {'v2 only' if k.requires_v2 else 'APEX and v2'}; "
                    "live sessions and signed requests have the new rights on every server within a second")
 
     _run(work)
