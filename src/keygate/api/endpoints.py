@@ -27,6 +27,7 @@ from keygate.api.wire import (
     basic_auth,
     credential_headers,
     header,
+    header_map,
     may_have_body,
     over_websocket,
     read_body,
@@ -126,7 +127,7 @@ Target = tuple[str, str, str]  # (method, raw path, raw query) of the request a 
 def _signs_v2(request: Request) -> bool:
     """Whether the request carries a Signature v2 (RFC 9421): a ``Signature-Input`` field. WebSocket
     frames have no HTTP request to sign: v2 applies to HTTP requests only."""
-    return not over_websocket(request) and b"signature-input" in _header_lines(request)
+    return b"signature-input" in header_map(request) and not over_websocket(request)
 
 
 def _header_lines(request: Request) -> dict[bytes, list[bytes]]:
