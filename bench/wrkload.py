@@ -139,24 +139,41 @@ class Ed25519Key:
         return (self.api_key, str(self.user_id), nonce, base64.b64encode(raw).decode())
 
 
-@dataclass
 class V2Key:
     """Signature v2 (RFC 9421) of ``GET path`` with an HMAC key: a fresh nonce per row, and ``created``
     FUTURE seconds ahead of the moment the row is made (the server allows 2 s of skew), so a row made
-    just before a run stays inside the default 5 s window for the whole of a 3 s run."""
+    just before a run stays inside the default 5 s window for the whole of a 3 s run.
 
-    api_key: str
-    secret: str
-    path: str
+    Rows are made from a template of ``Signature-Input`` (only ``created`` and ``nonce`` change), checked
+    once against the SDK's signer: about 10 times faster than signing each request from scratch."""
+
     FUTURE = 2
+    _CREATED, _NONCE = 1111111111, "NONCEPLACEHOLDER"
+
+    def __init__(self, api_key: str, secret: str, path: str) -> None:
+        import hashlib
+        import hmac
+
+        from keygate.domain.httpsig import RequestParts, serialize_inner_list, sign_request, signature_params
+
+        self.api_key, self.path = api_key, path
+        self._mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+        self._params = serialize_inner_list(signature_params(("@method", "@path", "@query"), created=self._CREATED,
+                                                             nonce=self._NONCE, keyid=api_key, alg="hmac-sha256"))
+        self._prefix = f'"@method": GET\n"@path": {path}\n"@query": ?\n"@signature-params": '
+        parts = RequestParts("GET", path, "", "", {}, None, False)
+        expected = sign_request(parts, keyid=api_key, key=secret.encode(), alg="hmac-sha256",
+                                created=self._CREATED, nonce=self._NONCE)
+        assert self._row(self._CREATED, self._NONCE) == (expected["Signature-Input"], expected["Signature"])
+
+    def _row(self, created: int, nonce: str) -> tuple[str, str]:
+        params = self._params.replace(str(self._CREATED), str(created), 1).replace(self._NONCE, nonce, 1)
+        mac = self._mac.copy()
+        mac.update((self._prefix + params).encode())
+        return (f"kg={params}", f"kg=:{base64.b64encode(mac.digest()).decode()}:")
 
     def take(self) -> tuple[str, str]:
-        from keygate.domain.httpsig import RequestParts, sign_request
-
-        parts = RequestParts("GET", self.path, "", "", {}, None, False)
-        headers = sign_request(parts, keyid=self.api_key, key=self.secret.encode(), alg="hmac-sha256",
-                               created=int(time.time()) + self.FUTURE, nonce=secrets.token_urlsafe(12))
-        return (headers["Signature-Input"], headers["Signature"])
+        return self._row(int(time.time()) + self.FUTURE, secrets.token_urlsafe(12))
 
 
 class Feed:
@@ -166,7 +183,9 @@ class Feed:
     cycled; signed keys are walked round-robin, each with its own increasing nonce.
     """
 
-    def __init__(self, columns: Sequence[str], make_rows: Callable[[int], list[tuple[str, ...]]], fresh: bool) -> None:
+    def __init__(self, columns: Sequence[str], make_rows: Callable[[int], list[tuple[str, ...]]], fresh: bool,
+                 max_rows: int | None = None) -> None:
+        self.max_rows = max_rows  # rows that age (Signature v2's ``created``) must be made just before use
         self.columns = tuple(columns)
         self.make_rows = make_rows
         self.fresh = fresh  # True: every row may be used once only (a nonce); the file is sized from the rate
@@ -179,8 +198,8 @@ class Feed:
         return cls(SIGNED_COLUMNS, rows, fresh=True)
 
     @classmethod
-    def rows_of(cls, columns: Sequence[str], key: "Ed25519Key | V2Key") -> "Feed":
-        return cls(columns, lambda n: [key.take() for _ in range(n)], fresh=True)
+    def rows_of(cls, columns: Sequence[str], key: "Ed25519Key | V2Key", max_rows: int | None = None) -> "Feed":
+        return cls(columns, lambda n: [key.take() for _ in range(n)], fresh=True, max_rows=max_rows)
 
     @classmethod
     def cycle(cls, column: str, values: Sequence[str]) -> "Feed":
@@ -240,7 +259,10 @@ def run_wrk(base_url: str, sc: Scenario, seconds: float, connections: int, cpu: 
     feed_file: Path | None = None
     rows = 0
     if sc.feed is not None:
-        rows_list = sc.feed.make_rows(feed_size(sc, seconds, reference_rate) if sc.feed.fresh else 0)
+        wanted = feed_size(sc, seconds, reference_rate) if sc.feed.fresh else 0
+        if sc.feed.max_rows is not None:
+            wanted = min(wanted, sc.feed.max_rows)
+        rows_list = sc.feed.make_rows(wanted)
         rows = len(rows_list)
         feed_file = work / f"feed-{secrets.token_hex(4)}.tsv"
         feed_file.write_text("".join("\t".join(r) + "\n" for r in rows_list))
