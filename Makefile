@@ -21,6 +21,9 @@ install-dev: $(VENV)/.dev
 run: $(VENV)/.runtime
 	$(VENV)/bin/keygate serve
 
+# Two workers (pytest-xdist): the suite waits on real servers, proxies and browsers more than it computes.
+PYTEST_ARGS ?= -n 2
+
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -21,6 +21,7 @@ SCENARIOS = [
     "Ping", "bare Starlette hello", "GetUserInfo (aptoken)", "forward auth /keygate/authorize (aptoken)",
     "GetUserInfo signed, compatible key (fixed nonce)", "GetUserInfo signed, default mode (fresh nonces)",
     "AuthenticateUser, default mode (fresh nonces)", "AuthenticateUser, compatible key",
+    "AuthenticateUser, Ed25519 key (fresh nonces)", "GetUserInfo, Signature v2 (RFC 9421, HMAC key)",
 ]
 
 
@@ -58,7 +59,8 @@ def test_bench_runs_every_scenario_and_reports_ratios_and_targets(tmp_path: Path
         assert check["target"] == f">= {minimum:.2f}" and check["verdict"] in ("PASS", "FAIL") and check["figure"] > 0
     assert {t["scenario"] for t in report["targets"]["ratios"]} == {
         "GetUserInfo signed, default mode (fresh nonces)", "AuthenticateUser, default mode (fresh nonces)",
-        "forward auth /keygate/authorize (aptoken)", "GetUserInfo (aptoken)"}
+        "forward auth /keygate/authorize (aptoken)", "GetUserInfo (aptoken)",
+        "GetUserInfo, Signature v2 (RFC 9421, HMAC key)"}
     ws = {(w["endpoint"], w["connections"]): w for w in config["websocket"]}
     assert set(ws) == {("AuthenticateUser", 1), ("AuthenticateUser", 16), ("GetUserInfo", 1), ("GetUserInfo", 16)}
     assert all(w["frames"] > 0 and w["errors"] == 0 for w in ws.values()), ws

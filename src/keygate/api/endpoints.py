@@ -37,7 +37,7 @@ from keygate.api.wire import (
 from keygate.domain.errors import Forbidden, InvalidRequest, KeygateError, NotAuthorized
 from keygate.domain.httpsig import RequestParts
 from keygate.domain.iprules import IpAllowlist
-from keygate.domain.key_material import parse_key_type, parse_public_key
+from keygate.domain.key_material import KeyType, parse_key_type, parse_public_key
 from keygate.domain.keys import parse_expiry
 from keygate.domain.permissions import Permission, format_permissions, parse_permissions
 from keygate.domain.replay import parse_replay_mode
@@ -329,8 +329,18 @@ _KEY_CREATE_BODY = {**_KEY_EDIT_BODY, "KeyType": "string", "PublicKey": "string"
 
 def _public_key_field(payload: dict[str, Any]) -> bytes | None:
     """``PublicKey`` (an Ed25519 public key, see domain.key_material.parse_public_key), or None if absent."""
-    value = payload.get("publickey")
-    return None if value is None or value == "" else parse_public_key(value if isinstance(value, str) else object())
+    if "publickey" not in payload:
+        return None
+    value = payload["publickey"]
+    if not isinstance(value, str):  # null included: the field is a string when it is sent at all
+        raise InvalidRequest("PublicKey must be a string: the Ed25519 public key (base64, base64url, hex or PEM)")
+    return None if value == "" else parse_public_key(value)
+
+
+def _key_type_field(payload: dict[str, Any]) -> KeyType:
+    if "keytype" in payload and not isinstance(payload["keytype"], str):
+        raise InvalidRequest('KeyType must be "hmac" or "ed25519"')
+    return parse_key_type(payload.get("keytype"))
 
 
 def _requires_v2(payload: dict[str, Any]) -> bool | None:
@@ -373,7 +383,7 @@ async def add_user_api_key(request: Request, principal: Principal) -> Response:
         payload.get("label"),  # null: no label; any other non-string is refused
         replay_mode=parse_replay_mode(payload["replaymode"]) if payload.get("replaymode") is not None else None,
         expires_at=parse_expiry(payload.get("expiresat")),
-        key_type=parse_key_type(payload.get("keytype")),
+        key_type=_key_type_field(payload),
         public_key=_public_key_field(payload),
         requires_v2=_requires_v2(payload),
     )

@@ -145,6 +145,8 @@ class ApexFront:
             # 4. ApexScope
             scope[CONTEXT_KEY] = self._context
             if canonical != path:
+                # the path as sent stays known: a Signature v2 covers it (api/endpoints.v2_parts)
+                scope["keygate.sent_raw_path"] = scope.get("raw_path") or path.encode()
                 scope["path"], scope["raw_path"] = canonical, canonical.encode()
             as_200 = apex and self._refusals_as_200
             # 5. BodyLimit

@@ -463,6 +463,7 @@ _S = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'  # an sf-string without escapes
 _K = r"[a-z*][a-z0-9_\-.*]*"  # an sf key
 _FAST_INPUT = re.compile(rf"({_K})=\(((?:{_S}(?: {_S})*)?)\)((?:;{_K}=(?:0|[1-9][0-9]{{0,14}}|{_S}))*)")
 _FAST_PARAM = re.compile(rf';({_K})=(?:(0|[1-9][0-9]{{0,14}})|"([^"]*)")')
+_FAST_STRING = re.compile(r'"([^"]*)"')
 _FAST_SIGNATURE = re.compile(rf"({_K})=:([A-Za-z0-9+/]+={{0,2}}):")
 
 
@@ -477,7 +478,7 @@ def _read_canonical(signature_input: str, signature: str) -> SignedRequest | Non
     if found is None or sig is None or sig.group(1) != found.group(1):
         return None
     inner = found.group(2)
-    items = tuple(Item(c[1:-1]) for c in inner.split(" ")) if inner else ()
+    items = tuple(Item(c) for c in _FAST_STRING.findall(inner))
     params = tuple((k, int(n) if n else text) for k, n, text in _FAST_PARAM.findall(found.group(3)))
     if len({k for k, _ in params}) != len(params):
         return None
