@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError, NotAuthorized, NotFound
@@ -144,6 +144,25 @@ class Authenticator:
         self._audit.record(action, "failure", reason=reason, subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
         return AuthenticationFailed(reason, public_message=public)
 
+    def check_holder(self, action: str, key: ApiKey, user: User, client_ip: str | None, now: datetime) -> None:
+        """The grant rules after a right signature (APEX or v2): the address is in the key's allowlist,
+        the key has not expired (nor gone idle too long), the user is not locked. Each refusal tells the
+        caller exactly why: it proved it holds the key."""
+        if not key.ip_allowlist.allows(client_ip):
+            raise self._refuse_holder(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
+                                      "This API key may not be used from your IP address")
+        if key.expired(now):
+            raise self._refuse_holder(action, "api key expired", key, user, client_ip, "This API key has expired; create a new one")
+        if key.idle_expired(now, self._key_max_idle_days):
+            raise self._refuse_holder(action, "api key without allowlist unused too long", key, user, client_ip,
+                                      f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
+        if user.is_locked(now):
+            # Not a guess (the signature was right): tell the caller, count nothing (but the key's usage).
+            self._keys.note_refusal(key.api_key)
+            self._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id,
+                               api_key=key.api_key, client_ip=client_ip)
+            raise AuthenticationFailed("user locked", locked=True)
+
     async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey, int]:
         """The user and key of a valid signature, and the serial of the secret that made it."""
         started = time.monotonic()
@@ -172,20 +191,7 @@ class Authenticator:
             raise self._refuse_holder(action, "api key requires signature v2", key, user, client_ip,
                                       "This API key accepts Signature v2 (RFC 9421) only: sign the request with "
                                       "Signature-Input and Signature instead of APIKey, Signature, UserId and Nonce")
-        if not key.ip_allowlist.allows(client_ip):
-            raise self._refuse_holder(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
-                                      "This API key may not be used from your IP address")
-        if key.expired(now):
-            raise self._refuse_holder(action, "api key expired", key, user, client_ip, "This API key has expired; create a new one")
-        if key.idle_expired(now, self._key_max_idle_days):
-            raise self._refuse_holder(action, "api key without allowlist unused too long", key, user, client_ip,
-                                      f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
-        if user.is_locked(now):
-            # Not a guess (the signature was right): tell the caller, count nothing (but the key's usage).
-            self._keys.note_refusal(key.api_key)
-            self._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id,
-                               api_key=key.api_key, client_ip=client_ip)
-            raise AuthenticationFailed("user locked", locked=True)
+        self.check_holder(action, key, user, client_ip, now)
         if key.replay_mode is ReplayMode.COMPATIBLE:
             self._keys.note_compatible_nonce(key.api_key, creds.nonce)
         else:

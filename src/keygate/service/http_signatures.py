@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from keygate.domain.digest import digest_matches
-from keygate.domain.errors import AuthenticationFailed, InvalidRequest
+from keygate.domain.errors import InvalidRequest
 from keygate.domain.httpsig import (
     ALGORITHMS,
     RequestParts,
@@ -139,19 +139,7 @@ class HttpSignatures:
         if not ok:
             raise await auth._refuse(action, "signature mismatch", key, user, client_ip, started)
         # The caller proved it holds the key: refusals may say exactly what is wrong.
-        if not key.ip_allowlist.allows(client_ip):
-            raise auth._refuse_holder(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
-                                      "This API key may not be used from your IP address")
-        if key.expired(now):
-            raise auth._refuse_holder(action, "api key expired", key, user, client_ip, "This API key has expired; create a new one")
-        if key.idle_expired(now, auth._key_max_idle_days):
-            raise auth._refuse_holder(action, "api key without allowlist unused too long", key, user, client_ip,
-                                      f"This API key has no IP allowlist and went unused for {auth._key_max_idle_days} days, so it expired")
-        if user.is_locked(now):
-            self._keys.note_refusal(key.api_key)
-            auth._audit.record(action, "failure", reason="user locked", subject_user_id=user.user_id, api_key=key.api_key,
-                               client_ip=client_ip)
-            raise AuthenticationFailed("user locked", locked=True)
+        auth.check_holder(action, key, user, client_ip, now)
         clock = int(now.timestamp())
         age = clock - signed.created
         if age > self.window_seconds:
