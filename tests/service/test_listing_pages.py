@@ -8,10 +8,16 @@ import pytest
 from sqlalchemy import event, select
 
 from keygate.domain.errors import Forbidden, InvalidRequest, NotFound
+from keygate.domain.iprules import IpAllowlist
+from keygate.domain.keys import ApiKey, new_api_key, new_nonce, new_secret
 from keygate.domain.permissions import ALL_PERMISSIONS
+from keygate.domain.replay import ReplayMode
 from keygate.domain.sessions import SessionKind
 from keygate.service import Keygate
+from keygate.service.clock import utcnow
+from keygate.service.keys import secret_context
 from keygate.service.principal import OPERATOR, Principal
+from keygate.store.repositories import KeyRepository
 from keygate.store.tables import api_keys, users
 from listing_support import Seeded, seed
 from support import unique_name
@@ -102,3 +108,21 @@ async def test_a_hex_search_lists_key_prefix_matches_then_the_keys_of_matching_n
         if not found.has_next:
             break
     assert listed == by_key + by_name
+
+
+async def test_a_number_lists_that_users_keys_then_the_keys_that_start_with_its_digits(kg: Keygate, seeded: Seeded) -> None:
+    """One API key in forty starts with eight decimal digits: searching for it must find it, though a
+    short number is a user id too."""
+    owner, holder = seeded.user_ids[7], seeded.user_ids[8]
+    made = {}
+    for digits in (str(owner), "98765432"):
+        api_key = digits + new_api_key()[len(digits):]
+        await KeyRepository(kg.engine).insert(ApiKey(
+            api_key=api_key, user_id=holder, label="digits", permissions=frozenset(), ip_allowlist=IpAllowlist(),
+            sealed_secret=kg.box.seal(new_secret(), secret_context(api_key)), nonce=new_nonce(), created_at=utcnow(),
+            updated_at=utcnow(), replay_mode=ReplayMode.COMPATIBLE))
+        made[digits] = api_key
+    by_owner = [k.api_key for k in (await kg.keys.page(OPERATOR, str(owner), size=500)).items]
+    assert by_owner[0] == seeded.keys[owner] and made[str(owner)] in by_owner[1:]
+    assert made["98765432"] in [k.api_key for k in (await kg.keys.page(OPERATOR, "98765432")).items]
+    assert made["98765432"] in [k.api_key for k in (await kg.keys.page(OPERATOR, made["98765432"][:12])).items]

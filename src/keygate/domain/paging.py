@@ -47,7 +47,8 @@ def check_paging(page: int, size: int) -> tuple[int, int]:
 
 class Search(NamedTuple):
     """What a search box holds: a user id (a number), else a username prefix (any case); ``key_prefix``
-    is set when the text could also be the start of an API key (lower-case hex)."""
+    is set when the text could also be the start of an API key (lower-case hex). A short number is
+    both a user id and a key prefix: one API key in forty starts with eight decimal digits."""
 
     user_id: int | None = None
     name_prefix: str = ""
@@ -59,8 +60,8 @@ class Search(NamedTuple):
 
 
 def parse_search(text: object) -> Search:
-    """A number of up to 10 digits is a user id (exactly); other text is a case-insensitive username
-    prefix and, when it is hex, an API-key prefix too."""
+    """A number of up to 10 digits is a user id (exactly) and an API-key prefix; other text is a
+    case-insensitive username prefix and, when it is hex, an API-key prefix too."""
     if text is None:
         return Search()
     if not isinstance(text, str):
@@ -73,6 +74,6 @@ def parse_search(text: object) -> Search:
     lowered = text.lower()
     if text.isascii() and text.isdigit():
         if len(text) <= MAX_USER_ID_DIGITS:
-            return Search(user_id=int(text))
+            return Search(user_id=int(text), key_prefix=text)
         return Search(name_prefix=text, key_prefix=text)  # a username may be all digits
     return Search(name_prefix=lowered, key_prefix=lowered if _HEX.fullmatch(lowered) else "")

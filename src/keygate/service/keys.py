@@ -359,7 +359,8 @@ class KeyManager:
                    user_id: int | None = None) -> Page[ApiKey]:
         """A page of keys. Every user's (administrators and the operator): by owner and age, the newest
         first; ``search``
-        is a user id (a number), or a username or API-key prefix (the keys starting with it first).
+        is a user id (a number: its keys, then the keys starting with its digits), or a username or
+        API-key prefix (the keys starting with it first).
         With ``user_id``: that user's keys only (themself or an administrator), the newest first."""
         page, size = check_paging(page, size)
         if user_id is not None:

@@ -289,11 +289,16 @@ class KeyRepository:
     async def page(self, search: Search, offset: int, limit: int) -> builtins.list[ApiKey]:
         """Up to ``limit`` keys from ``offset``, each query in index order: every key (or one user's) by
         owner and age, the newest first; for a prefix, the keys that start with it first, then the keys of the users whose
-        name starts with it (by name)."""
+        name starts with it (by name); for a number, the keys of that user id, then the keys that start with it."""
         by_owner = (api_keys.c.user_id.desc(), api_keys.c.created_at.desc())  # the newest first
         if search.user_id is not None:
             query = select(api_keys).where(api_keys.c.user_id == search.user_id).order_by(*by_owner)
-            return await self._rows(query, offset, limit)
+            if not search.key_prefix:
+                return await self._rows(query, offset, limit)
+            # A number: the user's keys, then the keys that start with its digits (the user's left out).
+            prefixed = (select(api_keys).where(_key_prefix(search.key_prefix), api_keys.c.user_id != search.user_id)
+                        .order_by(api_keys.c.api_key))
+            return await _concatenated(self._engine, [query, prefixed], offset, limit, _key)
         if search.empty:
             return await self._rows(select(api_keys).order_by(*by_owner), offset, limit)
         parts = []
