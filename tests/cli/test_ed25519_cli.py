@@ -5,7 +5,6 @@ half, and the server accepts that signature. Real ``python -m keygate`` processe
 from __future__ import annotations
 
 import asyncio
-
 import base64
 import json
 import os
