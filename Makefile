@@ -21,12 +21,22 @@ install-dev: $(VENV)/.dev
 run: $(VENV)/.runtime
 	$(VENV)/bin/keygate serve
 
-# `make test PYTEST_ARGS="-n 2"` runs two pytest-xdist workers (about 21 min here, against 30+ serially);
-# CI runs serially: under two workers a few timing-bound tests are flakier.
+# `make test` runs in two parts: everything but the timing-bound tests on two pytest-xdist workers (one
+# per core), then the tests marked `serial` (they compare latencies or run the benchmark) alone, on a
+# quiet machine. Each worker has its own databases. `make test PYTEST_ARGS="tests/api -x"` runs pytest
+# once with those arguments instead; PYTEST_WORKERS=0 runs the first part serially.
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 
 test: $(VENV)/.dev
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not serial"; parallel=$$?; \
+	  $(PY) -m pytest -m serial; alone=$$?; \
+	  echo "make test: parallel part exit $$parallel, serial part exit $$alone"; \
+	  [ $$parallel -eq 0 ] && [ $$alone -eq 0 ]
+else
 	$(PY) -m pytest $(PYTEST_ARGS)
+endif
 
 # wrk is installed where the system allows it (root with apt-get); otherwise bench/run.py says what to
 # install and exits 2. BENCH_ARGS are passed on, e.g. `make bench BENCH_ARGS="--only sqlite --rounds 10"`.

@@ -14,7 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support import need
+
+pytestmark = pytest.mark.serial  # runs the benchmark: alone, on a quiet machine
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = [

@@ -32,6 +32,8 @@ from keygate.domain.replay import ReplayMode
 from keygate.service.principal import OPERATOR
 from support import unique_name
 
+pytestmark = pytest.mark.serial  # compares latencies: run alone (`make test` runs the serial tests after the parallel part)
+
 
 @pytest.fixture(scope="module")
 def pair(settings, kg):  # type: ignore[no-untyped-def]
