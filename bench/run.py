@@ -727,7 +727,8 @@ def bench_configuration(dep: Deployment, args: argparse.Namespace, work: Path) -
         extra["readyz"] = httpx.get(f"{urls['keygate']}/readyz", timeout=10).json().get("checks")
         print(f"  keygate ready in {extra['startup_seconds']:.2f} s, /readyz checks: {extra['readyz']}", flush=True)
         token = sign_in(urls["keygate"], fx.compatible)
-        plan = build_scenarios(fx, token)
+        plan = [sc for sc in build_scenarios(fx, token)
+                if not args.scenario or sc.name in (PING, HELLO) or any(w.lower() in sc.name.lower() for w in args.scenario)]
         check_scenarios(urls, plan)
         results = measure(urls, {"keygate": server.pid, "starlette": hello.pid}, plan, args, work, dep.name)
         extra["rss_after_load_mb"] = round(rss_bytes(server.pid) / 2**20, 1)
@@ -787,6 +788,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"and its keys deleted afterwards (default {DEFAULT_REDIS})")
     p.add_argument("--duration", type=float, default=3, help="seconds measured per scenario and round (default 3)")
     p.add_argument("--warmup", type=float, default=1, help="seconds of unmeasured load per scenario before the rounds (default 1)")
+    p.add_argument("--scenario", action="append", metavar="TEXT",
+                   help="measure only the scenarios whose name contains TEXT (repeatable; Ping and the hello always run)")
     p.add_argument("--rounds", type=int, default=5, help="measured rounds of every scenario (default 5); medians are reported")
     p.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
     p.add_argument("--ws-duration", type=float, default=2, help="seconds per WebSocket measurement, 0 to skip (default 2)")

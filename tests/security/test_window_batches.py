@@ -13,9 +13,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
+import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiosqlite
 import httpx
@@ -89,6 +93,74 @@ async def test_concurrent_claims_share_a_transaction(kg: Keygate, make_user, mon
     assert len(hops) < N // 2, len(hops)
     replays = await asyncio.gather(*(state.claim_window(k, n, LIMIT, WINDOW) for k, n in claims))
     assert not any(replays)
+
+
+async def test_sqlite_claims_run_on_the_loops_own_connection_and_wait_for_another_writer(tmp_path: Path,
+                                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: a batch is decided on the event loop's own connection, without a hop to aiosqlite's
+    thread; while another connection (another process) holds the write lock, it never waits on the
+    loop: the batch goes to a pooled connection, which waits for the lock, and every claim is still
+    decided exactly once."""
+    kg = Keygate(Settings(data_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'keygate.db'}",
+                          master_key=base64.b64encode(secrets.token_bytes(32)).decode()), serving=False)
+    await kg.start(bootstrap_admin=False)
+    made = []
+    for name in ("alice", "bob"):
+        user = await kg.users.create(OPERATOR, name, secrets.token_urlsafe(16))
+        made.append(await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.WINDOW))
+    a, b = made
+    state = SqlState(kg.engine)
+    claims, expected = batch_of_claims(a.key.api_key, b.key.api_key)
+    hops: list[object] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(fn)
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    results = await asyncio.gather(*(state.claim_window(k, n, LIMIT, WINDOW) for k, n in claims[:-1]))
+    assert list(results) == expected[:-1] and hops == []
+
+    # Another writer holds the lock for 0.6 s, in a thread of its own (as another process would).
+    path = kg.engine.url.database
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(5)
+        db.execute("COMMIT")
+        db.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    await asyncio.to_thread(locked.wait, 5)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not release.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    base = int(time.time() * 1000) + 10_000
+    fresh = [(a.key.api_key, str(base + i)) for i in range(20)]
+    started = time.monotonic()
+    ticking = asyncio.create_task(ticker())
+    pending = asyncio.gather(*(state.claim_window(k, n, LIMIT, WINDOW) for k, n in fresh + fresh[:5]))
+    await asyncio.sleep(0.6)
+    release.set()
+    decided = await pending
+    await ticking
+    holder.join(5)
+    assert ticks >= 30, "the event loop was held while another connection had the lock"
+    assert time.monotonic() - started >= 0.6 and hops, "the batch waited for the lock on a pooled connection"
+    assert list(decided) == [True] * 20 + [False] * 5
+    assert not any(await asyncio.gather(*(state.claim_window(k, n, LIMIT, WINDOW) for k, n in fresh)))
+    await state.close()
+    await kg.close()
 
 
 async def test_concurrent_claims_share_a_redis_call(kg: Keygate, make_user) -> None:  # type: ignore[no-untyped-def]

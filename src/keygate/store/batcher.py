@@ -22,6 +22,7 @@ I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
 
 MAX_BATCH = 256
+_GATHER_PASSES = 4  # at most this many passes of the event loop before a batch is decided
 
 
 class Batcher(Generic[I, R]):
@@ -47,6 +48,13 @@ class Batcher(Generic[I, R]):
 
     async def _run(self) -> None:
         while self._items:
+            # Let the requests that are already under way join: the loop runs every ready task once
+            # per pass, so wait passes while the queue still grows (a lone claim waits one pass).
+            for _ in range(_GATHER_PASSES):
+                queued = len(self._items)
+                await asyncio.sleep(0)
+                if len(self._items) == queued or len(self._items) >= self._max:
+                    break
             items, futures = self._items[: self._max], self._futures[: self._max]
             del self._items[: self._max], self._futures[: self._max]
             try:
