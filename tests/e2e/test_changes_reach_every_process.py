@@ -197,6 +197,17 @@ async def test_key_deleted_by_cli_stops_everywhere(deployment, admin, on_a, on_b
     assert row["ActorUserId"] is None and row["Actor"] == "operator" and row["SubjectUserId"] == creds.user_id, row
 
 
+async def test_key_switched_to_signature_v2_by_cli_ends_its_apex_sessions_everywhere(deployment, admin, on_a, on_b, ws) -> None:
+    """A session made with an APEX signature must not outlive "this key accepts Signature v2 only"."""
+    creds = await new_trader(deployment, admin, on_a)
+    probes = await key_paths(deployment, on_b, creds, ws)
+
+    async def change() -> None:
+        await asyncio.to_thread(deployment.cli, "key", "edit", creds.api_key, "--require-v2")
+
+    record(deployment, "key requires v2", await watch(probes, change, refused))  # type: ignore[arg-type]
+
+
 async def test_key_expiry_ends_its_sessions_too(deployment, admin, on_a, on_b, ws) -> None:
     expires = datetime.now(timezone.utc) + timedelta(seconds=3)
     creds = await new_trader(deployment, admin, on_a, ExpiresAt=expires.isoformat())

@@ -405,6 +405,12 @@ class KeyManager:
             updated_at=now,
         )
         self._check_policy(changed.permissions, changed.ip_allowlist)
+        if changed.requires_v2 and not key.requires_v2:
+            # From now on only Signature v2 signs in: every session of the key ends on every process
+            # (made with an APEX signature, it would outlive the rule), as after a rotation without
+            # grace: a new serial, and any rotation grace ends (the key's holders sign in again, with v2).
+            changed = replace(changed, secret_serial=key.secret_serial + 1, sealed_previous_secret=None,
+                              previous_public_key=None, previous_secret_expires_at=None)
         async with self._units.begin() as unit:
             remembering = (ReplayMode.UNIQUE, ReplayMode.WINDOW)
             if changed.replay_mode in remembering and key.replay_mode not in remembering:
