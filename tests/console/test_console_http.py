@@ -254,3 +254,25 @@ async def test_replay_mode_and_expiry_are_chosen_at_creation_and_shown(console_h
     past = console_http.post("/keys", _create_form(console_http, expires_at="2001-01-01T00:00"))
     assert past.status_code == 400 and re.search(r'id="expires_at-error">[^<]*future', past.text)
     assert await _key_count(kg, user.user_id) == 1
+
+
+async def test_a_key_is_made_or_switched_to_signature_v2_only_in_the_forms(console_http, make_user, kg) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    console_http.sign_in(user.username, user.password)
+    form = console_http.get("/keys/new").text
+    assert 'name="signatures" value="apex" checked' in form, "the operator's default (APEX and v2) is preselected"
+    r = console_http.post("/keys", _create_form(console_http, signatures="v2"))
+    assert r.status_code == 201 and "Signature v2 only" in r.text
+    (key,) = await kg.keys.list(OPERATOR, user.user_id)
+    assert key.requires_v2
+    edit = console_http.get(f"/keys/{key.api_key}/edit")
+    assert 'name="signatures" value="v2" checked' in edit.text and "switching ends the key's sessions" in edit.text
+    data = {"csrf_token": console_http.csrf_of(edit.text), "label": "bot", "permissions": ["Trading"], "ip_allowlist": "",
+            "signatures": "apex"}
+    saved = console_http.post(f"/keys/{key.api_key}/edit", data)
+    assert saved.status_code in (200, 303), saved.text
+    (key,) = await kg.keys.list(OPERATOR, user.user_id)
+    assert not key.requires_v2
+    bad = console_http.post("/keys", _create_form(console_http, signatures="sometimes"))
+    assert bad.status_code == 400 and re.search(r'id="signatures-error">[^<]*Signature v2 only', bad.text)
+    assert await _key_count(kg, user.user_id) == 1

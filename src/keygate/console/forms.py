@@ -27,11 +27,13 @@ class KeyForm:
     allowlist_text: str = ""
     replay_mode: str = ""  # "": the operator's default (new keys) or unchanged (edits)
     expires_text: str = ""  # HTML datetime-local value, read as UTC; "": never
+    signatures: str = ""  # "apex" (APEX and v2) or "v2" (Signature v2 only); "": the operator's default / unchanged
     errors: dict[str, str] = field(default_factory=dict)
     parsed_permissions: frozenset[Permission] = frozenset()
     parsed_allowlist: IpAllowlist = IpAllowlist()
     parsed_replay_mode: ReplayMode | None = None
     parsed_expiry: datetime | None = None
+    parsed_requires_v2: bool | None = None
     key_type: str = "hmac"  # new keys only: "hmac" or "ed25519"
     public_key_text: str = ""  # ed25519: the public key pasted, or made in the browser (console/static/keypair.js)
     parsed_key_type: KeyType = KeyType.HMAC
@@ -43,9 +45,11 @@ class KeyForm:
 
     @classmethod
     def of_key(cls, label: str, permissions: frozenset[Permission], allowlist: IpAllowlist,
-               replay_mode: ReplayMode | None = None, expires_at: datetime | None = None) -> "KeyForm":
+               replay_mode: ReplayMode | None = None, expires_at: datetime | None = None,
+               requires_v2: bool | None = None) -> "KeyForm":
         return cls(label=label, permissions=format_permissions(permissions), allowlist_text="\n".join(allowlist.as_strings()),
                    replay_mode=replay_mode.value if replay_mode else "",
+                   signatures="" if requires_v2 is None else ("v2" if requires_v2 else "apex"),
                    expires_text=expires_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M") if expires_at else "")
 
     @classmethod
@@ -54,13 +58,19 @@ class KeyForm:
         allow = form.get("ip_allowlist")
         mode = form.get("replay_mode")
         expires = form.get("expires_at")
+        signatures = form.get("signatures")
         kf = cls(
             label=label.strip() if isinstance(label, str) else "",
             permissions=[p for p in form.getlist("permissions") if isinstance(p, str)],
             allowlist_text=allow if isinstance(allow, str) else "",
             replay_mode=mode.strip() if isinstance(mode, str) else "",
             expires_text=expires.strip() if isinstance(expires, str) else "",
+            signatures=signatures.strip() if isinstance(signatures, str) else "",
         )
+        if kf.signatures in ("apex", "v2"):
+            kf.parsed_requires_v2 = kf.signatures == "v2"
+        elif kf.signatures:
+            kf.errors["signatures"] = 'Signatures must be "apex" (APEX and Signature v2) or "v2" (Signature v2 only)'
         try:
             kf.parsed_replay_mode = parse_replay_mode(kf.replay_mode) if kf.replay_mode else None
         except InvalidRequest as exc:

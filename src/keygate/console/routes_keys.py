@@ -84,7 +84,8 @@ def _key_form(request: Request, signed: Signed, kf: KeyForm, status: int = 200, 
               saved: str = "") -> Response:
     return render(request, "key_form.html", signed, status=status, form=kf, key=key, saved=saved,
                   permissions=PERMISSIONS, permission_help=PERMISSION_HELP, form_id=FormOnce.new_id(),
-                  replay_modes=REPLAY_MODES, default_replay_mode=keygate(request).keys.policy.default_replay_mode.value)
+                  replay_modes=REPLAY_MODES, default_replay_mode=keygate(request).keys.policy.default_replay_mode.value,
+                  default_requires_v2=keygate(request).keys.policy.require_v2_for_new_keys)
 
 
 REPLAY_MODES = {
@@ -113,7 +114,7 @@ async def create_key(request: Request) -> Response:
         created = await keygate(request).keys.create(
             principal, principal.user_id, kf.parsed_permissions, kf.parsed_allowlist, kf.label,
             replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry,
-            key_type=kf.parsed_key_type, public_key=kf.parsed_public_key)
+            key_type=kf.parsed_key_type, public_key=kf.parsed_public_key, requires_v2=kf.parsed_requires_v2)
     except (InvalidRequest, Conflict) as exc:
         kf.refused(exc.message)
         return _key_form(request, signed, kf, exc.http_status)
@@ -126,6 +127,7 @@ async def create_key(request: Request) -> Response:
         "Permissions": format_permissions(created.key.permissions),
         "IpAllowlist": created.key.ip_allowlist.as_strings(),
         "ReplayMode": created.key.replay_mode.value,
+        "RequiresSignatureV2": created.key.requires_v2,
         "ExpiresAt": created.key.expires_at.isoformat() if created.key.expires_at else None,
         "CreatedAt": created.key.created_at.isoformat(),
     }
@@ -141,7 +143,8 @@ async def create_key(request: Request) -> Response:
 async def edit_key(request: Request) -> Response:
     signed = await require_user(request)
     key = await _own_key(request, signed, request.path_params["api_key"])
-    return _key_form(request, signed, KeyForm.of_key(key.label, key.permissions, key.ip_allowlist, key.replay_mode, key.expires_at), key=key,
+    return _key_form(request, signed, KeyForm.of_key(key.label, key.permissions, key.ip_allowlist, key.replay_mode, key.expires_at,
+                                                      key.requires_v2), key=key,
                      saved=SAVED.get(request.query_params.get("saved", ""), ""))
 
 
@@ -156,7 +159,7 @@ async def update_key(request: Request) -> Response:
         await keygate(request).keys.update(
             signed.principal, signed.principal.user_id, key.api_key,
             permissions=kf.parsed_permissions, ip_allowlist=kf.parsed_allowlist, label=kf.label,
-            replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry)
+            replay_mode=kf.parsed_replay_mode, expires_at=kf.parsed_expiry, requires_v2=kf.parsed_requires_v2)
     except InvalidRequest as exc:
         kf.refused(exc.message)
         return _key_form(request, signed, kf, 400, key=key)
