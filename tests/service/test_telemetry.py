@@ -33,7 +33,7 @@ def test_every_reason_the_code_records_is_its_own_label() -> None:
     """A fixed reason in the code keeps its words; a new one that nobody listed would fold into "other"."""
     source = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
     literals = set()
-    for pattern in (r'reason="([^"{]+)"', r'AuthenticationFailed\("([^"{]+)"', r'_refuse\(action, "([^"{]+)"',
+    for pattern in (r'reason="([^"{]+)"', r'AuthenticationFailed\("([^"{]+)"', r'refuse_(?:guess|holder)\(action, "([^"{]+)"',
                     r'reason = "([^"{]+)" if', r'reason = "[^"{]+" if .* else "([^"{]+)"'):
         literals |= set(re.findall(pattern, source))
     assert {"signature mismatch", "wrong password", "nonce reused (replay?)"} <= literals

@@ -125,7 +125,7 @@ class Authenticator:
             await asyncio.sleep(left)
 
     # ----- API keys ---------------------------------------------------------------------------
-    async def _refuse(self, action: str, reason: str, key: ApiKey | None, user: User | None, client_ip: str | None,
+    async def refuse_guess(self, action: str, reason: str, key: ApiKey | None, user: User | None, client_ip: str | None,
                       started: float) -> Exception:
         """Audit a refused signature (which proves nothing: unknown key or user, wrong signature) and
         count it against the source address only; return the error to raise, in the same time for all."""
@@ -137,24 +137,50 @@ class Authenticator:
         await self._pad(started)
         return refusal
 
-    def _refuse_holder(self, action: str, reason: str, key: ApiKey, user: User, client_ip: str | None, public: str) -> Exception:
+    def refuse_holder(self, action: str, reason: str, key: ApiKey, user: User, client_ip: str | None, public: str) -> Exception:
         """Audit a refusal of a caller that holds the secret: told exactly why, counted nowhere (not a guess),
         but in the key's usage."""
         self._keys.note_refusal(key.api_key)
         self._audit.record(action, "failure", reason=reason, subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
         return AuthenticationFailed(reason, public_message=public)
 
+    def require_healthy(self) -> None:
+        """Fail closed (503) while this process cannot trust its caches (change log or Redis unread)."""
+        self._healthy()
+
+    async def user(self, user_id: int) -> User | None:
+        """The user, from the cache every process invalidates (for a signature's ``UserId``)."""
+        return await self._users.get(user_id)
+
+    async def claim_signature_nonce(self, api_key: str, nonce: str, seconds: int) -> bool:
+        """Signature v2's nonce, claimed once per key for ``seconds`` (``AbuseGuard``)."""
+        return await self._guard.claim_signature_nonce(api_key, nonce, seconds)
+
+    def tally_signed_request(self, user: User, key: ApiKey, client_ip: str | None) -> Principal:
+        """An accepted per-request signature (APEX or v2): counted in the audit tally; the key's rights."""
+        self._audit.tally("auth.signed_request", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
+        return Principal(user, key.permissions, SessionKind.KEY, key.api_key)
+
+    async def grant_key_session(self, user: User, key: ApiKey, client_ip: str | None, serial: int,
+                                detail: str | None = None) -> SessionGrant:
+        """A key sign-in (APEX or v2) succeeded: the address becomes a known one of the user, a key
+        session is issued with the serial of the secret that signed, and the sign-in is audited."""
+        await self._guard.key_signed_in(user, client_ip)  # a known address of the user from now on
+        token = await self._sessions.issue(user.user_id, SessionKind.KEY, key.api_key, client_ip, key_serial=serial)
+        self._audit.record("auth.key", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip, detail=detail)
+        return SessionGrant(token, user)
+
     def check_holder(self, action: str, key: ApiKey, user: User, client_ip: str | None, now: datetime) -> None:
         """The grant rules after a right signature (APEX or v2): the address is in the key's allowlist,
         the key has not expired (nor gone idle too long), the user is not locked. Each refusal tells the
         caller exactly why: it proved it holds the key."""
         if not key.ip_allowlist.allows(client_ip):
-            raise self._refuse_holder(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
+            raise self.refuse_holder(action, f"client ip {client_ip} not in allowlist", key, user, client_ip,
                                       "This API key may not be used from your IP address")
         if key.expired(now):
-            raise self._refuse_holder(action, "api key expired", key, user, client_ip, "This API key has expired; create a new one")
+            raise self.refuse_holder(action, "api key expired", key, user, client_ip, "This API key has expired; create a new one")
         if key.idle_expired(now, self._key_max_idle_days):
-            raise self._refuse_holder(action, "api key without allowlist unused too long", key, user, client_ip,
+            raise self.refuse_holder(action, "api key without allowlist unused too long", key, user, client_ip,
                                       f"This API key has no IP allowlist and went unused for {self._key_max_idle_days} days, so it expired")
         if user.is_locked(now):
             # Not a guess (the signature was right): tell the caller, count nothing (but the key's usage).
@@ -170,9 +196,9 @@ class Authenticator:
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
         if key is None:
-            raise await self._refuse(action, "unknown api key", key, user, client_ip, started)
+            raise await self.refuse_guess(action, "unknown api key", key, user, client_ip, started)
         if user is None or key.user_id != user.user_id:
-            raise await self._refuse(action, "api key belongs to another user", key, user, client_ip, started)
+            raise await self.refuse_guess(action, "api key belongs to another user", key, user, client_ip, started)
         now = utcnow()
         serial = key.secret_serial
         # The signature's shape must be one the key's type accepts (an hmac-shaped one on an ed25519
@@ -185,10 +211,10 @@ class Authenticator:
             secret_ok = verify(previous, message, raw)
             serial -= 1
         if not secret_ok:
-            raise await self._refuse(action, "signature mismatch", key, user, client_ip, started)
+            raise await self.refuse_guess(action, "signature mismatch", key, user, client_ip, started)
         # From here on the caller proved it holds the secret: refusals may say exactly what is wrong.
         if key.requires_v2:
-            raise self._refuse_holder(action, "api key requires signature v2", key, user, client_ip,
+            raise self.refuse_holder(action, "api key requires signature v2", key, user, client_ip,
                                       "This API key accepts Signature v2 (RFC 9421) only: sign the request with "
                                       "Signature-Input and Signature instead of APIKey, Signature, UserId and Nonce")
         self.check_holder(action, key, user, client_ip, now)
@@ -206,10 +232,7 @@ class Authenticator:
 
     async def authenticate_key(self, creds: KeyCredentials, client_ip: str | None) -> SessionGrant:
         user, key, serial = await self._verify_key(creds, client_ip, "auth.key")
-        await self._guard.key_signed_in(user, client_ip)  # a known address of the user from now on
-        token = await self._sessions.issue(user.user_id, SessionKind.KEY, key.api_key, client_ip, key_serial=serial)
-        self._audit.record("auth.key", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
-        return SessionGrant(token, user)
+        return await self.grant_key_session(user, key, client_ip, serial)
 
     async def principal_for_signature(self, creds: KeyCredentials, client_ip: str | None) -> Principal:
         """A signed request is accepted if and only if (docs/security.md, "The grant rules"): the key
@@ -217,8 +240,7 @@ class Authenticator:
         previous one during a rotation grace; the address is in its allowlist; it has not expired; the
         user is not locked; and the nonce satisfies the key's replay mode."""
         user, key, _ = await self._verify_key(creds, client_ip, "auth.signed_request")
-        self._audit.tally("auth.signed_request", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
-        return Principal(user, key.permissions, SessionKind.KEY, key.api_key)
+        return self.tally_signed_request(user, key, client_ip)
 
     # ----- passwords and TOTP -----------------------------------------------------------------
     async def authenticate_password(self, username: object, password: object, client_ip: str | None,

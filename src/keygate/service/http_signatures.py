@@ -43,7 +43,6 @@ from keygate.domain.httpsig import (
 from keygate.domain.key_material import KeyType
 from keygate.domain.key_material import verify as verify_material
 from keygate.domain.keys import ApiKey
-from keygate.domain.sessions import SessionKind
 from keygate.domain.users import User
 from keygate.service.auth import MAX_API_KEY_LENGTH, Authenticator, SessionGrant
 from keygate.service.clock import utcnow
@@ -118,17 +117,17 @@ class HttpSignatures:
             raise InvalidRequest(f"Signature v2: {exc}") from None
         auth = self._auth
         started = time.monotonic()
-        auth._healthy()
+        auth.require_healthy()
         assert signed.keyid is not None and signed.nonce is not None and signed.created is not None
         key = await self._keys.lookup(signed.keyid.strip())
-        user = await auth._users.get(key.user_id) if key is not None else None
+        user = await auth.user(key.user_id) if key is not None else None
         if key is None:
-            raise await auth._refuse(action, "unknown api key", key, user, client_ip, started)
+            raise await auth.refuse_guess(action, "unknown api key", key, user, client_ip, started)
         if user is None:
-            raise await auth._refuse(action, "unknown user", key, user, client_ip, started)
+            raise await auth.refuse_guess(action, "unknown user", key, user, client_ip, started)
         alg = key_algorithm(key)
         if signed.alg is not None and signed.alg != alg:
-            raise await auth._refuse(action, "v2 alg is not the key's", key, user, client_ip, started)
+            raise await auth.refuse_guess(action, "v2 alg is not the key's", key, user, client_ip, started)
         now = utcnow()
         serial = key.secret_serial
         ok = self._check(key, base, signed.signature)
@@ -137,23 +136,23 @@ class HttpSignatures:
             if previous is not None and verify_material(previous, base, signed.signature):
                 ok, serial = True, serial - 1
         if not ok:
-            raise await auth._refuse(action, "signature mismatch", key, user, client_ip, started)
+            raise await auth.refuse_guess(action, "signature mismatch", key, user, client_ip, started)
         # The caller proved it holds the key: refusals may say exactly what is wrong.
         auth.check_holder(action, key, user, client_ip, now)
         clock = int(now.timestamp())
         age = clock - signed.created
         if age > self.window_seconds:
-            raise auth._refuse_holder(action, "v2 created outside the window", key, user, client_ip,
+            raise auth.refuse_holder(action, "v2 created outside the window", key, user, client_ip,
                                       f"Signature v2: created is {age} s old; sign each request when it is sent "
                                       f"(within {self.window_seconds} s) and check your clock")
         if -age > FUTURE_SKEW:
-            raise auth._refuse_holder(action, "v2 created outside the window", key, user, client_ip,
+            raise auth.refuse_holder(action, "v2 created outside the window", key, user, client_ip,
                                       f"Signature v2: created is {-age} s ahead of the server's clock; check your clock")
         if signed.expires is not None and signed.expires < clock:
-            raise auth._refuse_holder(action, "v2 signature expired", key, user, client_ip, "Signature v2: the signature has expired")
-        if not await auth._guard.claim_signature_nonce(key.api_key, NONCE_PREFIX + signed.nonce,
+            raise auth.refuse_holder(action, "v2 signature expired", key, user, client_ip, "Signature v2: the signature has expired")
+        if not await auth.claim_signature_nonce(key.api_key, NONCE_PREFIX + signed.nonce,
                                                        self.window_seconds + FUTURE_SKEW + 1):
-            raise auth._refuse_holder(action, "v2 nonce reused (replay?)", key, user, client_ip,
+            raise auth.refuse_holder(action, "v2 nonce reused (replay?)", key, user, client_ip,
                                       "Signature v2: this nonce was already used with this key; send a new random nonce "
                                       "with every request")
         self._keys.mark_used(key.api_key, client_ip)
@@ -162,14 +161,9 @@ class HttpSignatures:
     async def principal_for_http_signature(self, parts: RequestParts, client_ip: str | None) -> Principal:
         """A private call signed with Signature v2 (the rules in this module's docstring)."""
         user, key, _ = await self._verify(parts, client_ip, "auth.signed_request")
-        self._auth._audit.tally("auth.signed_request", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip)
-        return Principal(user, key.permissions, SessionKind.KEY, key.api_key)
+        return self._auth.tally_signed_request(user, key, client_ip)
 
     async def authenticate_http_signature(self, parts: RequestParts, client_ip: str | None) -> SessionGrant:
         """``AuthenticateUser`` signed with Signature v2: a key session, as an APEX key sign-in makes."""
         user, key, serial = await self._verify(parts, client_ip, "auth.key")
-        auth = self._auth
-        await auth._guard.key_signed_in(user, client_ip)
-        token = await auth._sessions.issue(user.user_id, SessionKind.KEY, key.api_key, client_ip, key_serial=serial)
-        auth._audit.record("auth.key", subject_user_id=user.user_id, api_key=key.api_key, client_ip=client_ip, detail="signature v2")
-        return SessionGrant(token, user)
+        return await self._auth.grant_key_session(user, key, client_ip, serial, detail="signature v2")
