@@ -10,11 +10,15 @@ took 128 statements or more, and 64 Redis round trips.
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
+import sqlite3
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 
+from keygate.config import Settings
 from keygate.service import Keygate
 from keygate.store.redis_state import RedisState
 from keygate.store.shared_state import SqlState
@@ -89,3 +93,38 @@ async def test_concurrent_unique_claims_share_a_redis_round_trip(monkeypatch: py
         monkeypatch.undo()
         await state.close()
     assert 2 <= len(writes) < N // 2, len(writes)  # one SET per claim and round trip: 2 N
+
+
+async def test_a_unique_batch_probes_its_own_nonces_not_every_expired_one(tmp_path: Path) -> None:
+    """SQLite: forgetting the batch's expired nonces looks each one up by its primary key. Ranging over
+    the expiry index instead read every expired nonce of every key (Signature v2 leaves thousands a
+    second until the purge): 0.12 of Ping for a v2 call, 0.19 with the lookups."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'keygate.db'}"
+    kg = Keygate(Settings(data_dir=tmp_path, database_url=url, master_key=base64.b64encode(secrets.token_bytes(32)).decode()),
+                 serving=False)
+    await kg.start(bootstrap_admin=False)
+    state = SqlState(kg.engine)
+    claims, expected = batch("key-a", "key-b")
+    traced: list[str] = []
+    original = sqlite3.connect
+
+    def traced_connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        db = original(*args, **kwargs)
+        db.set_trace_callback(traced.append)
+        return db
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(sqlite3, "connect", traced_connect)  # the direct connection is opened at the first batch
+    try:
+        assert list(await asyncio.gather(*(state.claim_unique(k, n, WINDOW) for k, n in claims))) == expected
+    finally:
+        monkey.undo()
+    deletes = [s for s in traced if s.lstrip().upper().startswith("DELETE FROM USED_NONCES")]
+    assert deletes, traced
+    db = sqlite3.connect(tmp_path / "keygate.db")
+    for statement in deletes:
+        plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement))
+        assert "ix_used_nonces_expires_at" not in plan and "(api_key=? AND nonce=?)" in plan, (statement, plan)
+    db.close()
+    await state.close()
+    await kg.close()

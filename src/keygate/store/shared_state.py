@@ -13,7 +13,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -209,12 +209,12 @@ def _sqlite_uniques(db: sqlite3.Connection, claims: list[tuple[str, str, int]], 
     rows: dict[tuple[str, str], str] = {}
     for api_key, nonce, window in claims:
         rows.setdefault((api_key, nonce), _sqlite_time(now + timedelta(seconds=window)))
-    pairs = [v for pair in rows for v in pair]
-    values = ",".join("(?, ?)" for _ in rows)
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute(f"DELETE FROM used_nonces WHERE expires_at <= ? AND (api_key, nonce) IN (VALUES {values})",
-                   [_sqlite_time(now), *pairs])
+        # One primary-key probe per pair: a row-value IN beside the expiry makes SQLite range over every
+        # expired row instead (those of other nonces pile up until the purge).
+        db.executemany("DELETE FROM used_nonces WHERE api_key = ? AND nonce = ? AND expires_at <= ?",
+                       [(key, nonce, _sqlite_time(now)) for key, nonce in rows])
         inserted = {(r[0], r[1]) for r in db.execute(
             "INSERT INTO used_nonces (api_key, nonce, expires_at) VALUES " + ",".join("(?, ?, ?)" for _ in rows)
             + " ON CONFLICT DO NOTHING RETURNING api_key, nonce",
@@ -342,7 +342,9 @@ class SqlState:
             rows.setdefault((api_key, nonce), {"api_key": api_key, "nonce": nonce,
                                                "expires_at": now + timedelta(seconds=window)})
         async with self._engine.begin() as conn:
-            await conn.execute(delete(used_nonces).where(u.expires_at <= now, tuple_(u.api_key, u.nonce).in_(list(rows))))
+            await conn.execute(delete(used_nonces).where(u.api_key == bindparam("b_key"), u.nonce == bindparam("b_nonce"),
+                                                         u.expires_at <= now),
+                               [{"b_key": key, "b_nonce": nonce} for key, nonce in rows])  # primary-key probes
             dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             statement = dialect_insert(used_nonces).values(list(rows.values())).on_conflict_do_nothing().returning(u.api_key, u.nonce)
             return {(r[0], r[1]) for r in (await conn.execute(statement)).all()}
