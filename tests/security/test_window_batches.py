@@ -121,6 +121,9 @@ async def test_sqlite_claims_run_on_the_loops_own_connection_and_wait_for_anothe
     monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
     results = await asyncio.gather(*(state.claim_window(k, n, LIMIT, WINDOW) for k, n in claims[:-1]))
     assert list(results) == expected[:-1] and hops == []
+    direct = state._direct._db  # type: ignore[union-attr]
+    assert direct is not None  # durable as the pool's connections, and it never checkpoints (their commits do)
+    assert direct.execute("PRAGMA synchronous").fetchone() == (1,) and direct.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
 
     # Another writer holds the lock for 0.6 s, in a thread of its own (as another process would).
     path = kg.engine.url.database

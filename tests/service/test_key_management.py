@@ -234,3 +234,17 @@ async def test_allowlist_is_enforced_at_sign_in_and_on_the_session(kg: Keygate, 
     assert (await kg.auth.principal_for_token(grant.token, "192.0.2.77")).user_id == user.user_id
     with pytest.raises(NotAuthorized):
         await kg.auth.principal_for_token(grant.token, CLIENT_IP)
+
+
+async def test_switching_a_key_to_signature_v2_only_ends_its_sessions_and_its_rotation_grace(kg: Keygate, make_user) -> None:
+    user = await make_user()
+    created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist())
+    token = (await kg.auth.authenticate_key(key_credentials(created), CLIENT_IP)).token
+    rotated = await kg.keys.rotate_secret(OPERATOR, user.user_id, created.key.api_key, grace_seconds=600)
+    assert kg.keys.previous_material_of(rotated.key) is not None
+    assert (await kg.auth.principal_for_token(token, CLIENT_IP)).api_key == created.key.api_key  # in the grace
+    switched = await kg.keys.update(OPERATOR, user.user_id, created.key.api_key, requires_v2=True)
+    assert switched.requires_v2 and kg.keys.previous_material_of(switched) is None
+    with pytest.raises(NotAuthorized):
+        await kg.auth.principal_for_token(token, CLIENT_IP)
+    await kg.flush()
