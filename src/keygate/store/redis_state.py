@@ -85,6 +85,13 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
+_EXTEND_BLOCK = """
+local left = redis.call('PTTL', KEYS[1])
+if left >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 1
+"""
+
 _RECORD_FAILURE = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -120,6 +127,7 @@ class RedisState:
         self._redis = connect(url)
         self._claim = self._redis.register_script(_CLAIM_INCREASING)
         self._fail = self._redis.register_script(_RECORD_FAILURE)
+        self._extend = self._redis.register_script(_EXTEND_BLOCK)
         self._window = self._redis.register_script(_CLAIM_WINDOWS)
         # ``window`` claims: one script call per batch (store/batcher.py: at most MAX_BATCH claims, each
         # waiting at most for the call in flight plus its own), answered after Redis has run it.
@@ -190,7 +198,8 @@ class RedisState:
         return int(await self._guard(lambda: self._fail(keys=[f"{self._ns}:f:{scope}"], args=[window_seconds])))
 
     async def block(self, scope: str, seconds: float) -> None:
-        await self._guard(lambda: self._redis.set(f"{self._ns}:b:{scope}", "1", px=max(1, int(seconds * 1000))))
+        """Extend only: a shorter back-off decided concurrently never cuts a longer block (a lockout) short."""
+        await self._guard(lambda: self._extend(keys=[f"{self._ns}:b:{scope}"], args=[max(1, int(seconds * 1000))]))
 
     async def blocked_for(self, scopes: list[str]) -> float:
         if not scopes:

@@ -13,7 +13,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -540,18 +540,23 @@ class SqlState:
         return int(count)
 
     async def block(self, scope: str, seconds: float) -> None:
+        """Extend only: two failures counted at once each decide a back-off, and the shorter one, written
+        last, must not cut the longer one (or a lockout) short."""
         now = _now()
         until = now + timedelta(seconds=seconds)
+        c = throttle_counters.c
         async with self._engine.begin() as conn:
             done = await conn.execute(
-                update(throttle_counters).where(throttle_counters.c.scope == scope).values(blocked_until=until)
+                update(throttle_counters).where(c.scope == scope).values(
+                    blocked_until=case((c.blocked_until.is_not(None) & (c.blocked_until > until), c.blocked_until), else_=until))
             )
             if done.rowcount == 0:  # a lock right after a reset: the block stands without a count
                 try:
                     async with conn.begin_nested():
                         await conn.execute(insert(throttle_counters).values(scope=scope, failures=0, window_ends_at=now, blocked_until=until))
                 except IntegrityError:
-                    await conn.execute(update(throttle_counters).where(throttle_counters.c.scope == scope).values(blocked_until=until))
+                    await conn.execute(update(throttle_counters).where(c.scope == scope).values(
+                        blocked_until=case((c.blocked_until.is_not(None) & (c.blocked_until > until), c.blocked_until), else_=until)))
 
     async def blocked_for(self, scopes: list[str]) -> float:
         if not scopes:
