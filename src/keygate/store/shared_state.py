@@ -203,12 +203,27 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
     return results
 
 
+def _sqlite_batch_or_undecided(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime) -> list[bool | None]:
+    """``_sqlite_batch``; every claim undecided (``None``, decided one by one after) when a nonce was
+    written meanwhile outside the lock (a key's mode changing)."""
+    try:
+        return _sqlite_batch(db, claims, now)
+    except sqlite3.IntegrityError:
+        return [None] * len(claims)
+
+
+def _first_expiries(claims: list[tuple[str, str, int]], now: datetime) -> dict[tuple[str, str], datetime]:
+    """Each distinct (key, nonce) of a ``unique`` batch, with the expiry its first claim asks for."""
+    rows: dict[tuple[str, str], datetime] = {}
+    for api_key, nonce, window in claims:
+        rows.setdefault((api_key, nonce), now + timedelta(seconds=window))
+    return rows
+
+
 def _sqlite_uniques(db: sqlite3.Connection, claims: list[tuple[str, str, int]], now: datetime) -> set[tuple[str, str]]:
     """``SqlState._decide_uniques`` in plain sqlite3: forget the batch's nonces whose window has passed,
     insert every distinct (key, nonce), and return those this batch inserted. Rolls back on any error."""
-    rows: dict[tuple[str, str], str] = {}
-    for api_key, nonce, window in claims:
-        rows.setdefault((api_key, nonce), _sqlite_time(now + timedelta(seconds=window)))
+    rows = {pair: _sqlite_time(expires) for pair, expires in _first_expiries(claims, now).items()}
     db.execute("BEGIN IMMEDIATE")
     try:
         # One primary-key probe per pair: a row-value IN beside the expiry makes SQLite range over every
@@ -337,10 +352,8 @@ class SqlState:
 
     async def _insert_uniques(self, claims: list[tuple[str, str, int]], now: datetime) -> set[tuple[str, str]]:
         u = used_nonces.c
-        rows: dict[tuple[str, str], dict[str, object]] = {}
-        for api_key, nonce, window in claims:
-            rows.setdefault((api_key, nonce), {"api_key": api_key, "nonce": nonce,
-                                               "expires_at": now + timedelta(seconds=window)})
+        rows = {(key, nonce): {"api_key": key, "nonce": nonce, "expires_at": expires}
+                for (key, nonce), expires in _first_expiries(claims, now).items()}
         async with self._engine.begin() as conn:
             await conn.execute(delete(used_nonces).where(u.api_key == bindparam("b_key"), u.nonce == bindparam("b_nonce"),
                                                          u.expires_at <= now),
@@ -437,12 +450,7 @@ class SqlState:
         (the file's write lock: other processes wait), then ``COMMIT``: on the loop's own connection
         (``_DirectSqlite``), or on a pooled one when the lock is taken; the claims left undecided (a key
         turning random-style) follow one by one."""
-        decided: Any = _BUSY
-        if self._direct is not None:
-            try:
-                decided = self._direct.run(lambda db: _sqlite_batch(db, claims, now))
-            except sqlite3.IntegrityError:  # a nonce written meanwhile outside the lock (a key's mode changing)
-                decided = [None] * len(claims)
+        decided: Any = self._direct.run(lambda db: _sqlite_batch_or_undecided(db, claims, now)) if self._direct else _BUSY
         if decided is _BUSY:
             decided = await self._sqlite_pooled(claims, now)
         rest = [i for i, d in enumerate(decided) if d is None]
@@ -458,10 +466,7 @@ class SqlState:
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             aio: Any = raw.driver_connection
-            try:
-                decided: list[bool | None] = await aio._execute(lambda: _sqlite_batch(aio._conn, claims, now))
-            except sqlite3.IntegrityError:  # a nonce written meanwhile outside the lock (a key's mode changing)
-                decided = [None] * len(claims)
+            decided: list[bool | None] = await aio._execute(lambda: _sqlite_batch_or_undecided(aio._conn, claims, now))
         return decided
 
     @staticmethod
@@ -545,18 +550,15 @@ class SqlState:
         now = _now()
         until = now + timedelta(seconds=seconds)
         c = throttle_counters.c
+        extended = case((c.blocked_until.is_not(None) & (c.blocked_until > until), c.blocked_until), else_=until)
         async with self._engine.begin() as conn:
-            done = await conn.execute(
-                update(throttle_counters).where(c.scope == scope).values(
-                    blocked_until=case((c.blocked_until.is_not(None) & (c.blocked_until > until), c.blocked_until), else_=until))
-            )
+            done = await conn.execute(update(throttle_counters).where(c.scope == scope).values(blocked_until=extended))
             if done.rowcount == 0:  # a lock right after a reset: the block stands without a count
                 try:
                     async with conn.begin_nested():
                         await conn.execute(insert(throttle_counters).values(scope=scope, failures=0, window_ends_at=now, blocked_until=until))
                 except IntegrityError:
-                    await conn.execute(update(throttle_counters).where(c.scope == scope).values(
-                        blocked_until=case((c.blocked_until.is_not(None) & (c.blocked_until > until), c.blocked_until), else_=until)))
+                    await conn.execute(update(throttle_counters).where(c.scope == scope).values(blocked_until=extended))
 
     async def blocked_for(self, scopes: list[str]) -> float:
         if not scopes:
