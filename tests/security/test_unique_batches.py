@@ -95,7 +95,7 @@ async def test_concurrent_unique_claims_share_a_redis_round_trip(monkeypatch: py
     assert 2 <= len(writes) < N // 2, len(writes)  # one SET per claim and round trip: 2 N
 
 
-async def test_a_unique_batch_probes_its_own_nonces_not_every_expired_one(tmp_path: Path) -> None:
+async def test_a_unique_batch_probes_its_own_nonces_not_every_expired_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite: forgetting the batch's expired nonces looks each one up by its primary key. Ranging over
     the expiry index instead read every expired nonce of every key (Signature v2 leaves thousands a
     second until the purge): 0.12 of Ping for a v2 call, 0.19 with the lookups."""
@@ -113,12 +113,9 @@ async def test_a_unique_batch_probes_its_own_nonces_not_every_expired_one(tmp_pa
         db.set_trace_callback(traced.append)
         return db
 
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(sqlite3, "connect", traced_connect)  # the direct connection is opened at the first batch
-    try:
-        assert list(await asyncio.gather(*(state.claim_unique(k, n, WINDOW) for k, n in claims))) == expected
-    finally:
-        monkey.undo()
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)  # the direct connection is opened at the first batch
+    assert list(await asyncio.gather(*(state.claim_unique(k, n, WINDOW) for k, n in claims))) == expected
+    monkeypatch.undo()
     deletes = [s for s in traced if s.lstrip().upper().startswith("DELETE FROM USED_NONCES")]
     assert deletes, traced
     db = sqlite3.connect(tmp_path / "keygate.db")
