@@ -290,7 +290,9 @@ class KeyRepository:
         """Up to ``limit`` keys from ``offset``, each query in index order: every key (or one user's) by
         owner and age, the newest first; for a prefix, the keys that start with it first, then the keys of the users whose
         name starts with it (by name); for a number, the keys of that user id, then the keys that start with it."""
-        by_owner = (api_keys.c.user_id.desc(), api_keys.c.created_at.desc())  # the newest first
+        # The newest first; the key itself breaks ties (keys made in the same instant), so that every
+        # page's query puts the same rows in the same order and no row is listed twice or never.
+        by_owner = (api_keys.c.user_id.desc(), api_keys.c.created_at.desc(), api_keys.c.api_key.desc())
         if search.user_id is not None:
             query = select(api_keys).where(api_keys.c.user_id == search.user_id).order_by(*by_owner)
             if not search.key_prefix:
@@ -307,7 +309,7 @@ class KeyRepository:
         if search.name_prefix:
             query = (select(api_keys).join(users, users.c.user_id == api_keys.c.user_id)
                      .where(_name_prefix(search.name_prefix))
-                     .order_by(func.lower(users.c.username), api_keys.c.created_at))
+                     .order_by(func.lower(users.c.username), api_keys.c.created_at, api_keys.c.api_key))
             if search.key_prefix:
                 query = query.where(~_key_prefix(search.key_prefix))  # listed in the first part already
             parts.append(query)
@@ -539,15 +541,16 @@ class SessionRepository:
         order: by owner and age, the newest first; for a name prefix, by owner's name and age."""
         live = ((sessions.c.kind != SessionKind.PENDING_2FA.value) & (sessions.c.expires_at > now)
                 & (sessions.c.last_seen_at > idle_cutoff))
+        # The token hash breaks ties (sessions issued in the same instant): one order for every page.
+        by_owner = (sessions.c.user_id.desc(), sessions.c.created_at.desc(), sessions.c.token_hash.desc())
         if search.user_id is not None:
-            query = (select(sessions).where(live, sessions.c.user_id == search.user_id)
-                     .order_by(sessions.c.user_id.desc(), sessions.c.created_at.desc()))
+            query = select(sessions).where(live, sessions.c.user_id == search.user_id).order_by(*by_owner)
         elif search.name_prefix:
             query = (select(sessions).join(users, users.c.user_id == sessions.c.user_id)
                      .where(live, _name_prefix(search.name_prefix))
-                     .order_by(func.lower(users.c.username), sessions.c.created_at))
+                     .order_by(func.lower(users.c.username), sessions.c.created_at, sessions.c.token_hash))
         else:
-            query = select(sessions).where(live).order_by(sessions.c.user_id.desc(), sessions.c.created_at.desc())
+            query = select(sessions).where(live).order_by(*by_owner)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.offset(offset).limit(limit))).all()
         return [_session(r) for r in rows]
