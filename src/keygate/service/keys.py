@@ -411,6 +411,8 @@ class KeyManager:
             # grace: a new serial, and any rotation grace ends (the key's holders sign in again, with v2).
             changed = replace(changed, secret_serial=key.secret_serial + 1, sealed_previous_secret=None,
                               previous_public_key=None, previous_secret_expires_at=None)
+        if changed.replay_mode is not key.replay_mode and key.replay_mode is ReplayMode.WINDOW:
+            await self._state.end_window_lease(api_key)  # nothing decided in memory beside the new mode
         async with self._units.begin() as unit:
             remembering = (ReplayMode.UNIQUE, ReplayMode.WINDOW)
             if changed.replay_mode in remembering and key.replay_mode not in remembering:

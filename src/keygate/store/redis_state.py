@@ -187,6 +187,9 @@ class RedisState:
                 results[i] = bool(d)
         return results
 
+    async def end_window_lease(self, api_key: str) -> None:
+        """Nothing to end: with Redis every claim is decided by Redis, none in a process's memory."""
+
     async def highest_nonce(self, api_key: str) -> int | None:
         value = await self._guard(lambda: self._redis.get(f"{self._ns}:n:{api_key}"))
         return int(value) if value is not None else None

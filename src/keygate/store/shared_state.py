@@ -9,7 +9,9 @@ it at most once.
 from __future__ import annotations
 
 import heapq
+import secrets
 import sqlite3
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
 from keygate.store.batcher import Batcher
 from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
+from keygate.store.window_leases import LeaseSight, WindowLeases, raise_to
 
 
 class SharedState(Protocol):
@@ -34,6 +37,10 @@ class SharedState(Protocol):
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
         """The ``window`` mode (domain.replay): accept ``nonce`` only if the key does not remember it and,
         if numeric, it lies above the key's floor; remember it, within ``limit`` nonces."""
+
+    async def end_window_lease(self, api_key: str) -> None:
+        """Before the key's replay mode changes: no process decides its ``window`` claims in memory any
+        more, and what one may have accepted there is covered (store/window_leases.py)."""
 
     async def highest_nonce(self, api_key: str) -> int | None:
         """The highest numeric nonce the key accepted in any mode (None: none yet)."""
@@ -139,9 +146,16 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime) -> list[bool | None]:
+def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime,
+                  sight: LeaseSight | None = None) -> list[bool | None]:
     """``SqlState._windows_in``'s fast path in plain sqlite3, on the connection's thread: one result per
-    claim, ``None`` for those left to decide one by one. Rolls back on any error."""
+    claim, ``None`` for those left to decide one by one. Rolls back on any error.
+
+    With ``sight`` (store/window_leases.py), in the same transaction: the claims of keys whose lease
+    another process holds are left out (``sight.held_elsewhere``: they wait), expired leases are
+    revoked (the key's floor rises to their ceiling before anything is decided), free keys that stay
+    increasing-style are leased to this process (``sight.taken``), and a key turning random-style gets
+    a shared mark, so that nobody leases it while its claims are decided one by one after."""
     by_key: dict[str, list[int]] = {}
     for i, c in enumerate(claims):
         by_key.setdefault(c.api_key, []).append(i)
@@ -152,6 +166,14 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
     try:
         states = {r[0]: _KeyWindow(r[1], r[2], bool(r[3]), int(r[4])) for r in db.execute(
             f"SELECT api_key, last_nonce, nonce_floor, nonce_spread, nonce_count FROM api_keys WHERE api_key IN ({marks})", keys)}
+        if sight is not None:
+            sight.read(db, keys)
+            for key in sight.held_elsewhere:
+                states.pop(key, None)
+            for key, ceiling in sight.revoked.items():
+                st = states.get(key)
+                if st is not None and ceiling is not None:  # what the lapsed holder may have accepted: refused for good
+                    st.floor, st.high = raise_to(st.floor, ceiling), raise_to(st.high, ceiling)
         nonces = list({c.nonce for c in claims})
         if states:
             for key, nonce in db.execute(
@@ -171,6 +193,10 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
         deletes: list[tuple[str, str]] = []
         updates: list[tuple[str | None, str | None, bool, int, str]] = []
         for key, idxs in by_key.items():
+            if sight is not None and key in sight.held_elsewhere:
+                for i in idxs:
+                    results[i] = None
+                continue
             st = states.get(key)
             if st is None:
                 continue  # no such key: refused
@@ -186,6 +212,11 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
                 results[i] = i in decided
             for i in undecided:
                 results[i] = None
+            if sight is not None:
+                if undecided or st.spread:
+                    sight.to_share.add(key)
+                else:
+                    sight.take(key, st.high)
             inserts.extend((key, n, _sqlite_time(e)) for n, e in st.added.items())
             deletes.extend((key, n) for n in st.forgotten)
             updates.append((st.high, st.floor, st.spread, st.count, key))
@@ -196,6 +227,8 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
         if updates:
             db.executemany("UPDATE api_keys SET last_nonce = ?, nonce_floor = ?, nonce_spread = ?, nonce_count = ? "
                            "WHERE api_key = ?", updates)
+        if sight is not None:
+            sight.write(db)
         db.execute("COMMIT")
     except BaseException:
         _rollback(db)
@@ -203,12 +236,16 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
     return results
 
 
-def _sqlite_batch_or_undecided(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime) -> list[bool | None]:
+def _sqlite_batch_or_undecided(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime,
+                               sight: LeaseSight | None = None) -> list[bool | None]:
     """``_sqlite_batch``; every claim undecided (``None``, decided one by one after) when a nonce was
-    written meanwhile outside the lock (a key's mode changing)."""
+    written meanwhile outside the lock (a key's mode changing). With leases, nothing is decided one
+    by one beside a lease: the batch is void (``sight.void``) and its claims are tried again."""
     try:
-        return _sqlite_batch(db, claims, now)
+        return _sqlite_batch(db, claims, now, sight)
     except sqlite3.IntegrityError:
+        if sight is not None:
+            sight.void = True
         return [None] * len(claims)
 
 
@@ -291,6 +328,7 @@ class _DirectSqlite:
 
 
 _BUSY = object()
+_WINDOW_TRIES = 5  # hand-overs a window claim waits for before it is refused (fail closed)
 
 
 def _sqlite_file(engine: AsyncEngine) -> str | None:
@@ -306,12 +344,25 @@ class SqlState:
     transaction, each waiting at most for the transaction in flight plus its own; a claim is answered
     after its transaction commits."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, leases: bool = True) -> None:
         self._engine = engine
-        self._windows: Batcher[WindowClaim, bool] = Batcher(self._decide_windows)
+        # A ``window`` claim's batch answers None for "wait for the key's lease elsewhere, then again".
+        self._windows: Batcher[WindowClaim, bool | None] = Batcher(self._decide_windows)
         self._uniques: Batcher[tuple[str, str, int], bool] = Batcher(self._decide_uniques)
         path = _sqlite_file(engine)
         self._direct = _DirectSqlite(path) if path else None
+        # SQLite files: ``window`` claims of a key this process holds the lease of are decided in memory.
+        self.leases = WindowLeases(self._sqlite_run, secrets.token_hex(8)) if path and leases else None
+
+    async def _sqlite_run(self, work: Any) -> Any:
+        """``work(db)`` in one go on the direct connection, or on a pooled one (which waits for the lock)."""
+        result = self._direct.run(work) if self._direct else _BUSY
+        if result is _BUSY:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                aio: Any = raw.driver_connection
+                result = await aio._execute(lambda: work(aio._conn))
+        return result
 
     async def claim_increasing(self, api_key: str, nonce: int) -> bool:
         value = sortable(nonce)
@@ -363,10 +414,32 @@ class SqlState:
             return {(r[0], r[1]) for r in (await conn.execute(statement)).all()}
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
-        """Decided by the batcher: every claim that arrives while a batch is in flight joins the next."""
-        return await self._windows.submit(WindowClaim(api_key, nonce, limit, window_seconds))
+        """Decided in memory if this process holds the key's lease (store/window_leases.py), else by
+        the batcher: every claim that arrives while a batch is in flight joins the next. A claim of a
+        key leased elsewhere waits for the hand-over, then tries again (a few times, then it is refused)."""
+        if self.leases is not None:
+            verdict = self.leases.decide_now(api_key, nonce, limit)
+            if verdict is not None:
+                return verdict
+        claim = WindowClaim(api_key, nonce, limit, window_seconds)
+        for _ in range(_WINDOW_TRIES):
+            if self.leases is not None:
+                held = await self.leases.claim(claim)
+                if held is not None:
+                    return held
+            decided = await self._windows.submit(claim)
+            if decided is not None:
+                return decided
+            assert self.leases is not None
+            await self.leases.wait_for_handover(api_key)
+        return False  # fail closed
 
-    async def _decide_windows(self, claims: list[WindowClaim]) -> list[bool]:
+    async def end_window_lease(self, api_key: str) -> None:
+        """The key's lease ends everywhere (its replay mode changes): see ``WindowLeases.revoke``."""
+        if self.leases is not None:
+            await self.leases.revoke(api_key)
+
+    async def _decide_windows(self, claims: list[WindowClaim]) -> list[bool | None]:
         """One transaction for the whole batch, holding the rows of all its keys (locked in key order,
         so two processes' batches are serialised key by key and cannot deadlock). Claims of one key
         are decided in arrival order, exactly as one after the other; a refused claim refuses only itself."""
@@ -380,7 +453,7 @@ class SqlState:
             async with self._engine.begin() as conn:
                 return await self._windows_in(conn, claims, now, fast=False)
 
-    async def _windows_in(self, conn: AsyncConnection, claims: list[WindowClaim], now: datetime, fast: bool) -> list[bool]:
+    async def _windows_in(self, conn: AsyncConnection, claims: list[WindowClaim], now: datetime, fast: bool) -> list[bool | None]:
         k, u = api_keys.c, used_nonces.c
         by_key: dict[str, list[int]] = {}
         for i, c in enumerate(claims):
@@ -392,7 +465,7 @@ class SqlState:
         else:  # take SQLite's write lock before reading, so no other process writes between
             await conn.execute(update(api_keys).where(k.api_key.in_(keys)).values(nonce_count=k.nonce_count))
             rows = (await conn.execute(select(*columns).where(k.api_key.in_(keys)))).all()
-        results = [False] * len(claims)
+        results: list[bool | None] = [False] * len(claims)
         if not fast:
             for i, c in enumerate(claims):
                 results[i] = await self._window_one(conn, c, now + timedelta(microseconds=i))
@@ -445,28 +518,40 @@ class SqlState:
             results[i] = await self._window_one(conn, claims[i], now + timedelta(microseconds=i))
         return results
 
-    async def _sqlite_windows(self, claims: list[WindowClaim], now: datetime) -> list[bool]:
+    async def _sqlite_windows(self, claims: list[WindowClaim], now: datetime) -> list[bool | None]:
         """SQLite: the whole batch in one call, a handful of statements in C under ``BEGIN IMMEDIATE``
         (the file's write lock: other processes wait), then ``COMMIT``: on the loop's own connection
         (``_DirectSqlite``), or on a pooled one when the lock is taken; the claims left undecided (a key
-        turning random-style) follow one by one."""
-        decided: Any = self._direct.run(lambda db: _sqlite_batch_or_undecided(db, claims, now)) if self._direct else _BUSY
+        turning random-style) follow one by one. With leases: keys leased here are loaded into memory,
+        and the claims of keys leased elsewhere (or of a void batch) answer None: wait, then again."""
+        started = time.monotonic()
+        sight = self.leases.sight(time.time()) if self.leases is not None else None
+        decided: Any = self._direct.run(lambda db: _sqlite_batch_or_undecided(db, claims, now, sight)) if self._direct else _BUSY
         if decided is _BUSY:
-            decided = await self._sqlite_pooled(claims, now)
-        rest = [i for i, d in enumerate(decided) if d is None]
+            sight = self.leases.sight(time.time()) if self.leases is not None else None
+            decided = await self._sqlite_pooled(claims, now, sight)
+        if sight is not None:
+            if sight.void:
+                return [None] * len(claims)
+            if sight.taken:
+                await self.leases.install(sight.taken, started)  # type: ignore[union-attr]
+            waiting = {i for i, c in enumerate(claims) if c.api_key in sight.held_elsewhere}
+        else:
+            waiting = set()
+        rest = [i for i, d in enumerate(decided) if d is None and i not in waiting]
         if rest:
             async with self._engine.begin() as conn:
                 late = await self._windows_in(conn, [claims[i] for i in rest], now, fast=False)
             for i, d in zip(rest, late, strict=True):
                 decided[i] = d
-        return [bool(d) for d in decided]
+        return [None if i in waiting else bool(d) for i, d in enumerate(decided)]
 
-    async def _sqlite_pooled(self, claims: list[WindowClaim], now: datetime) -> list[bool | None]:
+    async def _sqlite_pooled(self, claims: list[WindowClaim], now: datetime, sight: LeaseSight | None) -> list[bool | None]:
         """``_sqlite_batch`` on a pooled connection, in aiosqlite's thread: it waits for the write lock."""
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             aio: Any = raw.driver_connection
-            decided: list[bool | None] = await aio._execute(lambda: _sqlite_batch_or_undecided(aio._conn, claims, now))
+            decided: list[bool | None] = await aio._execute(lambda: _sqlite_batch_or_undecided(aio._conn, claims, now, sight))
         return decided
 
     @staticmethod
@@ -619,5 +704,7 @@ class SqlState:
             )
 
     async def close(self) -> None:
+        if self.leases is not None:
+            await self.leases.close()
         if self._direct is not None:
             self._direct.close()

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -164,6 +165,19 @@ used_nonces = Table(
 # An increasing-style key forgets its smallest nonces (by length, then text): migration 0010.
 Index("ix_used_nonces_key_order", used_nonces.c.api_key, func.length(used_nonces.c.nonce), used_nonces.c.nonce,
       used_nonces.c.expires_at)
+
+# Which process decides a ``window`` key's claims in memory, until when, and up to which nonce
+# (store/window_leases.py). ``holder`` '' is a shared mark: until ``until`` nobody takes the lease.
+nonce_leases = Table(
+    "nonce_leases",
+    metadata,
+    Column("api_key", String(64), primary_key=True),
+    Column("holder", String(32), nullable=False),
+    Column("until", Float, nullable=False),  # Unix time, seconds
+    Column("ceiling", String(20), nullable=True),  # sortable(): the highest nonce the holder may accept
+    Column("contended", Boolean, nullable=False, default=False, server_default=false()),
+    Index("ix_nonce_leases_holder", "holder"),
+)
 
 trust_marks = Table(
     "trust_marks",
