@@ -26,6 +26,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -264,6 +265,53 @@ async def test_idle_keys_are_handed_back_and_few_keys_are_held(deployment: Setti
         await asyncio.sleep(1.5)  # unused for longer than IDLE_SECONDS: handed back, exactly
         assert state.leases.held == []
         assert stored(deployment, keys[0]) == (50, 50) and leases(deployment, keys[0]) == []
+    finally:
+        await state.close()
+        await kg.close()
+
+
+async def test_claims_queued_while_the_key_is_leased_are_decided_not_refused(deployment: Settings) -> None:
+    """A client that starts with many calls at once: the first batch leases the key, and the claims
+    that queued behind it meet this process's own fresh lease. They must be decided in memory, not
+    taken for a lapsed lease (revoking it would raise the floor over the client's next nonces)."""
+    from keygate.store.shared_state import SqlState
+
+    key = await new_key(deployment)
+    kg = Keygate(deployment, serving=False)
+    await kg.start(bootstrap_admin=False)
+    state = SqlState(kg.engine)
+    try:
+        base = int(time.time() * 1000) * 1000
+        # Another writer (another process) holds the write lock: the first batch goes to a pooled
+        # connection and waits, and the second wave queues behind it.
+        locked, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with db(deployment) as other:
+                other.execute("BEGIN IMMEDIATE")
+                locked.set()
+                release.wait(5)
+                other.execute("ROLLBACK")
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        locked.wait(5)
+
+        async def wave(number: int) -> list[bool]:
+            nonces = [str(base + 100 * number + i) for i in range(32)]
+            return await asyncio.gather(*(state.claim_window(key.api_key, n, 4096, 86400) for n in nonces))
+
+        first = asyncio.create_task(wave(0))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(wave(1))
+        await asyncio.sleep(0.05)
+        release.set()
+        thread.join()
+        assert all(await first) and all(await second)
+        assert all(await wave(2))
+        assert state.leases is not None and state.leases.held == [key.api_key]
+        [(holder, _)] = leases(deployment, key)
+        assert holder == state.leases.holder
     finally:
         await state.close()
         await kg.close()

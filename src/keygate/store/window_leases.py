@@ -86,10 +86,13 @@ class LeaseSight:
     of its keys, inside its transaction: keys another process holds (their claims wait), leases to
     revoke (expired) or take (free keys, increasing-style), shared marks to leave."""
 
-    def __init__(self, holder: str, now: float, may_take: Callable[[str], bool]) -> None:
+    def __init__(self, holder: str, now: float, may_take: Callable[[str], bool], held_here: Callable[[str], bool]) -> None:
         self.holder = holder
         self.now = now
         self.may_take = may_take
+        self.held_here = held_here
+        # Keys whose claims this batch leaves to their lease: another process's (they wait for the
+        # hand-over), or this process's own, taken while the claims queued (they go to memory).
         self.held_elsewhere: set[str] = set()
         self.shared: set[str] = set()  # a live shared mark: decided here, no lease taken
         self.revoked: dict[str, str | None] = {}  # key -> the ceiling its floor rises to
@@ -107,6 +110,9 @@ class LeaseSight:
                 elif holder != self.holder:
                     self.held_elsewhere.add(key)
                     continue
+                elif self.held_here(key):  # leased here while these claims queued: decided in memory
+                    self.held_elsewhere.add(key)
+                    continue
                 else:  # this process's own row, but not held in memory (it lapsed here): revoke it
                     self.revoked[key] = ceiling
                     continue
@@ -114,8 +120,9 @@ class LeaseSight:
                 self.revoked[key] = ceiling
             else:
                 self.revoked[key] = None  # an old shared mark: just removed
-        if self.held_elsewhere:
-            db.executemany("UPDATE nonce_leases SET contended = 1 WHERE api_key = ?", [(k,) for k in self.held_elsewhere])
+        elsewhere = [(k,) for k in self.held_elsewhere if not self.held_here(k)]
+        if elsewhere:
+            db.executemany("UPDATE nonce_leases SET contended = 1 WHERE api_key = ?", elsewhere)
 
     def take(self, key: str, high: str | None) -> None:
         """The batch decided the key's claims and the key stays increasing-style: lease it."""
@@ -213,12 +220,14 @@ class WindowLeases:
         self.holder = holder
         self._held: dict[str, _Held] = {}
         self._installing: dict[str, asyncio.Event] = {}
+        self._releasing: dict[str, asyncio.Event] = {}
         self._renewal: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.decided = 0  # claims decided in memory (for tests and the bench)
 
     def sight(self, now: float) -> LeaseSight:
-        return LeaseSight(self.holder, now, lambda key: key not in self._held and len(self._held) + len(self._installing) < MAX_HELD)
+        return LeaseSight(self.holder, now, lambda key: key not in self._held and len(self._held) + len(self._installing) < MAX_HELD,
+                          lambda key: key in self._held or key in self._installing)
 
     @property
     def held(self) -> list[str]:
@@ -256,6 +265,9 @@ class WindowLeases:
         value = nonce_as_u64(claim.nonce)
         while True:
             if held.releasing or self._held.get(key) is not held:
+                releasing = self._releasing.get(key)
+                if releasing is not None:
+                    await releasing.wait()  # then the database decides (the row is no longer this process's)
                 return None
             if time.monotonic() >= held.valid_until:
                 await self.renew()
@@ -364,11 +376,14 @@ class WindowLeases:
         if held is None or held.releasing:
             return
         held.releasing = True  # from now on no claim of the key is decided here
+        done = self._releasing[key] = asyncio.Event()
         try:
             await self._run(lambda db: _hand_back(db, key, self.holder, held.window, shared))
         finally:
             if self._held.get(key) is held:
                 del self._held[key]
+            del self._releasing[key]
+            done.set()
 
     async def revoke(self, key: str) -> None:
         """End the key's lease wherever it is held (an operator changes the key's mode), leaving a
@@ -384,6 +399,12 @@ class WindowLeases:
 
     async def wait_for_handover(self, key: str) -> None:
         """Until the key's lease held elsewhere is handed back or has expired (at most ``HANDOVER_WAIT_SECONDS``)."""
+        releasing = self._releasing.get(key)
+        if releasing is not None:
+            await releasing.wait()  # handed back by this process: the database decides on the next try
+            return
+        if key in self._held:
+            return  # this process's own: decided in memory on the next try
         deadline = time.monotonic() + HANDOVER_WAIT_SECONDS
         while time.monotonic() < deadline:
             await asyncio.sleep(_POLL_SECONDS)
