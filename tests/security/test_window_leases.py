@@ -315,3 +315,37 @@ async def test_claims_queued_while_the_key_is_leased_are_decided_not_refused(dep
     finally:
         await state.close()
         await kg.close()
+
+
+async def test_a_key_leased_during_a_renewal_is_kept(deployment: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal reads which leases are this process's, then (on a busy database) waits; a key leased
+    meanwhile is not among the rows it read, and must not be taken for a lost lease."""
+    from keygate.store.shared_state import SqlState
+
+    first, second = await new_key(deployment), await new_key(deployment)
+    kg = Keygate(deployment, serving=False)
+    await kg.start(bootstrap_admin=False)
+    state = SqlState(kg.engine)
+    leases_ = state.leases
+    assert leases_ is not None
+    original = leases_._run
+
+    async def slow_renewal(work):  # type: ignore[no-untyped-def]
+        result = await original(work)
+        if isinstance(result, dict) and all(isinstance(v, bool) for v in result.values()):
+            await asyncio.sleep(0.3)  # the renewal's reply, late
+        return result
+
+    monkeypatch.setattr(leases_, "_run", slow_renewal)
+    try:
+        base = int(time.time() * 1000) * 1000
+        assert await state.claim_window(first.api_key, str(base), 4096, 86400)  # leased: renewals begin
+        renewal = asyncio.create_task(leases_.renew())
+        await asyncio.sleep(0.05)  # the renewal has read its rows and waits
+        assert await state.claim_window(second.api_key, str(base), 4096, 86400)  # leased meanwhile
+        await renewal
+        assert sorted(leases_.held) == sorted([first.api_key, second.api_key])
+        assert await state.claim_window(second.api_key, str(base + 1), 4096, 86400)  # the next nonce: fine
+    finally:
+        await state.close()
+        await kg.close()

@@ -348,11 +348,15 @@ class WindowLeases:
         self._renewal = asyncio.get_running_loop().create_future()
         try:
             started, wall = time.monotonic(), time.time()
+            before = dict(self._held)  # a key leased while the renewal is under way is not judged by it
             rows: dict[str, bool] = await self._run(lambda db: _renew(db, self.holder, wall + LEASE_SECONDS))
-            for key in [k for k in self._held if k not in rows]:
+            for key in [k for k in before if k not in rows]:
                 log.info("nonce lease of a key lost (revoked or expired); its claims go to the database")
-                self._drop(key)
-            for key, held in list(self._held.items()):
+                if self._held.get(key) is before[key]:
+                    self._drop(key)
+            for key, held in list(before.items()):
+                if self._held.get(key) is not held:
+                    continue
                 held.valid_until = started + LEASE_SECONDS - LEASE_MARGIN
                 if rows.get(key) or started - held.used_at > IDLE_SECONDS:
                     await self.release(key, shared=bool(rows.get(key)))
