@@ -349,3 +349,39 @@ async def test_a_key_leased_during_a_renewal_is_kept(deployment: Settings, monke
     finally:
         await state.close()
         await kg.close()
+
+
+async def test_a_stalled_holder_is_revoked_and_accepts_no_replay_when_it_wakes(
+        deployment: Settings, client: httpx.AsyncClient, servers: list[Server]) -> None:
+    """The holder stops (``SIGSTOP``: a stalled process) while the CLI changes the key's mode: the CLI
+    waits for a hand-back that cannot come until the lease has run out (2 s after its last renewal),
+    then revokes it (the floor rises to its ceiling).
+    Another process refuses every accepted nonce; the stalled one, woken, refuses them too, and a
+    fresh nonce above the ceiling is accepted everywhere."""
+    key = await new_key(deployment)
+    servers.append(holder := start_server(deployment))
+    base = int(time.time() * 1000) * 1000
+    fresh = [base + i for i in range(100)]
+    assert [await call(client, holder, key, n) for n in fresh] == [200] * 100
+    assert leases(deployment, key)[0][0] != ""
+    servers.append(other := start_server(deployment))
+    holder.process.send_signal(signal.SIGSTOP)
+    try:
+        env = {**os.environ, **settings_env(deployment)}
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "keygate", "key", "edit", key.api_key, "--replay-mode", "increasing"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        waited = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        assert waited >= 1.5, waited  # it waited for the hand-back, until the lease ran out, then revoked
+        assert leases(deployment, key) == [("", False)]
+        await asyncio.sleep(1.0)
+        assert await asyncio.gather(*(call(client, other, key, n) for n in fresh)) == [401] * 100
+        assert await call(client, other, key, fresh[-1] + 1) == 401  # at or below the ceiling: the price of a revocation
+    finally:
+        holder.process.send_signal(signal.SIGCONT)
+    assert await asyncio.gather(*(call(client, holder, key, n) for n in fresh)) == [401] * 100
+    beyond = fresh[-1] + 10**9
+    assert await call(client, holder, key, beyond) == 200
+    assert await call(client, other, key, beyond) == 401  # increasing: used
+    assert await call(client, other, key, beyond + 1) == 200
