@@ -104,8 +104,12 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def call(client: httpx.AsyncClient, server: Server, key: Key, nonce: int | str) -> int:
+async def call(client: httpx.AsyncClient, server: Server, key: Key, nonce: int | str, waking: bool = False) -> int:
+    """The status of a signed call; ``waking``: a process just resumed may fail closed (503) until its
+    change listener has caught up, a refusal too (answered 401 here)."""
     r = await client.post(server.base_url + "/AP/GetUserPermissions", headers=key.headers(nonce))
+    if waking and r.status_code == 503:
+        return 401
     assert r.status_code in (200, 401), r.text
     return r.status_code
 
@@ -380,8 +384,44 @@ async def test_a_stalled_holder_is_revoked_and_accepts_no_replay_when_it_wakes(
         assert await call(client, other, key, fresh[-1] + 1) == 401  # at or below the ceiling: the price of a revocation
     finally:
         holder.process.send_signal(signal.SIGCONT)
-    assert await asyncio.gather(*(call(client, holder, key, n) for n in fresh)) == [401] * 100
+    # At once, while it may still believe in its lease: it ran out while the process slept.
+    assert await call(client, holder, key, fresh[-1] + 1, waking=True) == 401
+    assert await asyncio.gather(*(call(client, holder, key, n, waking=True) for n in fresh)) == [401] * 100
+    await asyncio.sleep(1.0)  # caught up with the change log
     beyond = fresh[-1] + 10**9
     assert await call(client, holder, key, beyond) == 200
     assert await call(client, other, key, beyond) == 401  # increasing: used
     assert await call(client, other, key, beyond + 1) == 200
+
+
+async def test_a_holder_whose_lease_ran_out_decides_nothing_from_memory(deployment: Settings) -> None:
+    """Two deciders on one file (two ``SqlState``: two processes' worth). A's lease runs out unrenewed
+    (a stall); B's next claim revokes it and raises the floor to its ceiling. A, back, must not decide
+    from the window it still holds in memory: what it answers is the database's (and B's lease's)."""
+    from keygate.store.shared_state import SqlState
+
+    key = await new_key(deployment)
+    kg = Keygate(deployment, serving=False)
+    await kg.start(bootstrap_admin=False)
+    a, b = SqlState(kg.engine), SqlState(kg.engine)
+    try:
+        assert a.leases is not None and b.leases is not None
+        base = int(time.time() * 1000) * 1000
+        assert all([await a.claim_window(key.api_key, str(base + i), 4096, 86400) for i in range(10)])
+        assert a.leases.held == [key.api_key]
+        a.leases._held[key.api_key].valid_until = 0.0  # A stalls: its lease lapses here ...
+        if a.leases._task is not None:
+            a.leases._task.cancel()  # ... and it stops renewing
+        with db(deployment) as conn:  # ... and there (the end passed)
+            conn.execute("UPDATE nonce_leases SET until = ? WHERE api_key = ?", (time.time() - 1, key.api_key))
+        assert not await b.claim_window(key.api_key, str(base + 11), 4096, 86400)  # revoked: floor at the ceiling
+        assert await b.claim_window(key.api_key, str(base + 10**7), 4096, 86400)  # above it: fine, leased by B
+        assert not await a.claim_window(key.api_key, str(base + 12), 4096, 86400)  # A's memory would have said yes
+        assert not await a.claim_window(key.api_key, str(base + 5), 4096, 86400)
+        assert await a.claim_window(key.api_key, str(base + 10**7 + 1), 4096, 86400)
+        assert a.leases.held == [] or a.leases.held == [key.api_key]  # dropped, maybe leased anew after B's hand-back
+        assert not await b.claim_window(key.api_key, str(base + 10**7 + 1), 4096, 86400)
+    finally:
+        await a.close()
+        await b.close()
+        await kg.close()
