@@ -355,7 +355,8 @@ class SqlState:
         self.leases = WindowLeases(self._sqlite_run, secrets.token_hex(8)) if path and leases else None
 
     async def _sqlite_run(self, work: Any) -> Any:
-        """``work(db)`` in one go on the direct connection, or on a pooled one (which waits for the lock)."""
+        """``work(db)`` in one go on the direct connection, or, when the write lock is taken, on a pooled
+        one in aiosqlite's thread (which waits for the lock, as every write does)."""
         result = self._direct.run(work) if self._direct else _BUSY
         if result is _BUSY:
             async with self._engine.connect() as conn:
@@ -525,11 +526,15 @@ class SqlState:
         turning random-style) follow one by one. With leases: keys leased here are loaded into memory,
         and the claims of keys leased elsewhere (or of a void batch) answer None: wait, then again."""
         started = time.monotonic()
-        sight = self.leases.sight(time.time()) if self.leases is not None else None
-        decided: Any = self._direct.run(lambda db: _sqlite_batch_or_undecided(db, claims, now, sight)) if self._direct else _BUSY
-        if decided is _BUSY:
-            sight = self.leases.sight(time.time()) if self.leases is not None else None
-            decided = await self._sqlite_pooled(claims, now, sight)
+        sights: list[LeaseSight | None] = [None]
+
+        def batch(db: sqlite3.Connection) -> list[bool | None]:
+            # A fresh sight for each attempt: a direct attempt that found the lock taken is tried again pooled.
+            sights[0] = sight = self.leases.sight(time.time()) if self.leases is not None else None
+            return _sqlite_batch_or_undecided(db, claims, now, sight)
+
+        decided: list[bool | None] = await self._sqlite_run(batch)
+        sight = sights[0]
         if sight is not None:
             if sight.void:
                 return [None] * len(claims)
@@ -545,14 +550,6 @@ class SqlState:
             for i, d in zip(rest, late, strict=True):
                 decided[i] = d
         return [None if i in waiting else bool(d) for i, d in enumerate(decided)]
-
-    async def _sqlite_pooled(self, claims: list[WindowClaim], now: datetime, sight: LeaseSight | None) -> list[bool | None]:
-        """``_sqlite_batch`` on a pooled connection, in aiosqlite's thread: it waits for the write lock."""
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            aio: Any = raw.driver_connection
-            decided: list[bool | None] = await aio._execute(lambda: _sqlite_batch_or_undecided(aio._conn, claims, now, sight))
-        return decided
 
     @staticmethod
     async def _window_one(conn: AsyncConnection, claim: WindowClaim, now: datetime) -> bool:
