@@ -152,7 +152,7 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
     claim, ``None`` for those left to decide one by one. Rolls back on any error.
 
     With ``sight`` (store/window_leases.py), in the same transaction: the claims of keys whose lease
-    another process holds are left out (``sight.held_elsewhere``: they wait), expired leases are
+    another process holds are left out (``sight.waiting``: they wait), expired leases are
     revoked (the key's floor rises to their ceiling before anything is decided), free keys that stay
     increasing-style are leased to this process (``sight.taken``), and a key turning random-style gets
     a shared mark, so that nobody leases it while its claims are decided one by one after."""
@@ -168,7 +168,7 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
             f"SELECT api_key, last_nonce, nonce_floor, nonce_spread, nonce_count FROM api_keys WHERE api_key IN ({marks})", keys)}
         if sight is not None:
             sight.read(db, keys)
-            for key in sight.held_elsewhere:
+            for key in sight.waiting:
                 states.pop(key, None)
             for key, ceiling in sight.revoked.items():
                 st = states.get(key)
@@ -193,7 +193,7 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
         deletes: list[tuple[str, str]] = []
         updates: list[tuple[str | None, str | None, bool, int, str]] = []
         for key, idxs in by_key.items():
-            if sight is not None and key in sight.held_elsewhere:
+            if sight is not None and key in sight.waiting:
                 for i in idxs:
                     results[i] = None
                 continue
@@ -344,7 +344,7 @@ class SqlState:
     transaction, each waiting at most for the transaction in flight plus its own; a claim is answered
     after its transaction commits."""
 
-    def __init__(self, engine: AsyncEngine, leases: bool = True) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         # A ``window`` claim's batch answers None for "wait for the key's lease elsewhere, then again".
         self._windows: Batcher[WindowClaim, bool | None] = Batcher(self._decide_windows)
@@ -352,7 +352,7 @@ class SqlState:
         path = _sqlite_file(engine)
         self._direct = _DirectSqlite(path) if path else None
         # SQLite files: ``window`` claims of a key this process holds the lease of are decided in memory.
-        self.leases = WindowLeases(self._sqlite_run, secrets.token_hex(8)) if path and leases else None
+        self.leases = WindowLeases(self._sqlite_run, secrets.token_hex(8)) if path else None
 
     async def _sqlite_run(self, work: Any) -> Any:
         """``work(db)`` in one go on the direct connection, or, when the write lock is taken, on a pooled
@@ -540,7 +540,7 @@ class SqlState:
                 return [None] * len(claims)
             if sight.taken:
                 await self.leases.install(sight.taken, started)  # type: ignore[union-attr]
-            waiting = {i for i, c in enumerate(claims) if c.api_key in sight.held_elsewhere}
+            waiting = {i for i, c in enumerate(claims) if c.api_key in sight.waiting}
         else:
             waiting = set()
         rest = [i for i, d in enumerate(decided) if d is None and i not in waiting]

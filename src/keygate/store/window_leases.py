@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
+from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, U64_MAX, nonce_as_u64, sortable
 
 if TYPE_CHECKING:
     from keygate.store.shared_state import WindowClaim
@@ -91,9 +91,9 @@ class LeaseSight:
         self.now = now
         self.may_take = may_take
         self.held_here = held_here
-        # Keys whose claims this batch leaves to their lease: another process's (they wait for the
-        # hand-over), or this process's own, taken while the claims queued (they go to memory).
-        self.held_elsewhere: set[str] = set()
+        # Keys whose claims this batch leaves to their lease, to be tried again: another process's
+        # (they wait for its hand-over), or this process's own, taken while they queued (memory decides).
+        self.waiting: set[str] = set()
         self.shared: set[str] = set()  # a live shared mark: decided here, no lease taken
         self.revoked: dict[str, str | None] = {}  # key -> the ceiling its floor rises to
         self.taken: dict[str, str] = {}  # key -> the ceiling of the lease taken
@@ -102,39 +102,34 @@ class LeaseSight:
 
     def read(self, db: sqlite3.Connection, keys: list[str]) -> None:
         marks = ",".join("?" * len(keys))
+        contended: list[tuple[str]] = []
         for key, holder, until, ceiling in db.execute(
                 f"SELECT api_key, holder, until, ceiling FROM nonce_leases WHERE api_key IN ({marks})", keys).fetchall():
-            if until > self.now:
-                if holder == "":
-                    self.shared.add(key)
-                elif holder != self.holder:
-                    self.held_elsewhere.add(key)
-                    continue
-                elif self.held_here(key):  # leased here while these claims queued: decided in memory
-                    self.held_elsewhere.add(key)
-                    continue
-                else:  # this process's own row, but not held in memory (it lapsed here): revoke it
-                    self.revoked[key] = ceiling
-                    continue
-            elif holder != "":
+            if until <= self.now:  # an expired lease is revoked; an old shared mark just removed
+                self.revoked[key] = ceiling if holder != "" else None
+            elif holder == "":
+                self.shared.add(key)
+            elif holder != self.holder:
+                self.waiting.add(key)
+                contended.append((key,))
+            elif self.held_here(key):  # leased here while these claims queued: decided in memory
+                self.waiting.add(key)
+            else:  # this process's own row, but not held in memory (it lapsed here): revoke it
                 self.revoked[key] = ceiling
-            else:
-                self.revoked[key] = None  # an old shared mark: just removed
-        elsewhere = [(k,) for k in self.held_elsewhere if not self.held_here(k)]
-        if elsewhere:
-            db.executemany("UPDATE nonce_leases SET contended = 1 WHERE api_key = ?", elsewhere)
+        if contended:
+            db.executemany("UPDATE nonce_leases SET contended = 1 WHERE api_key = ?", contended)
 
     def take(self, key: str, high: str | None) -> None:
         """The batch decided the key's claims and the key stays increasing-style: lease it."""
         if key in self.shared or key in self.to_share or not self.may_take(key):
             return
         top = int(high) if high is not None else 0
-        self.taken[key] = sortable(min(top + MIN_MARGIN, 2**64 - 1))
+        self.taken[key] = sortable(min(top + MIN_MARGIN, U64_MAX))
 
     def write(self, db: sqlite3.Connection) -> None:
         if self.revoked:
             db.executemany("DELETE FROM nonce_leases WHERE api_key = ?", [(k,) for k in self.revoked])
-        for key in self.to_share - self.held_elsewhere:
+        for key in self.to_share - self.waiting:
             db.execute("INSERT INTO nonce_leases (api_key, holder, until, ceiling, contended) VALUES (?, '', ?, NULL, 0) "
                        "ON CONFLICT (api_key) DO UPDATE SET holder = '', until = excluded.until, contended = 0",
                        (key, self.now + SHARED_SECONDS))
@@ -207,7 +202,7 @@ class _Held:
         self.ceiling = ceiling
         self.valid_until = valid_until  # monotonic: decide only before this
         self.used_at = time.monotonic()
-        self.raising: asyncio.Future[bool] | None = None
+        self.raising = asyncio.Lock()  # one ceiling raise at a time
         self.base = (time.monotonic(), ceiling)  # (when, nonce) of the last ceiling: the key's nonce growth
         self.releasing = False
 
@@ -223,7 +218,6 @@ class WindowLeases:
         self._releasing: dict[str, asyncio.Event] = {}
         self._renewal: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.decided = 0  # claims decided in memory (for tests and the bench)
 
     def sight(self, now: float) -> LeaseSight:
         return LeaseSight(self.holder, now, lambda key: key not in self._held and len(self._held) + len(self._installing) < MAX_HELD,
@@ -249,7 +243,6 @@ class WindowLeases:
         verdict = held.window.decide(nonce, value, limit)
         if verdict is not None:
             held.used_at = now
-            self.decided += 1
         return verdict
 
     async def claim(self, claim: WindowClaim) -> bool | None:
@@ -282,35 +275,26 @@ class WindowLeases:
             await self.release(key, shared=True)
             return None
         held.used_at = time.monotonic()
-        self.decided += 1
         return verdict
 
     async def _raise_ceiling(self, key: str, held: _Held, value: int) -> bool:
-        """Commit a ceiling above ``value`` before accepting it (one write for every claim that waits)."""
-        if held.raising is None:
-            held.raising = asyncio.get_running_loop().create_future()
-            try:
-                when, base = held.base
-                now = time.monotonic()
-                growth = (value - base) / max(now - when, 0.01) * RESERVE_SECONDS
-                ceiling = min(value + max(MIN_MARGIN, int(growth)), 2**64 - 1)
-                started, wall = time.monotonic(), time.time()
-                done = await self._run(lambda db: _set_ceiling(db, key, self.holder, sortable(ceiling), wall + LEASE_SECONDS))
-                if done:
-                    held.ceiling, held.base = ceiling, (now, value)
-                    held.valid_until = max(held.valid_until, started + LEASE_SECONDS - LEASE_MARGIN)
-                else:
-                    self._drop(key)
-                held.raising.set_result(bool(done))
-            except BaseException as exc:
-                held.raising.set_exception(exc)
-                raise
-            finally:
-                raising, held.raising = held.raising, None
-                if raising is not None and raising.done() and not raising.cancelled():
-                    raising.exception()  # retrieved: the waiters below see it
-            return bool(done)
-        return await held.raising
+        """Commit a ceiling above ``value`` before accepting it. One raise at a time: the claims that
+        waited for it find the new ceiling and write nothing more."""
+        async with held.raising:
+            if self._held.get(key) is not held:
+                return False
+            if value <= held.ceiling:
+                return True
+            when, base = held.base
+            now, wall = time.monotonic(), time.time()
+            growth = (value - base) / max(now - when, 0.01) * RESERVE_SECONDS
+            ceiling = min(value + max(MIN_MARGIN, int(growth)), U64_MAX)
+            if not await self._run(lambda db: _set_ceiling(db, key, self.holder, sortable(ceiling), wall + LEASE_SECONDS)):
+                self._drop(key)
+                return False
+            held.ceiling, held.base = ceiling, (now, value)
+            held.valid_until = max(held.valid_until, now + LEASE_SECONDS - LEASE_MARGIN)
+            return True
 
     # ----- taking, renewing, handing back ------------------------------------------------------
     async def install(self, keys: dict[str, str], started: float) -> None:
@@ -432,12 +416,8 @@ class WindowLeases:
 
 
 # ----- the statements (plain sqlite3, on the direct connection or a pooled one) -------------------
-def _begin(db: sqlite3.Connection) -> None:
-    db.execute("BEGIN IMMEDIATE")
-
-
 def _in_transaction(db: sqlite3.Connection, work: Callable[[], Any]) -> Any:
-    _begin(db)
+    db.execute("BEGIN IMMEDIATE")
     try:
         result = work()
         db.execute("COMMIT")
