@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
 from keygate.store.batcher import Batcher
+from keygate.store.sqlite_tx import rollback, sqlite_time
 from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
 from keygate.store.window_leases import LeaseSight, WindowLeases, raise_to
 
@@ -141,10 +142,6 @@ class _KeyWindow:
         return accepted, []
 
 
-def _sqlite_time(value: datetime) -> str:
-    """How SQLAlchemy stores a ``UTCDateTime`` in SQLite (naive UTC, microseconds): string order is time order."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-
 
 def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: datetime,
                   sight: LeaseSight | None = None) -> list[bool | None]:
@@ -184,7 +181,7 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
         spread = [key for key, st in states.items() if st.spread]
         if spread:  # a random-style key forgets by age too
             for key, nonce in db.execute(f"DELETE FROM used_nonces WHERE api_key IN ({','.join('?' * len(spread))}) "
-                                         "AND expires_at <= ? RETURNING api_key, nonce", [*spread, _sqlite_time(now)]).fetchall():
+                                         "AND expires_at <= ? RETURNING api_key, nonce", [*spread, sqlite_time(now)]).fetchall():
                 states[key].count -= 1
                 states[key].present.discard(nonce)
             for key in spread:
@@ -217,7 +214,7 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
                     sight.to_share.add(key)
                 else:
                     sight.take(key, st.high)
-            inserts.extend((key, n, _sqlite_time(e)) for n, e in st.added.items())
+            inserts.extend((key, n, sqlite_time(e)) for n, e in st.added.items())
             deletes.extend((key, n) for n in st.forgotten)
             updates.append((st.high, st.floor, st.spread, st.count, key))
         if deletes:
@@ -231,7 +228,7 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
             sight.write(db)
         db.execute("COMMIT")
     except BaseException:
-        _rollback(db)
+        rollback(db)
         raise
     return results
 
@@ -260,30 +257,22 @@ def _first_expiries(claims: list[tuple[str, str, int]], now: datetime) -> dict[t
 def _sqlite_uniques(db: sqlite3.Connection, claims: list[tuple[str, str, int]], now: datetime) -> set[tuple[str, str]]:
     """``SqlState._decide_uniques`` in plain sqlite3: forget the batch's nonces whose window has passed,
     insert every distinct (key, nonce), and return those this batch inserted. Rolls back on any error."""
-    rows = {pair: _sqlite_time(expires) for pair, expires in _first_expiries(claims, now).items()}
+    rows = {pair: sqlite_time(expires) for pair, expires in _first_expiries(claims, now).items()}
     db.execute("BEGIN IMMEDIATE")
     try:
         # One primary-key probe per pair: a row-value IN beside the expiry makes SQLite range over every
         # expired row instead (those of other nonces pile up until the purge).
         db.executemany("DELETE FROM used_nonces WHERE api_key = ? AND nonce = ? AND expires_at <= ?",
-                       [(key, nonce, _sqlite_time(now)) for key, nonce in rows])
+                       [(key, nonce, sqlite_time(now)) for key, nonce in rows])
         inserted = {(r[0], r[1]) for r in db.execute(
             "INSERT INTO used_nonces (api_key, nonce, expires_at) VALUES " + ",".join("(?, ?, ?)" for _ in rows)
             + " ON CONFLICT DO NOTHING RETURNING api_key, nonce",
             [v for (key, nonce), expires in rows.items() for v in (key, nonce, expires)]).fetchall()}
         db.execute("COMMIT")
     except BaseException:
-        _rollback(db)
+        rollback(db)
         raise
     return inserted
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    if db.in_transaction:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the connection is broken: its error is the one to report
 
 
 class _DirectSqlite:

@@ -53,6 +53,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, U64_MAX, nonce_as_u64, sortable
+from keygate.store.sqlite_tx import in_transaction, sqlite_time
 
 if TYPE_CHECKING:
     from keygate.store.shared_state import WindowClaim
@@ -76,9 +77,7 @@ Runner = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
 def _far_future_from(now: datetime) -> str:
     """Stored expiries above this are increasing-style entries (never forgotten by age), not the
     Signature v2 nonces of the same key (seconds) nor random-style ones (a day)."""
-    from keygate.store.shared_state import _sqlite_time
-
-    return _sqlite_time(now + timedelta(seconds=FAR_FUTURE_SECONDS // 2))
+    return sqlite_time(now + timedelta(seconds=FAR_FUTURE_SECONDS // 2))
 
 
 class LeaseSight:
@@ -381,7 +380,7 @@ class WindowLeases:
         if key in self._held:
             await self.release(key, shared=True)
             return
-        if await self._run(lambda db: _in_transaction(db, lambda: _contend(db, key, self.holder, time.time()))):
+        if await self._run(lambda db: in_transaction(db, lambda: _contend(db, key, self.holder, time.time()))):
             await self.wait_for_handover(key)
         await self._run(lambda db: _revoke(db, key, time.time()))
 
@@ -416,21 +415,8 @@ class WindowLeases:
 
 
 # ----- the statements (plain sqlite3, on the direct connection or a pooled one) -------------------
-def _in_transaction(db: sqlite3.Connection, work: Callable[[], Any]) -> Any:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        result = work()
-        db.execute("COMMIT")
-        return result
-    except BaseException:
-        if db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-        raise
-
-
 def _set_ceiling(db: sqlite3.Connection, key: str, holder: str, ceiling: str, until: float) -> bool:
-    return bool(_in_transaction(db, lambda: db.execute(
+    return bool(in_transaction(db, lambda: db.execute(
         "UPDATE nonce_leases SET ceiling = ?, until = ? WHERE api_key = ? AND holder = ?", (ceiling, until, key, holder)).rowcount))
 
 
@@ -438,7 +424,7 @@ def _renew(db: sqlite3.Connection, holder: str, until: float) -> dict[str, bool]
     def work() -> dict[str, bool]:
         db.execute("UPDATE nonce_leases SET until = ? WHERE holder = ?", (until, holder))
         return {k: bool(c) for k, c in db.execute("SELECT api_key, contended FROM nonce_leases WHERE holder = ?", (holder,))}
-    return _in_transaction(db, work)  # type: ignore[no-any-return]
+    return in_transaction(db, work)
 
 
 def _load_window(db: sqlite3.Connection, key: str) -> HeldWindow | None:
@@ -451,13 +437,11 @@ def _load_window(db: sqlite3.Connection, key: str) -> HeldWindow | None:
 
 
 def _hand_back(db: sqlite3.Connection, key: str, holder: str, window: HeldWindow, shared: bool) -> None:
-    from keygate.store.shared_state import _sqlite_time
-
     def work() -> None:
         mine = db.execute("SELECT 1 FROM nonce_leases WHERE api_key = ? AND holder = ?", (key, holder)).fetchone()
         if mine is None:
             return  # revoked meanwhile: its floor covers what was accepted here
-        expires = _sqlite_time(datetime.now(timezone.utc) + timedelta(seconds=FAR_FUTURE_SECONDS))
+        expires = sqlite_time(datetime.now(timezone.utc) + timedelta(seconds=FAR_FUTURE_SECONDS))
         db.executemany("DELETE FROM used_nonces WHERE api_key = ? AND nonce = ?", [(key, n) for n in window.forgotten])
         db.executemany("INSERT OR REPLACE INTO used_nonces (api_key, nonce, expires_at) VALUES (?, ?, ?)",
                        [(key, n, expires) for n in window.added])
@@ -467,7 +451,7 @@ def _hand_back(db: sqlite3.Connection, key: str, holder: str, window: HeldWindow
             db.execute("UPDATE nonce_leases SET holder = '', until = ?, contended = 0 WHERE api_key = ?", (time.time() + SHARED_SECONDS, key))
         else:
             db.execute("DELETE FROM nonce_leases WHERE api_key = ?", (key,))
-    _in_transaction(db, work)
+    in_transaction(db, work)
 
 
 def _sortable(value: int | None) -> str | None:
@@ -488,7 +472,7 @@ def _revoke(db: sqlite3.Connection, key: str, now: float) -> None:
         db.execute("INSERT INTO nonce_leases (api_key, holder, until, ceiling, contended) VALUES (?, '', ?, NULL, 0) "
                    "ON CONFLICT (api_key) DO UPDATE SET holder = '', until = excluded.until, ceiling = NULL, contended = 0",
                    (key, now + SHARED_SECONDS))
-    _in_transaction(db, work)
+    in_transaction(db, work)
 
 
 def raise_floor(db: sqlite3.Connection, key: str, ceiling: str) -> None:
