@@ -129,9 +129,7 @@ class LeaseSight:
         if self.revoked:
             db.executemany("DELETE FROM nonce_leases WHERE api_key = ?", [(k,) for k in self.revoked])
         for key in self.to_share - self.waiting:
-            db.execute("INSERT INTO nonce_leases (api_key, holder, until, ceiling, contended) VALUES (?, '', ?, NULL, 0) "
-                       "ON CONFLICT (api_key) DO UPDATE SET holder = '', until = excluded.until, contended = 0",
-                       (key, self.now + SHARED_SECONDS))
+            share(db, key, self.now)
         for key, ceiling in self.taken.items():
             db.execute("INSERT INTO nonce_leases (api_key, holder, until, ceiling, contended) VALUES (?, ?, ?, ?, 0) "
                        "ON CONFLICT (api_key) DO UPDATE SET holder = excluded.holder, until = excluded.until, "
@@ -448,7 +446,7 @@ def _hand_back(db: sqlite3.Connection, key: str, holder: str, window: HeldWindow
         db.execute("UPDATE api_keys SET last_nonce = ?, nonce_floor = ?, nonce_count = ? WHERE api_key = ?",
                    (_sortable(window.high), _sortable(window.floor), window.count, key))
         if shared:
-            db.execute("UPDATE nonce_leases SET holder = '', until = ?, contended = 0 WHERE api_key = ?", (time.time() + SHARED_SECONDS, key))
+            share(db, key, time.time())
         else:
             db.execute("DELETE FROM nonce_leases WHERE api_key = ?", (key,))
     in_transaction(db, work)
@@ -469,10 +467,15 @@ def _revoke(db: sqlite3.Connection, key: str, now: float) -> None:
         row = db.execute("SELECT holder, ceiling FROM nonce_leases WHERE api_key = ?", (key,)).fetchone()
         if row is not None and row[0] != "" and row[1] is not None:
             raise_floor(db, key, row[1])
-        db.execute("INSERT INTO nonce_leases (api_key, holder, until, ceiling, contended) VALUES (?, '', ?, NULL, 0) "
-                   "ON CONFLICT (api_key) DO UPDATE SET holder = '', until = excluded.until, ceiling = NULL, contended = 0",
-                   (key, now + SHARED_SECONDS))
+        share(db, key, now)
     in_transaction(db, work)
+
+
+def share(db: sqlite3.Connection, key: str, now: float) -> None:
+    """Leave the key a shared mark: for ``SHARED_SECONDS`` nobody leases it (its ceiling is no one's)."""
+    db.execute("INSERT INTO nonce_leases (api_key, holder, until, ceiling, contended) VALUES (?, '', ?, NULL, 0) "
+               "ON CONFLICT (api_key) DO UPDATE SET holder = '', until = excluded.until, ceiling = NULL, contended = 0",
+               (key, now + SHARED_SECONDS))
 
 
 def raise_floor(db: sqlite3.Connection, key: str, ceiling: str) -> None:
