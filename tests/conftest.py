@@ -38,6 +38,8 @@ from support import (  # noqa: F401  (re-exported for modules that import them f
     unique_name,
 )
 
+pytest_plugins = ["hang_report"]  # a hang reports where each asyncio task waits
+
 # Property tests judge behaviour, not speed: a loaded CI machine must not fail one by its clock.
 hypothesis_settings.register_profile("keygate", deadline=None)
 hypothesis_settings.load_profile("keygate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,6 +49,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keygate")
 FLUSH_SECONDS = 1.0
+# Each step of a shutdown (stop the listener, write what is waiting, close Redis, close the pool) gets at
+# most this long: a store that stopped answering, or a client library that waits on it without a bound,
+# must not keep a stopping server (or a test's teardown) from ever finishing. What a step could not
+# finish is logged by name.
+CLOSE_STEP_SECONDS = 15.0
 PURGE_EVERY = 300
 
 
@@ -295,10 +301,18 @@ class Keygate:
                     await task
         self._flusher = self._audit_flusher = None
         if self.changes is not None:
-            await self.changes.close()
+            await _bounded("stopping the change listener", self.changes.close())
         with suppress(Exception):
-            await self.flush()
-        await self.state.close()
+            await _bounded("writing pending sessions, key uses and audit events", self.flush())
+        await _bounded("closing the shared state", self.state.close())
         if self._tier is not None:
-            await self._tier.close()
-        await self.engine.dispose()
+            await _bounded("closing the session tier", self._tier.close())
+        await _bounded("closing the database pool", self.engine.dispose())
+
+
+async def _bounded(step: str, work: Awaitable[None]) -> None:
+    """Run one shutdown step for at most ``CLOSE_STEP_SECONDS``; past that, log it and go on."""
+    try:
+        await asyncio.wait_for(work, CLOSE_STEP_SECONDS)
+    except TimeoutError:
+        log.warning("shutdown: %s did not finish within %g s; stopping without it", step, CLOSE_STEP_SECONDS)
