@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
 from keygate.store.batcher import Batcher
-from keygate.store.sqlite_tx import rollback, sqlite_time
+from keygate.store.sqlite_tx import sqlite_time, write_transaction
 from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
 from keygate.store.window_leases import LeaseSight, WindowLeases, raise_to
 
@@ -159,8 +159,7 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
     keys = list(by_key)
     marks = ",".join("?" * len(keys))
     results: list[bool | None] = [False] * len(claims)
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         states = {r[0]: _KeyWindow(r[1], r[2], bool(r[3]), int(r[4])) for r in db.execute(
             f"SELECT api_key, last_nonce, nonce_floor, nonce_spread, nonce_count FROM api_keys WHERE api_key IN ({marks})", keys)}
         if sight is not None:
@@ -226,10 +225,6 @@ def _sqlite_batch(db: sqlite3.Connection, claims: list[WindowClaim], now: dateti
                            "WHERE api_key = ?", updates)
         if sight is not None:
             sight.write(db)
-        db.execute("COMMIT")
-    except BaseException:
-        rollback(db)
-        raise
     return results
 
 
@@ -258,8 +253,7 @@ def _sqlite_uniques(db: sqlite3.Connection, claims: list[tuple[str, str, int]], 
     """``SqlState._decide_uniques`` in plain sqlite3: forget the batch's nonces whose window has passed,
     insert every distinct (key, nonce), and return those this batch inserted. Rolls back on any error."""
     rows = {pair: sqlite_time(expires) for pair, expires in _first_expiries(claims, now).items()}
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         # One primary-key probe per pair: a row-value IN beside the expiry makes SQLite range over every
         # expired row instead (those of other nonces pile up until the purge).
         db.executemany("DELETE FROM used_nonces WHERE api_key = ? AND nonce = ? AND expires_at <= ?",
@@ -268,10 +262,6 @@ def _sqlite_uniques(db: sqlite3.Connection, claims: list[tuple[str, str, int]], 
             "INSERT INTO used_nonces (api_key, nonce, expires_at) VALUES " + ",".join("(?, ?, ?)" for _ in rows)
             + " ON CONFLICT DO NOTHING RETURNING api_key, nonce",
             [v for (key, nonce), expires in rows.items() for v in (key, nonce, expires)]).fetchall()}
-        db.execute("COMMIT")
-    except BaseException:
-        rollback(db)
-        raise
     return inserted
 
 

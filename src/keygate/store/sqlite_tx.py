@@ -4,7 +4,8 @@ the leases of store/shared_state.py and store/window_leases.py, on the event loo
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -24,13 +25,19 @@ def rollback(db: sqlite3.Connection) -> None:
             pass  # the connection is broken: its error is the one to report
 
 
-def in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
-    """``work()`` under ``BEGIN IMMEDIATE`` (the file's write lock), committed; rolled back on any error."""
+@contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """The block under ``BEGIN IMMEDIATE`` (the file's write lock), committed; rolled back on any error."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        result = work()
+        yield
         db.execute("COMMIT")
-        return result
     except BaseException:
         rollback(db)
         raise
+
+
+def in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
+    """``work()`` in a ``write_transaction``."""
+    with write_transaction(db):
+        return work()
