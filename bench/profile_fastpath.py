@@ -39,6 +39,7 @@ sys.path.insert(0, str(SRC))
 
 from keygate.config import Settings  # noqa: E402
 from keygate.domain.iprules import IpAllowlist  # noqa: E402
+from keygate.domain.replay import ReplayMode  # noqa: E402
 from keygate.domain.signature import compute_signature  # noqa: E402
 from keygate.service import Keygate  # noqa: E402
 from keygate.service.principal import OPERATOR  # noqa: E402
@@ -121,7 +122,9 @@ async def user_and_key(settings: Settings) -> tuple[int, str, str]:
     try:
         await kg.start()
         user = await kg.users.create(OPERATOR, f"bench{secrets.token_hex(4)}", secrets.token_urlsafe(16), "b@example.com")
-        created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), "bench")
+        # compatible: one header set, replayed by wrk, signs every call of the signed scenario
+        created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), "bench",
+                                       replay_mode=ReplayMode.COMPATIBLE)
         return user.user_id, created.key.api_key, created.secret
     finally:
         await kg.close()
@@ -178,6 +181,7 @@ def main() -> int:
             ("Ping", kbase, kg.pid, "/AP/Ping", {}),
             ("GetUserInfo aptoken", kbase, kg.pid, "/AP/GetUserInfo", {"aptoken": token}),
             ("forward auth aptoken", kbase, kg.pid, "/keygate/authorize", {"aptoken": token}),
+            ("GetUserInfo signed", kbase, kg.pid, "/AP/GetUserInfo", signed),
         ]
         if args.only:
             keep = set(args.only.split(","))
@@ -206,6 +210,7 @@ def main() -> int:
         print(f"Ping / starlette hello:                 {ratio('Ping', 'starlette hello')}")
         print(f"GetUserInfo aptoken / starlette hello:  {ratio('GetUserInfo aptoken', 'starlette hello')}  (target >= 0.6)")
         print(f"forward auth aptoken / Ping:            {ratio('forward auth aptoken', 'Ping')}  (target >= 0.8)")
+        print(f"GetUserInfo signed (compatible) / Ping: {ratio('GetUserInfo signed', 'Ping')}")
         return 0
     finally:
         kg.terminate()

@@ -167,6 +167,11 @@ async def authenticate_request(request: Request, target: Target | None = None) -
         return await kg.auth.principal_for_token(token, ip)
     if _signs_v2(request):
         return await kg.http_signatures.principal_for_http_signature(await v2_parts(request, target), ip)
+    found = header_map(request)
+    principal = kg.auth.principal_for_signature_now(found.get(b"apikey"), found.get(b"signature"), found.get(b"userid"),
+                                                    found.get(b"nonce"), ip)
+    if principal is not None:  # the happy path, decided at once; anything else below, the whole way
+        return principal
     creds = credential_headers(request)
     if creds:
         return await kg.auth.principal_for_signature(KeyCredentials.parse(creds), ip)
@@ -205,6 +210,11 @@ async def _sign_in(request: Request, allow_resume: bool = False) -> Response:
     try:
         if _signs_v2(request):
             return _render_grant(await kg.http_signatures.authenticate_http_signature(await v2_parts(request), ip), allow_resume)
+        found = header_map(request)
+        grant = await kg.auth.authenticate_key_now(found.get(b"apikey"), found.get(b"signature"), found.get(b"userid"),
+                                                   found.get(b"nonce"), ip)
+        if grant is not None:  # the happy path, decided at once; anything else below, the whole way
+            return _render_grant(grant, allow_resume)
         creds = credential_headers(request)
         if creds:
             return _render_grant(await kg.auth.authenticate_key(KeyCredentials.parse(creds), ip), allow_resume)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from keygate.domain.errors import AuthenticationFailed, InvalidRequest, KeygateError, NotAuthorized, NotFound
-from keygate.domain.key_material import decode_signature, signature_shape_ok, verify
+from keygate.domain.key_material import KeyMaterial, decode_signature, signature_shape_ok, verify
 from keygate.domain.keys import ApiKey
 from keygate.domain.passwords import verify_password
 from keygate.domain.permissions import ALL_PERMISSIONS
@@ -110,6 +110,8 @@ class Authenticator:
         self._healthy = self._coherence.require_healthy
         # The principal memo: token -> (generation, until, client address, principal). See principal_for_token.
         self._memo: dict[str, tuple[int, float, str | None, Principal]] = {}
+        # The signer memo: (APIKey, UserId, client address) -> what a right signature then grants. See _verify_now.
+        self._signers: dict[tuple[str, str, str | None], _Signer] = {}
         self._key_max_idle_days = key_max_idle_days
         self._users = users
         self._keys = keys
@@ -189,10 +191,78 @@ class Authenticator:
                                api_key=key.api_key, client_ip=client_ip)
             raise AuthenticationFailed("user locked", locked=True)
 
+    def _verify_now(self, api_key: bytes | None, signature: bytes | None, user_id: bytes | None, nonce: bytes | None,
+                    client_ip: str | None) -> _Signer | None:
+        """The signer of a right signature whose key, user and address ``_verify_key`` accepted moments
+        ago, decided without waiting; or ``None``: ``_verify_key`` decides (and says why it refuses).
+
+        The four values are the headers as sent. Only the happy path is decided here, with the rules
+        of ``_verify_key``: the key, the user and the address must be those of a signer memo entry
+        (written by ``_verify_key`` after it accepted them, under the rules of the principal memo: at
+        most ``MEMO_SECONDS``, voided by any change this process applies, not kept when the key
+        expires or goes idle within that time or the user has a lock); the signature must be right
+        under the key's current secret or public key; the nonce must be accepted at once by the key's
+        replay mode (``AbuseGuard.claim_nonce_now``), which is the last step, so that nothing is
+        recorded unless the call is accepted. Anything else (a miss, an odd shape, a wrong signature,
+        a nonce to wait for or to refuse) goes the whole way, as if this had not been tried.
+        """
+        if api_key is None or signature is None or user_id is None or nonce is None:
+            return None
+        signer = self._signers.get((api_key.decode("latin-1"), user_id.decode("latin-1"), client_ip))
+        if signer is None or signer.generation != self._coherence.generation or time.monotonic() >= signer.until:
+            return None
+        text = nonce.decode("latin-1")
+        if not text or len(text) > MAX_NONCE_LENGTH or not text.isascii() or not text.isprintable() or text.strip() != text:
+            return None
+        key = signer.key
+        raw = decode_signature(key.key_type, signature.decode("latin-1"))
+        if raw is None or not verify(signer.material, text.encode() + signer.tail, raw):
+            return None
+        self._healthy()
+        if not self._guard.claim_nonce_now(key, text):
+            return None
+        if key.replay_mode is ReplayMode.COMPATIBLE:
+            self._keys.note_compatible_nonce(key.api_key, text)
+        self._keys.mark_used(key.api_key, client_ip)
+        return signer
+
+    def principal_for_signature_now(self, api_key: bytes | None, signature: bytes | None, user_id: bytes | None,
+                                    nonce: bytes | None, client_ip: str | None) -> Principal | None:
+        """``principal_for_signature`` of the four headers as sent, decided at once on the happy path
+        (``_verify_now``), or ``None``: then ``principal_for_signature`` decides."""
+        signer = self._verify_now(api_key, signature, user_id, nonce, client_ip)
+        if signer is None:
+            return None
+        self._audit.tally("auth.signed_request", subject_user_id=signer.user.user_id, api_key=signer.key.api_key, client_ip=client_ip)
+        return signer.principal
+
+    async def authenticate_key_now(self, api_key: bytes | None, signature: bytes | None, user_id: bytes | None,
+                                   nonce: bytes | None, client_ip: str | None) -> SessionGrant | None:
+        """``authenticate_key`` of the four headers as sent, its signature decided at once on the happy
+        path (``_verify_now``), or ``None``: then ``authenticate_key`` decides."""
+        signer = self._verify_now(api_key, signature, user_id, nonce, client_ip)
+        if signer is None:
+            return None
+        return await self.grant_key_session(signer.user, signer.key, client_ip, signer.key.secret_serial)
+
+    def _remember_signer(self, generation: int, creds: KeyCredentials, user: User, key: ApiKey, client_ip: str | None,
+                         now: datetime) -> None:
+        """After ``_verify_key`` accepted a signature under the key's current secret (see ``_verify_now``)."""
+        later = now + MEMO_TIMEDELTA
+        if user.locked or key.expired(later) or key.idle_expired(later, self._key_max_idle_days):
+            return
+        if len(self._signers) >= MEMO_ENTRIES:
+            self._signers.clear()
+        principal = Principal(user, key.permissions, SessionKind.KEY, key.api_key)
+        self._signers[(creds.api_key, str(creds.user_id), client_ip)] = _Signer(
+            generation, time.monotonic() + MEMO_SECONDS, user, key, self._keys.material_of(key),
+            f"{creds.user_id}{creds.api_key}".encode(), principal)
+
     async def _verify_key(self, creds: KeyCredentials, client_ip: str | None, action: str) -> tuple[User, ApiKey, int]:
         """The user and key of a valid signature, and the serial of the secret that made it."""
         started = time.monotonic()
         self._healthy()
+        generation = self._coherence.generation  # before any read: a change applied meanwhile voids the signer memo
         key = await self._keys.lookup(creds.api_key)
         user = await self._users.get(creds.user_id)
         if key is None:
@@ -228,6 +298,8 @@ class Authenticator:
                                    api_key=key.api_key, client_ip=client_ip)
                 raise refusal
         self._keys.mark_used(key.api_key, client_ip)
+        if serial == key.secret_serial:
+            self._remember_signer(generation, creds, user, key, client_ip, now)
         return user, key, serial
 
     async def authenticate_key(self, creds: KeyCredentials, client_ip: str | None) -> SessionGrant:
@@ -404,6 +476,20 @@ class Authenticator:
             unit.audit(event("session.end", actor=actor, subject_user_id=target.user_id, api_key=target.api_key,
                              detail=f"{target.kind.value} session ended by an administrator"))
         return target
+
+
+class _Signer(NamedTuple):
+    """A signer memo entry (``Authenticator._verify_now``): the key and user ``_verify_key`` accepted
+    for one client address, what checks the key's signatures now, and ``UserId + APIKey`` (the
+    signed message but its nonce)."""
+
+    generation: int
+    until: float
+    user: User
+    key: ApiKey
+    material: KeyMaterial
+    tail: bytes
+    principal: Principal
 
 
 MEMO_SECONDS = 0.5

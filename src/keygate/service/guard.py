@@ -108,6 +108,17 @@ class AbuseGuard:
                 "Nonce was already used with this key; send a new random nonce for every request"))
         return None
 
+    def claim_nonce_now(self, key: ApiKey, nonce: str) -> bool:
+        """True if the key's replay mode accepts ``nonce`` at once, without waiting: ``compatible``, or
+        ``window`` decided in memory under a lease held here (store/window_leases.py), the nonce then
+        recorded. False says only that ``claim_nonce`` must decide (a refusal included), and records nothing."""
+        mode = key.replay_mode
+        if mode is ReplayMode.COMPATIBLE:
+            return True
+        if mode is not ReplayMode.WINDOW or key.replay_floor_until is not None:
+            return False  # (a floor left by a mode switch: claim_nonce checks it)
+        return self.state.claim_window_now(key.api_key, nonce, self._window_size) is True
+
     async def claim_signature_nonce(self, api_key: str, nonce: str, seconds: int) -> bool:
         """Signature v2: claim ``nonce`` once per key for ``seconds`` (the window of ``created``, so the
         state is bounded by it); False if it was already claimed."""

@@ -153,6 +153,9 @@ class RedisState:
             await self.raise_highest_nonce(api_key, value)
         return claimed
 
+    def claim_window_now(self, api_key: str, nonce: str, limit: int) -> bool | None:
+        return None  # every claim is Redis's
+
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
         return await self._windows.submit((api_key, nonce, limit, window_seconds))
 

@@ -39,6 +39,10 @@ class SharedState(Protocol):
         """The ``window`` mode (domain.replay): accept ``nonce`` only if the key does not remember it and,
         if numeric, it lies above the key's floor; remember it, within ``limit`` nonces."""
 
+    def claim_window_now(self, api_key: str, nonce: str, limit: int) -> bool | None:
+        """The ``window`` claim decided at once, without waiting (a lease held here), or ``None``:
+        only ``claim_window`` can decide it. True accepts and records the nonce, as ``claim_window`` would."""
+
     async def end_window_lease(self, api_key: str) -> None:
         """Before the key's replay mode changes: no process decides its ``window`` claims in memory any
         more, and what one may have accepted there is covered (store/window_leases.py)."""
@@ -392,6 +396,9 @@ class SqlState:
             dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             statement = dialect_insert(used_nonces).values(list(rows.values())).on_conflict_do_nothing().returning(u.api_key, u.nonce)
             return {(r[0], r[1]) for r in (await conn.execute(statement)).all()}
+
+    def claim_window_now(self, api_key: str, nonce: str, limit: int) -> bool | None:
+        return self.leases.decide_now(api_key, nonce, limit) if self.leases is not None else None
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
         """Decided in memory if this process holds the key's lease (store/window_leases.py), else by
