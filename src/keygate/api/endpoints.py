@@ -170,8 +170,8 @@ async def authenticate_request(request: Request, target: Target | None = None) -
     found = header_map(request)
     principal = kg.auth.principal_for_signature_now(found.get(b"apikey"), found.get(b"signature"), found.get(b"userid"),
                                                     found.get(b"nonce"), ip)
-    if principal is not None:  # the happy path, decided at once; anything else below, the whole way
-        return principal
+    if principal is not None:  # the happy path (awaitable when its nonce claim waits); anything else below
+        return principal if isinstance(principal, Principal) else await principal
     creds = credential_headers(request)
     if creds:
         return await kg.auth.principal_for_signature(KeyCredentials.parse(creds), ip)

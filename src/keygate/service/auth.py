@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -192,19 +192,19 @@ class Authenticator:
             raise AuthenticationFailed("user locked", locked=True)
 
     def _verify_now(self, api_key: bytes | None, signature: bytes | None, user_id: bytes | None, nonce: bytes | None,
-                    client_ip: str | None) -> _Signer | None:
-        """The signer of a right signature whose key, user and address ``_verify_key`` accepted moments
-        ago, decided without waiting; or ``None``: ``_verify_key`` decides (and says why it refuses).
+                    client_ip: str | None) -> tuple[_Signer, str] | None:
+        """The signer and nonce of a right signature whose key, user and address ``_verify_key``
+        accepted moments ago; or ``None``: ``_verify_key`` decides (and says why it refuses).
 
         The four values are the headers as sent. Only the happy path is decided here, with the rules
         of ``_verify_key``: the key, the user and the address must be those of a signer memo entry
         (written by ``_verify_key`` after it accepted them, under the rules of the principal memo: at
         most ``MEMO_SECONDS``, voided by any change this process applies, not kept when the key
-        expires or goes idle within that time or the user has a lock); the signature must be right
-        under the key's current secret or public key; the nonce must be accepted at once by the key's
-        replay mode (``AbuseGuard.claim_nonce_now``), which is the last step, so that nothing is
-        recorded unless the call is accepted. Anything else (a miss, an odd shape, a wrong signature,
-        a nonce to wait for or to refuse) goes the whole way, as if this had not been tried.
+        expires or goes idle within that time or the user has a lock); the nonce must have a shape
+        the whole path takes as it is; the signature must be right under the key's current secret
+        or public key. Anything else (a miss, an odd shape, a wrong signature, the previous secret of
+        a rotation) goes the whole way, as if this had not been tried. Nothing is recorded here: the
+        nonce is claimed after (``_claim_now``, else ``_claim``), as the last step.
         """
         if api_key is None or signature is None or user_id is None or nonce is None:
             return None
@@ -214,35 +214,72 @@ class Authenticator:
         text = nonce.decode("latin-1")
         if not text or len(text) > MAX_NONCE_LENGTH or not text.isascii() or not text.isprintable() or text.strip() != text:
             return None
-        key = signer.key
-        raw = decode_signature(key.key_type, signature.decode("latin-1"))
+        raw = decode_signature(signer.key.key_type, signature.decode("latin-1"))
         if raw is None or not verify(signer.material, text.encode() + signer.tail, raw):
             return None
         self._healthy()
-        if not self._guard.claim_nonce_now(key, text):
-            return None
+        return signer, text
+
+    def _claim_now(self, signer: _Signer, nonce: str, client_ip: str | None) -> bool:
+        """The nonce accepted at once by the key's replay mode (``AbuseGuard.claim_nonce_now``), and the
+        use counted; False: nothing recorded, ``_claim`` decides."""
+        key = signer.key
+        if not self._guard.claim_nonce_now(key, nonce):
+            return False
         if key.replay_mode is ReplayMode.COMPATIBLE:
-            self._keys.note_compatible_nonce(key.api_key, text)
+            self._keys.note_compatible_nonce(key.api_key, nonce)
         self._keys.mark_used(key.api_key, client_ip)
-        return signer
+        return True
+
+    async def _claim(self, signer: _Signer, nonce: str, client_ip: str | None, action: str) -> None:
+        """The nonce claimed by the key's replay mode, waiting for the store as ``_verify_key`` does;
+        a refusal is audited and raised as there."""
+        key = signer.key
+        refusal = await self._guard.claim_nonce(key, nonce)
+        if refusal is not None:
+            raise self._nonce_refused(action, refusal, key, signer.user, client_ip)
+        if key.replay_mode is ReplayMode.COMPATIBLE:
+            self._keys.note_compatible_nonce(key.api_key, nonce)
+        self._keys.mark_used(key.api_key, client_ip)
+
+    def _nonce_refused(self, action: str, refusal: AuthenticationFailed, key: ApiKey, user: User,
+                       client_ip: str | None) -> AuthenticationFailed:
+        """The right secret with an unacceptable nonce: not a guess, not counted as one; audited."""
+        self._keys.note_refusal(key.api_key)
+        self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
+                           api_key=key.api_key, client_ip=client_ip)
+        return refusal
 
     def principal_for_signature_now(self, api_key: bytes | None, signature: bytes | None, user_id: bytes | None,
-                                    nonce: bytes | None, client_ip: str | None) -> Principal | None:
-        """``principal_for_signature`` of the four headers as sent, decided at once on the happy path
-        (``_verify_now``), or ``None``: then ``principal_for_signature`` decides."""
-        signer = self._verify_now(api_key, signature, user_id, nonce, client_ip)
-        if signer is None:
+                                    nonce: bytes | None, client_ip: str | None) -> Principal | Awaitable[Principal] | None:
+        """``principal_for_signature`` of the four headers as sent, on the happy path (``_verify_now``):
+        the principal when the nonce is accepted at once, else an awaitable of it (the claim waits for
+        the store, and may refuse); ``None``: ``principal_for_signature`` decides. (An awaitable only
+        when needed: on the common path a coroutine would cost a measurable share of the call.)"""
+        found = self._verify_now(api_key, signature, user_id, nonce, client_ip)
+        if found is None:
             return None
+        signer, text = found
+        if not self._claim_now(signer, text, client_ip):
+            return self._signed_after_claim(signer, text, client_ip)
+        self._audit.tally("auth.signed_request", subject_user_id=signer.user.user_id, api_key=signer.key.api_key, client_ip=client_ip)
+        return signer.principal
+
+    async def _signed_after_claim(self, signer: _Signer, nonce: str, client_ip: str | None) -> Principal:
+        await self._claim(signer, nonce, client_ip, "auth.signed_request")
         self._audit.tally("auth.signed_request", subject_user_id=signer.user.user_id, api_key=signer.key.api_key, client_ip=client_ip)
         return signer.principal
 
     async def authenticate_key_now(self, api_key: bytes | None, signature: bytes | None, user_id: bytes | None,
                                    nonce: bytes | None, client_ip: str | None) -> SessionGrant | None:
-        """``authenticate_key`` of the four headers as sent, its signature decided at once on the happy
-        path (``_verify_now``), or ``None``: then ``authenticate_key`` decides."""
-        signer = self._verify_now(api_key, signature, user_id, nonce, client_ip)
-        if signer is None:
+        """``authenticate_key`` of the four headers as sent, its signature decided on the happy path
+        (``_verify_now``), or ``None``: then ``authenticate_key`` decides."""
+        found = self._verify_now(api_key, signature, user_id, nonce, client_ip)
+        if found is None:
             return None
+        signer, text = found
+        if not self._claim_now(signer, text, client_ip):
+            await self._claim(signer, text, client_ip, "auth.key")
         return await self.grant_key_session(signer.user, signer.key, client_ip, signer.key.secret_serial)
 
     def _remember_signer(self, generation: int, creds: KeyCredentials, user: User, key: ApiKey, client_ip: str | None,
@@ -292,11 +329,8 @@ class Authenticator:
             self._keys.note_compatible_nonce(key.api_key, creds.nonce)
         else:
             refusal = await self._guard.claim_nonce(key, creds.nonce)
-            if refusal is not None:  # the right secret with an unacceptable nonce: not a guess, not counted
-                self._keys.note_refusal(key.api_key)
-                self._audit.record(action, "failure", reason=refusal.reason, subject_user_id=user.user_id,
-                                   api_key=key.api_key, client_ip=client_ip)
-                raise refusal
+            if refusal is not None:
+                raise self._nonce_refused(action, refusal, key, user, client_ip)
         self._keys.mark_used(key.api_key, client_ip)
         if serial == key.secret_serial:
             self._remember_signer(generation, creds, user, key, client_ip, now)
