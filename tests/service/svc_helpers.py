@@ -1,9 +1,10 @@
-"""Helpers for service tests: key credentials and raw reads of the database."""
+"""Helpers for service tests: key credentials, raw reads of the database, and counted key look-ups."""
 
 from __future__ import annotations
 
 import secrets
 
+import pytest
 from sqlalchemy import text
 
 from keygate.domain.signature import compute_signature
@@ -29,3 +30,16 @@ async def count_rows(kg: Keygate, table: str, where: str = "", **params: object)
     async with kg.engine.connect() as conn:
         sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")
         return int((await conn.execute(text(sql), params)).scalar_one())
+
+
+def count_lookups(kg: Keygate, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every API key ``kg.keys.lookup`` is asked for from now on (the read a memo hit skips)."""
+    calls: list[str] = []
+    original = kg.keys.lookup
+
+    async def counted(api_key: str):  # type: ignore[no-untyped-def]
+        calls.append(api_key)
+        return await original(api_key)
+
+    monkeypatch.setattr(kg.keys, "lookup", counted)
+    return calls

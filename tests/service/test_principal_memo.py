@@ -7,7 +7,7 @@ reads overlapped a change is not remembered.
 from __future__ import annotations
 
 import pytest
-from svc_helpers import CLIENT_IP, key_credentials
+from svc_helpers import CLIENT_IP, count_lookups, key_credentials
 
 from keygate.domain.errors import NotAuthorized
 from keygate.domain.iprules import IpAllowlist
@@ -24,21 +24,9 @@ async def _key_session(kg: Keygate, make_user):  # type: ignore[no-untyped-def]
     return user, created, grant.token
 
 
-def _count_lookups(kg: Keygate, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    original = kg.keys.lookup
-
-    async def counted(api_key: str):  # type: ignore[no-untyped-def]
-        calls.append(api_key)
-        return await original(api_key)
-
-    monkeypatch.setattr(kg.keys, "lookup", counted)
-    return calls
-
-
 async def test_a_change_made_here_reaches_the_next_call(kg: Keygate, make_user, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     user, created, token = await _key_session(kg, make_user)
-    calls = _count_lookups(kg, monkeypatch)
+    calls = count_lookups(kg, monkeypatch)
     first = await kg.auth.principal_for_token(token, CLIENT_IP)
     again = await kg.auth.principal_for_token(token, CLIENT_IP)
     assert first.permissions == again.permissions == frozenset()
@@ -51,7 +39,7 @@ async def test_a_change_made_here_reaches_the_next_call(kg: Keygate, make_user, 
 
 async def test_a_change_read_from_the_log_voids_every_memo(kg: Keygate, make_user, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     _, created, token = await _key_session(kg, make_user)
-    calls = _count_lookups(kg, monkeypatch)
+    calls = count_lookups(kg, monkeypatch)
     await kg.auth.principal_for_token(token, CLIENT_IP)
     kg.coherence.apply("user", "0")  # what the listener does for a change of another record, from another process
     await kg.auth.principal_for_token(token, CLIENT_IP)

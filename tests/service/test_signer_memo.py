@@ -13,7 +13,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from svc_helpers import CLIENT_IP, key_credentials
+from svc_helpers import CLIENT_IP, count_lookups, key_credentials
 
 from keygate.domain.errors import AuthenticationFailed
 from keygate.domain.iprules import IpAllowlist
@@ -43,18 +43,6 @@ async def _signed_in(kg: Keygate, created: CreatedKey, ip: str = CLIENT_IP) -> N
     await kg.auth.principal_for_signature(key_credentials(created, str(next(_nonces))), ip)
 
 
-def _count_lookups(kg: Keygate, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    original = kg.keys.lookup
-
-    async def counted(api_key: str):  # type: ignore[no-untyped-def]
-        calls.append(api_key)
-        return await original(api_key)
-
-    monkeypatch.setattr(kg.keys, "lookup", counted)
-    return calls
-
-
 def _accepted(kg: Keygate, created: CreatedKey) -> int:
     """Accepted requests of the key in this process's usage counts not yet written."""
     return sum(slot[0] for (api_key, _), slot in kg.keys._counts.items() if api_key == created.key.api_key)
@@ -82,7 +70,7 @@ async def test_the_next_signed_call_is_decided_from_the_memo_and_counted(kg: Key
     created = await _key(kg, make_user, mode)
     for _ in range(5 if mode is ReplayMode.WINDOW else 1):  # a window key's first claims take its lease (SQLite)
         await _signed_in(kg, created)
-    calls = _count_lookups(kg, monkeypatch)
+    calls = count_lookups(kg, monkeypatch)
     uses = _accepted(kg, created)
     found = kg.auth.principal_for_signature_now(*_headers(created), CLIENT_IP)
     if mode is ReplayMode.COMPATIBLE or _leases_decide(kg):

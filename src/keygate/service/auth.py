@@ -223,21 +223,21 @@ class Authenticator:
     def _claim_now(self, signer: _Signer, nonce: str, client_ip: str | None) -> bool:
         """The nonce accepted at once by the key's replay mode (``AbuseGuard.claim_nonce_now``), and the
         use counted; False: nothing recorded, ``_claim`` decides."""
-        key = signer.key
-        if not self._guard.claim_nonce_now(key, nonce):
+        if not self._guard.claim_nonce_now(signer.key, nonce):
             return False
-        if key.replay_mode is ReplayMode.COMPATIBLE:
-            self._keys.note_compatible_nonce(key.api_key, nonce)
-        self._keys.mark_used(key.api_key, client_ip)
+        self._count_use(signer.key, nonce, client_ip)
         return True
 
     async def _claim(self, signer: _Signer, nonce: str, client_ip: str | None, action: str) -> None:
         """The nonce claimed by the key's replay mode, waiting for the store as ``_verify_key`` does;
         a refusal is audited and raised as there."""
-        key = signer.key
-        refusal = await self._guard.claim_nonce(key, nonce)
+        refusal = await self._guard.claim_nonce(signer.key, nonce)
         if refusal is not None:
-            raise self._nonce_refused(action, refusal, key, signer.user, client_ip)
+            raise self._nonce_refused(action, refusal, signer.key, signer.user, client_ip)
+        self._count_use(signer.key, nonce, client_ip)
+
+    def _count_use(self, key: ApiKey, nonce: str, client_ip: str | None) -> None:
+        """An accepted signature with ``nonce``: a ``compatible`` key's highest nonce noted, the use counted."""
         if key.replay_mode is ReplayMode.COMPATIBLE:
             self._keys.note_compatible_nonce(key.api_key, nonce)
         self._keys.mark_used(key.api_key, client_ip)
@@ -262,11 +262,14 @@ class Authenticator:
         signer, text = found
         if not self._claim_now(signer, text, client_ip):
             return self._signed_after_claim(signer, text, client_ip)
-        self._audit.tally("auth.signed_request", subject_user_id=signer.user.user_id, api_key=signer.key.api_key, client_ip=client_ip)
-        return signer.principal
+        return self._signed(signer, client_ip)
 
     async def _signed_after_claim(self, signer: _Signer, nonce: str, client_ip: str | None) -> Principal:
         await self._claim(signer, nonce, client_ip, "auth.signed_request")
+        return self._signed(signer, client_ip)
+
+    def _signed(self, signer: _Signer, client_ip: str | None) -> Principal:
+        """``tally_signed_request`` for a memo entry: its principal is built once, with the entry."""
         self._audit.tally("auth.signed_request", subject_user_id=signer.user.user_id, api_key=signer.key.api_key, client_ip=client_ip)
         return signer.principal
 
@@ -325,13 +328,11 @@ class Authenticator:
                                       "This API key accepts Signature v2 (RFC 9421) only: sign the request with "
                                       "Signature-Input and Signature instead of APIKey, Signature, UserId and Nonce")
         self.check_holder(action, key, user, client_ip, now)
-        if key.replay_mode is ReplayMode.COMPATIBLE:
-            self._keys.note_compatible_nonce(key.api_key, creds.nonce)
-        else:
+        if key.replay_mode is not ReplayMode.COMPATIBLE:
             refusal = await self._guard.claim_nonce(key, creds.nonce)
             if refusal is not None:
                 raise self._nonce_refused(action, refusal, key, user, client_ip)
-        self._keys.mark_used(key.api_key, client_ip)
+        self._count_use(key, creds.nonce, client_ip)
         if serial == key.secret_serial:
             self._remember_signer(generation, creds, user, key, client_ip, now)
         return user, key, serial
