@@ -57,6 +57,8 @@ BAD_VALUES = [
     ("KEYGATE_SESSION_IDLE_SECONDS", "0", "a whole number of seconds"),
     ("KEYGATE_MAX_BODY_BYTES", "64k", "a whole number of bytes"),
     ("KEYGATE_MAX_BODY_BYTES", "1023", "from 1024"),
+    ("KEYGATE_KEEP_ALIVE_SECONDS", "0", "from 1 to 3600"),
+    ("KEYGATE_KEEP_ALIVE_SECONDS", "5s", "a whole number"),
     ("KEYGATE_KEY_MAX_IDLE_DAYS_WITHOUT_ALLOWLIST", "-1", "a whole number of days"),
     ("KEYGATE_REDIS_NAMESPACE", "my app", "letters, digits"),
     ("KEYGATE_LOG_LEVEL", "loud", "critical, error, warning, info, debug, trace"),

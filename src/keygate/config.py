@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     tls_cert_file: OptionalPath = None  # with tls_key_file: `keygate serve` speaks HTTPS and WSS itself
     tls_key_file: OptionalPath = None
+    # `keygate serve`: how long an idle HTTP connection stays open between requests; longer than the
+    # idle timeouts of clients and proxies, so that a connection they reuse is never one closed under them
+    keep_alive_seconds: int = Field(65, ge=1, le=3600)
     session_idle_seconds: int = _seconds(3600)
     session_max_seconds: int = _seconds(86400)
     pending_2fa_seconds: int = _seconds(300)

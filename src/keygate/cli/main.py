@@ -250,10 +250,11 @@ def serve(
         with _metrics_folder():
             uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
                         log_level=settings.log_level, log_config=log_config, access_log=False, proxy_headers=False,
-                        **ssl_options)
+                        timeout_keep_alive=settings.keep_alive_seconds, **ssl_options)
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    log_config=log_config, access_log=False, proxy_headers=False, **ssl_options)
+                    log_config=log_config, access_log=False, proxy_headers=False,
+                    timeout_keep_alive=settings.keep_alive_seconds, **ssl_options)
 
 
 @contextmanager
