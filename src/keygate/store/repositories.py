@@ -23,6 +23,7 @@ from keygate.domain.permissions import Permission, format_permissions, parse_per
 from keygate.domain.replay import ReplayMode, sortable
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.users import User
+from keygate.store.database import dialect_insert
 from keygate.store.tables import api_keys, audit_events, key_usage, sessions, users
 
 T = TypeVar("T")
@@ -381,11 +382,7 @@ class KeyRepository:
                     for (k, hour), (req, ref) in counts.items() if k in live]
             if not rows:
                 return
-            if self._engine.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as upsert
-            else:
-                from sqlalchemy.dialects.sqlite import insert as upsert
-            statement = upsert(key_usage)
+            statement = dialect_insert(self._engine.dialect.name)(key_usage)
             statement = statement.on_conflict_do_update(
                 index_elements=[key_usage.c.api_key, key_usage.c.hour],
                 set_={"requests": key_usage.c.requests + statement.excluded.requests,

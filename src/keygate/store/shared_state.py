@@ -16,13 +16,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, sortable
 from keygate.store.batcher import Batcher
+from keygate.store.database import dialect_insert
 from keygate.store.sqlite_tx import sqlite_time, write_transaction
 from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
 from keygate.store.window_leases import LeaseSight, WindowLeases, raise_to
@@ -393,8 +392,7 @@ class SqlState:
             await conn.execute(delete(used_nonces).where(u.api_key == bindparam("b_key"), u.nonce == bindparam("b_nonce"),
                                                          u.expires_at <= now),
                                [{"b_key": key, "b_nonce": nonce} for key, nonce in rows])  # primary-key probes
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            statement = dialect_insert(used_nonces).values(list(rows.values())).on_conflict_do_nothing().returning(u.api_key, u.nonce)
+            statement = dialect_insert(conn.dialect.name)(used_nonces).values(list(rows.values())).on_conflict_do_nothing().returning(u.api_key, u.nonce)
             return {(r[0], r[1]) for r in (await conn.execute(statement)).all()}
 
     def claim_window_now(self, api_key: str, nonce: str, limit: int) -> bool | None:
