@@ -59,6 +59,8 @@ BAD_VALUES = [
     ("KEYGATE_MAX_BODY_BYTES", "1023", "from 1024"),
     ("KEYGATE_KEEP_ALIVE_SECONDS", "0", "from 1 to 3600"),
     ("KEYGATE_KEEP_ALIVE_SECONDS", "5s", "a whole number"),
+    ("KEYGATE_REQUEST_TIMEOUT_SECONDS", "0", "a number of seconds"),
+    ("KEYGATE_MAX_CONNECTIONS_PER_ADDRESS", "-1", "a whole number"),
     ("KEYGATE_KEY_MAX_IDLE_DAYS_WITHOUT_ALLOWLIST", "-1", "a whole number of days"),
     ("KEYGATE_REDIS_NAMESPACE", "my app", "letters, digits"),
     ("KEYGATE_LOG_LEVEL", "loud", "critical, error, warning, info, debug, trace"),

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # `keygate serve`: how long an idle HTTP connection stays open between requests; longer than the
     # idle timeouts of clients and proxies, so that a connection they reuse is never one closed under them
     keep_alive_seconds: int = Field(65, ge=1, le=3600)
+    # `keygate serve` (api/connection_guard.py): a request must arrive whole within this long of its first
+    # byte; and at most this many open connections from one address (an IPv6 /64), trusted proxies exempt
+    request_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    max_connections_per_address: int = Field(256, ge=0, le=1_000_000)  # 0: no bound
     session_idle_seconds: int = _seconds(3600)
     session_max_seconds: int = _seconds(86400)
     pending_2fa_seconds: int = _seconds(300)

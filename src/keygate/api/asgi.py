@@ -6,6 +6,7 @@ one line per problem rather than a traceback.
 
 import sys
 
+from keygate.api import connection_guard
 from keygate.api.app import create_app
 from keygate.config import InvalidSetting, Settings
 
@@ -28,4 +29,5 @@ if _settings.serves_tls:
     _refuse(["KEYGATE_TLS_CERT_FILE and KEYGATE_TLS_KEY_FILE are read by `keygate serve` only; "
              "uvicorn run by itself takes --ssl-certfile and --ssl-keyfile (unset the two variables)"])
 
+connection_guard.configure(_settings)  # for uvicorn's --http keygate.api.connection_guard:GuardedHttpTools
 app = create_app(_settings)

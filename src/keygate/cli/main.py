@@ -220,7 +220,7 @@ def serve(
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
-    from keygate.api import create_app
+    from keygate.api import connection_guard, create_app
     from keygate.service import Keygate, MasterKeyError
 
     async def setup() -> Any:
@@ -241,6 +241,9 @@ def serve(
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     typer.echo(f"keygate listening on {scheme}://{shown_host}:{settings.port} (docs: /docs, console: /console)")
     log_config = logs.log_config(settings.log_format, settings.log_level)
+    _raise_open_files_limit()
+    connection_guard.configure(settings)
+    guarded = "keygate.api.connection_guard:GuardedHttpTools"  # each worker configures it (keygate.api.asgi)
     if workers > 1:
         # Each worker imports keygate.api.asgi and reads the environment: give it this command's settings.
         os.environ.update({f"KEYGATE_{name.upper()}": str(value) for name, value in overrides.items()})
@@ -250,11 +253,26 @@ def serve(
         with _metrics_folder():
             uvicorn.run("keygate.api.asgi:app", host=settings.host, port=settings.port, workers=workers,
                         log_level=settings.log_level, log_config=log_config, access_log=False, proxy_headers=False,
-                        timeout_keep_alive=settings.keep_alive_seconds, **ssl_options)
+                        timeout_keep_alive=settings.keep_alive_seconds, http=guarded, **ssl_options)
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                     log_config=log_config, access_log=False, proxy_headers=False,
-                    timeout_keep_alive=settings.keep_alive_seconds, **ssl_options)
+                    timeout_keep_alive=settings.keep_alive_seconds, http=guarded, **ssl_options)
+
+
+def _raise_open_files_limit() -> None:
+    """Open files (each connection is one) up to the hard limit the system allows this process: the
+    soft limit is often 1024, which a few hundred idle connections from a handful of addresses fill."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 @contextmanager
