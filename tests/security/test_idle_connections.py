@@ -11,6 +11,7 @@ nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -339,3 +340,26 @@ def test_uvicorn_run_alone_keeps_the_guard_with_its_http_option(tmp_path: Path) 
         assert closed is not None and 2.5 < closed < 5, closed
     finally:
         _stop(srv)
+
+
+def test_websocket_connections_count_against_their_address_until_they_close(served: Served) -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    address = "127.0.0.70"
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(ws_connect(f"ws://127.0.0.1:{served.port}/WSGateway",
+                                                  sock=_connect(served.port, address))) for _ in range(PER_ADDRESS)]
+        for ws in sockets:  # each one is a live APEX WebSocket
+            ws.send(json.dumps({"m": 0, "i": 2, "n": "Ping", "o": "{}"}))
+            assert json.loads(ws.recv(timeout=5))["n"] == "Ping"
+        time.sleep(6)  # past the keep-alive time (3 s): a WebSocket is not an idle HTTP connection
+        with _connect(served.port, address) as extra:
+            extra.settimeout(5)
+            assert extra.recv(65536).startswith(b"HTTP/1.1 429")
+        sockets.pop().close()
+        time.sleep(0.5)
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=address)) as c:
+            assert c.get(served.base_url + "/AP/Ping").status_code == 200
+        for ws in sockets:  # still open
+            ws.send(json.dumps({"m": 0, "i": 4, "n": "Ping", "o": "{}"}))
+            assert json.loads(ws.recv(timeout=5))["n"] == "Ping"
