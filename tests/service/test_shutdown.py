@@ -25,7 +25,7 @@ async def test_a_store_that_never_answers_does_not_keep_the_shutdown_from_finish
     await kg.start(bootstrap_admin=False)
     await kg.start_background()
     written: list[str] = []
-    real_flush = kg.flush
+    real_flush = kg.audit.flush  # the last of the writers
 
     async def never_answers() -> None:  # a client library waiting without a bound on a silent store
         await asyncio.Event().wait()
@@ -35,7 +35,7 @@ async def test_a_store_that_never_answers_does_not_keep_the_shutdown_from_finish
         written.append("flushed")
 
     kg.state.close = never_answers  # type: ignore[method-assign]
-    kg.flush = flush  # type: ignore[method-assign]
+    kg.audit.flush = flush  # type: ignore[method-assign]
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="keygate"):
         await asyncio.wait_for(kg.close(), 10)
@@ -43,3 +43,39 @@ async def test_a_store_that_never_answers_does_not_keep_the_shutdown_from_finish
     assert "shutdown: closing the shared state did not finish" in caplog.text, caplog.text
     assert written == ["flushed"], "what was waiting is written before the stuck step"
     assert kg.engine.pool.checkedout() == 0
+
+
+@pytest.fixture
+def pg_behind_proxy(master_key: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Settings for a fresh PostgreSQL database reached through a TCP proxy the test can cut."""
+    import uuid
+
+    from support import _psql, need, pg_available
+    from tcp_proxy import TcpProxy
+
+    need(pg_available(), "PostgreSQL at 127.0.0.1:5432")
+    name = f"keygate_shutdown_{uuid.uuid4().hex[:10]}"
+    _psql(f'CREATE DATABASE "{name}"')
+    proxy = TcpProxy("127.0.0.1", 5432).start()
+    try:
+        yield proxy, Settings(data_dir=tmp_path_factory.mktemp("data"), master_key=master_key,
+                              database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{name}",
+                              database_connect_timeout_seconds=0.5)
+    finally:
+        proxy.close()
+        _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_what_a_shutdown_cannot_write_is_counted_in_the_log(pg_behind_proxy, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """The database goes away just before the server stops: the audit events still waiting cannot be
+    written, and nothing will retry them. The log says how many were lost, and of what (it said
+    nothing: the step's failure was swallowed)."""
+    proxy, settings = pg_behind_proxy
+    kg = Keygate(settings)
+    await kg.start(bootstrap_admin=False)
+    proxy.cut()
+    for i in range(3):
+        kg.audit.record("auth.key", "failure", reason="signature mismatch", client_ip=f"192.0.2.{i}")
+    with caplog.at_level(logging.WARNING, logger="keygate"):
+        await asyncio.wait_for(kg.close(), 30)
+    assert "shutdown: 3 audit events could not be written" in caplog.text, caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -293,6 +293,21 @@ class Keygate:
         await self.keys.flush()
         await self.audit.flush()
 
+    async def _last_flush(self) -> None:
+        """``flush`` at shutdown: each writer in turn, whatever became of the one before (a session row
+        the database refuses must not keep the audit events from being written), and what cannot be
+        written is counted in the log, since nothing will retry it."""
+        steps: tuple[tuple[str, Callable[[], Awaitable[None]], Callable[[], int]], ...] = (
+            ("new key sessions", self.sessions.flush, lambda: self.sessions.pending_writes),
+            ("keys' last uses", self.keys.flush, lambda: self.keys.pending_uses),
+            ("audit events", self.audit.flush, lambda: self.audit.pending))
+        for what, flush, pending in steps:
+            try:
+                await flush()
+            except Exception as exc:
+                log.error("shutdown: %d %s could not be written (%s); they are lost", pending(), what,
+                          type(exc).__name__)
+
     async def close(self) -> None:
         for task in (self._flusher, self._audit_flusher):
             if task is not None:
@@ -302,8 +317,7 @@ class Keygate:
         self._flusher = self._audit_flusher = None
         if self.changes is not None:
             await _bounded("stopping the change listener", self.changes.close())
-        with suppress(Exception):
-            await _bounded("writing pending sessions, key uses and audit events", self.flush())
+        await _bounded("writing pending sessions, key uses and audit events", self._last_flush())
         await _bounded("closing the shared state", self.state.close())
         if self._tier is not None:
             await _bounded("closing the session tier", self._tier.close())
