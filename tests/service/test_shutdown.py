@@ -79,3 +79,32 @@ async def test_what_a_shutdown_cannot_write_is_counted_in_the_log(pg_behind_prox
     with caplog.at_level(logging.WARNING, logger="keygate"):
         await asyncio.wait_for(kg.close(), 30)
     assert "shutdown: 3 audit events could not be written (DatabaseUnavailable); they are lost" in caplog.text, caplog.text
+
+
+async def test_a_compatible_keys_highest_nonce_survives_a_failed_write(pg_behind_proxy) -> None:  # type: ignore[no-untyped-def]
+    """The highest nonce a ``compatible`` key accepted is written with its last use; a switch to a
+    strict mode refuses every nonce up to it. A write that fails (the database away for a moment)
+    keeps it for the next one; it was dropped, so that after the switch a header set the key had
+    accepted would be accepted again."""
+    from keygate.domain.errors import ServiceUnavailable
+    from keygate.domain.iprules import IpAllowlist
+    from keygate.domain.replay import ReplayMode
+    from keygate.service.principal import OPERATOR
+
+    proxy, settings = pg_behind_proxy
+    kg = Keygate(settings)
+    await kg.start(bootstrap_admin=False)
+    try:
+        user = await kg.users.create(OPERATOR, "hn" + __import__("secrets").token_hex(4), "Long-enough-pass-1", "x@example.com")
+        created = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), "c", replay_mode=ReplayMode.COMPATIBLE)
+        api_key = created.key.api_key
+        kg.keys.mark_used(api_key, "192.0.2.1")
+        kg.keys.note_compatible_nonce(api_key, "5000")
+        proxy.cut()
+        with pytest.raises(ServiceUnavailable):
+            await kg.keys.flush()
+        proxy.restore()
+        await kg.keys.flush()
+        assert await kg.state.highest_nonce(api_key) == 5000
+    finally:
+        await kg.close()

@@ -222,9 +222,22 @@ class KeyManager:
             self._restore(counts)  # kept for the next flush (an outage), never lost quietly
             for api_key, last in used.items():
                 self._used.setdefault(api_key, last)  # a newer use made meanwhile wins
+            self._restore_seen(seen)
             raise
+        items = list(seen.items())
+        for done, (api_key, value) in enumerate(items):
+            try:
+                await self._state.raise_highest_nonce(api_key, value)
+            except BaseException:
+                self._restore_seen(dict(items[done:]))
+                raise
+
+    def _restore_seen(self, seen: dict[str, int]) -> None:
+        """Highest nonces not written yet, kept for the next flush: a mode switch's floor is built from
+        them (``note_compatible_nonce``), so losing one to an outage would let a switch accept a replay."""
         for api_key, value in seen.items():
-            await self._state.raise_highest_nonce(api_key, value)
+            if value > self._seen_nonces.get(api_key, -1):
+                self._seen_nonces[api_key] = value
 
     def _restore(self, counts: dict[tuple[str, float], list[int]]) -> None:
         for pair, (requests, refusals) in counts.items():
