@@ -153,13 +153,20 @@ def start_server(settings: Settings, extra_env: dict[str, str] | None = None, ar
     cert = env.get("KEYGATE_TLS_CERT_FILE") or (args[list(args).index("--tls-cert") + 1] if "--tls-cert" in args else "")
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file or cert)) if cert else True
     base_url = f"{'https' if cert else 'http'}://127.0.0.1:{port}"
+    wait_until_serving(proc, base_url, output, verify)
+    return Server(base_url, proc, env, output)
+
+
+def wait_until_serving(proc: subprocess.Popen[str], base_url: str, output: Path,
+                       verify: ssl.SSLContext | bool = True) -> None:
+    """Wait (at most 30 s) until the server process answers ``/AP/Ping``; its log in the error if not."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"keygate server exited early:\n{output.read_text()}")
         try:
             if httpx.get(f"{base_url}/AP/Ping", timeout=1, verify=verify).status_code == 200:
-                return Server(base_url, proc, env, output)
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)

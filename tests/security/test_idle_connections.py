@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import pytest
 from keygate.api.connection_guard import BOUNDS
 from keygate.config import Settings
 from keygate.domain.signature import compute_signature
-from support import free_port
+from support import Server, free_port, stop_server, wait_until_serving
 
 OPEN_FILES = 256
 PER_ADDRESS = 8
@@ -40,21 +39,12 @@ ATTACKERS = [f"127.0.0.{i}" for i in range(2, 22)]  # 20 addresses x 8 = 160 con
 TRADER = "127.0.0.1"
 
 
-@dataclass
-class Served:
-    base_url: str
-    port: int
-    process: subprocess.Popen[str]
-    log: Path
-    env: dict[str, str]
-
-
 def _limit_open_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
 
 
 def _serve(tmp_path: Path, extra: dict[str, str], args: tuple[str, ...] = (), limit: Any = _limit_open_files,
-           command: tuple[str, ...] = ("-m", "keygate", "serve")) -> Served:
+           command: tuple[str, ...] = ("-m", "keygate", "serve")) -> Server:
     port = int(extra.get("KEYGATE_PORT") or free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
     env.update({"KEYGATE_DATA_DIR": str(tmp_path / "data"), "KEYGATE_HOST": "127.0.0.1", "KEYGATE_PORT": str(port),
@@ -66,29 +56,19 @@ def _serve(tmp_path: Path, extra: dict[str, str], args: tuple[str, ...] = (), li
     proc = subprocess.Popen([sys.executable, *command, *args], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, text=True, preexec_fn=limit)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"keygate exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(base + "/AP/Ping", timeout=1).status_code == 200:
-                return Served(base, port, proc, log, env)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"keygate did not start:\n{log.read_text()}")
+    wait_until_serving(proc, base, log)
+    return Server(base, proc, env, log)
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path) -> Iterator[Server]:
     srv = _serve(tmp_path, {})
     yield srv
-    srv.process.terminate()
-    try:
-        srv.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        srv.process.kill()
+    stop_server(srv)
+
+
+def _port(server: Server) -> int:
+    return int(server.base_url.rsplit(":", 1)[1])
 
 
 def _connect(port: int, source: str) -> socket.socket:
@@ -109,7 +89,7 @@ def _closed_by_server(sock: socket.socket, within: float) -> float | None:
     return time.monotonic() - started
 
 
-def _trader(served: Served) -> tuple[str, dict[str, str]]:
+def _trader(served: Server) -> tuple[str, dict[str, str]]:
     """A user with an API key, made by the CLI; the signed headers of a compatible key."""
     env = {**served.env, "KEYGATE_PASSWORD": "Trader-pass-" + secrets.token_hex(6)}
     name = "trader" + secrets.token_hex(3)
@@ -170,9 +150,9 @@ class Attacker:
                 s.close()
 
 
-def test_idle_sockets_from_many_addresses_do_not_lock_a_trader_out(served: Served) -> None:
+def test_idle_sockets_from_many_addresses_do_not_lock_a_trader_out(served: Server) -> None:
     _, signed = _trader(served)
-    with Attacker(served.port, ATTACKERS, per_address=40):  # 800 sockets wanted: more than the server's 256 files
+    with Attacker(_port(served), ATTACKERS, per_address=40):  # 800 sockets wanted: more than the server's 256 files
         time.sleep(2)  # the attack in place
         failures: list[str] = []
         ended = time.monotonic() + 6
@@ -188,14 +168,14 @@ def test_idle_sockets_from_many_addresses_do_not_lock_a_trader_out(served: Serve
                 failures.append(repr(exc))
             calls += 1
             time.sleep(0.2)
-    assert calls >= 10 and not failures, (calls, failures[:5], served.log.read_text()[-2000:])
+    assert calls >= 10 and not failures, (calls, failures[:5], served.log()[-2000:])
 
 
-def test_one_address_gets_its_share_and_a_429_past_it(served: Served) -> None:
-    held = [_connect(served.port, "127.0.0.30") for _ in range(PER_ADDRESS)]
+def test_one_address_gets_its_share_and_a_429_past_it(served: Server) -> None:
+    held = [_connect(_port(served), "127.0.0.30") for _ in range(PER_ADDRESS)]
     try:
         time.sleep(0.3)
-        one_more = _connect(served.port, "127.0.0.30")
+        one_more = _connect(_port(served), "127.0.0.30")
         one_more.settimeout(5)
         reply = b""
         while chunk := one_more.recv(65536):
@@ -216,14 +196,14 @@ def test_one_address_gets_its_share_and_a_429_past_it(served: Served) -> None:
             s.close()
 
 
-def test_a_socket_that_sends_nothing_is_closed_after_the_keep_alive_time(served: Served) -> None:
-    with _connect(served.port, "127.0.0.40") as sock:
+def test_a_socket_that_sends_nothing_is_closed_after_the_keep_alive_time(served: Server) -> None:
+    with _connect(_port(served), "127.0.0.40") as sock:
         closed = _closed_by_server(sock, within=8)
     assert closed is not None and 2.5 < closed < 5, closed  # KEYGATE_KEEP_ALIVE_SECONDS=3
 
 
-def test_a_request_sent_a_byte_at_a_time_is_closed_after_the_request_timeout(served: Served) -> None:
-    with _connect(served.port, "127.0.0.41") as sock:
+def test_a_request_sent_a_byte_at_a_time_is_closed_after_the_request_timeout(served: Server) -> None:
+    with _connect(_port(served), "127.0.0.41") as sock:
         started = time.monotonic()
         sock.sendall(b"GET /AP/Ping HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         closed_after = None
@@ -243,8 +223,8 @@ def test_a_request_sent_a_byte_at_a_time_is_closed_after_the_request_timeout(ser
     assert closed_after is not None and closed_after < 3, closed_after  # KEYGATE_REQUEST_TIMEOUT_SECONDS=1
 
 
-def test_a_slow_body_is_closed_after_the_request_timeout(served: Served) -> None:
-    with _connect(served.port, "127.0.0.42") as sock:
+def test_a_slow_body_is_closed_after_the_request_timeout(served: Server) -> None:
+    with _connect(_port(served), "127.0.0.42") as sock:
         sock.sendall(b"POST /AP/Ping HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
         closed = _closed_by_server(sock, within=8)
     assert closed is not None and closed < 3, closed
@@ -253,7 +233,7 @@ def test_a_slow_body_is_closed_after_the_request_timeout(served: Served) -> None
 def test_a_trusted_proxy_is_not_bounded(tmp_path: Path) -> None:
     srv = _serve(tmp_path, {"KEYGATE_TRUSTED_PROXIES": "127.0.0.50"})
     try:
-        held = [_connect(srv.port, "127.0.0.50") for _ in range(3 * PER_ADDRESS)]
+        held = [_connect(_port(srv), "127.0.0.50") for _ in range(3 * PER_ADDRESS)]
         try:
             for s in held:
                 s.sendall(b"GET /AP/Ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -264,16 +244,7 @@ def test_a_trusted_proxy_is_not_bounded(tmp_path: Path) -> None:
             for s in held:
                 s.close()
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=15)
-
-
-def _stop(srv: Served) -> None:
-    srv.process.terminate()
-    try:
-        srv.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        srv.process.kill()
+        stop_server(srv)
 
 
 def test_every_worker_of_a_multi_worker_server_is_guarded(tmp_path: Path) -> None:
@@ -281,7 +252,7 @@ def test_every_worker_of_a_multi_worker_server_is_guarded(tmp_path: Path) -> Non
     settings (plain uvicorn never closes a socket that sends nothing; these close after 3 s)."""
     srv = _serve(tmp_path, {}, ("--workers", "2"))
     try:
-        socks = [_connect(srv.port, "127.0.0.60") for _ in range(6)]  # spread over both workers
+        socks = [_connect(_port(srv), "127.0.0.60") for _ in range(6)]  # spread over both workers
         try:
             started = time.monotonic()
             for s in socks:
@@ -291,7 +262,7 @@ def test_every_worker_of_a_multi_worker_server_is_guarded(tmp_path: Path) -> Non
             for s in socks:
                 s.close()
     finally:
-        _stop(srv)
+        stop_server(srv)
 
 
 def _soft_256_hard_1024() -> None:
@@ -305,7 +276,7 @@ def test_serve_raises_its_open_files_limit_to_the_hard_limit(tmp_path: Path) -> 
         line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
         assert line.split()[3:5] == ["1024", "1024"], line
     finally:
-        _stop(srv)
+        stop_server(srv)
 
 
 def test_what_a_connection_counts_against() -> None:
@@ -335,25 +306,25 @@ def test_uvicorn_run_alone_keeps_the_guard_with_its_http_option(tmp_path: Path) 
                  command=("-m", "uvicorn", "keygate.api.asgi:app", "--host", "127.0.0.1", "--port", str(port),
                           "--http", "keygate.api.connection_guard:GuardedHttpTools"))
     try:
-        with _connect(srv.port, "127.0.0.61") as sock:
+        with _connect(_port(srv), "127.0.0.61") as sock:
             closed = _closed_by_server(sock, within=8)
         assert closed is not None and 2.5 < closed < 5, closed
     finally:
-        _stop(srv)
+        stop_server(srv)
 
 
-def test_websocket_connections_count_against_their_address_until_they_close(served: Served) -> None:
+def test_websocket_connections_count_against_their_address_until_they_close(served: Server) -> None:
     from websockets.sync.client import connect as ws_connect
 
     address = "127.0.0.70"
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(ws_connect(f"ws://127.0.0.1:{served.port}/WSGateway",
-                                                  sock=_connect(served.port, address))) for _ in range(PER_ADDRESS)]
+        sockets = [stack.enter_context(ws_connect(f"ws://127.0.0.1:{_port(served)}/WSGateway",
+                                                  sock=_connect(_port(served), address))) for _ in range(PER_ADDRESS)]
         for ws in sockets:  # each one is a live APEX WebSocket
             ws.send(json.dumps({"m": 0, "i": 2, "n": "Ping", "o": "{}"}))
             assert json.loads(ws.recv(timeout=5))["n"] == "Ping"
         time.sleep(6)  # past the keep-alive time (3 s): a WebSocket is not an idle HTTP connection
-        with _connect(served.port, address) as extra:
+        with _connect(_port(served), address) as extra:
             extra.settimeout(5)
             assert extra.recv(65536).startswith(b"HTTP/1.1 429")
         sockets.pop().close()
