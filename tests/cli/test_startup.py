@@ -24,6 +24,7 @@ from cli_support import clean_env, create_pg_database, keygate, need, pg_availab
 from keygate.config import Settings
 from keygate.service import Keygate
 from keygate.store.database import HEAD_REVISION, REVISIONS, _alembic_config, create_engine, schema_revision
+from support import REDIS_URL, redis_available
 
 BEHIND = REVISIONS[-2]
 
@@ -106,7 +107,8 @@ def test_a_command_on_an_empty_database_points_at_init_and_creates_nothing(empty
 
 
 # What an everyday command must not load: the server, the console, Alembic (only migrations need it),
-# the metrics exporter, the SDK and its HTTP client, and (without KEYGATE_REDIS_URL) the Redis client.
+# the metrics exporter, the SDK and its HTTP client, and the Redis client (with KEYGATE_REDIS_URL too:
+# it is loaded by the first command that uses Redis, about 40 ms).
 SERVER_ONLY = ("fastapi", "starlette", "uvicorn", "jinja2", "alembic", "mako", "prometheus_client", "httpx",
                "keygate.api", "keygate.console", "keygate.sdk")
 
@@ -127,17 +129,48 @@ def cli_env(kg: Keygate, settings: Settings) -> dict[str, str]:
     return clean_env(**settings_env(settings))
 
 
-@pytest.mark.parametrize("command", [("key", "list", "--user"), ("user", "list")], ids=lambda c: " ".join(c[:2]))
-async def test_an_everyday_command_loads_only_what_it_uses(cli_env: dict[str, str], make_user, command: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
-    if command[-1] == "--user":
-        command = (*command, str((await make_user()).user_id))
-    result = subprocess.run([sys.executable, "-c", _LOADED, *command], env=cli_env, capture_output=True, text=True, timeout=60)
+def _loaded(command: tuple[str, ...], env: dict[str, str]) -> list[str]:
+    """The modules ``keygate COMMAND`` had loaded when it finished (it must succeed)."""
+    result = subprocess.run([sys.executable, "-c", _LOADED, *command], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert loaded["code"] in (0, None), result.stdout + result.stderr
-    forbidden = SERVER_ONLY if cli_env.get("KEYGATE_REDIS_URL") else (*SERVER_ONLY, "redis")
-    heavy = sorted(m for m in loaded["modules"] if m.split(".")[0] in forbidden or m.startswith(forbidden))
+    return list(loaded["modules"])
+
+
+@pytest.mark.parametrize("redis", [False, True], ids=["without Redis", "with Redis"])
+@pytest.mark.parametrize("command", [("key", "list", "--user"), ("user", "list")], ids=lambda c: " ".join(c[:2]))
+async def test_an_everyday_command_loads_only_what_it_uses(cli_env: dict[str, str], make_user, command: tuple[str, ...],  # type: ignore[no-untyped-def]
+                                                           redis: bool) -> None:
+    if redis:
+        need(redis_available(), "Redis at 127.0.0.1:6379")
+        cli_env = {**cli_env, "KEYGATE_REDIS_URL": REDIS_URL, "KEYGATE_REDIS_NAMESPACE": f"kgcli{secrets.token_hex(4)}"}
+    if command[-1] == "--user":
+        command = (*command, str((await make_user()).user_id))
+    forbidden = (*SERVER_ONLY, "redis")
+    heavy = sorted(m for m in _loaded(command, cli_env) if m.split(".")[0] in forbidden or m.startswith(forbidden))
     assert heavy == []
+
+
+async def test_a_command_that_uses_redis_loads_it_and_reaches_it(cli_env: dict[str, str], make_user) -> None:  # type: ignore[no-untyped-def]
+    """``keygate user unlock`` clears the user's failure counters where they are kept: in Redis."""
+    import redis as redis_client
+
+    need(redis_available(), "Redis at 127.0.0.1:6379")
+    namespace = f"kgcli{secrets.token_hex(4)}"
+    env = {**cli_env, "KEYGATE_REDIS_URL": REDIS_URL, "KEYGATE_REDIS_NAMESPACE": namespace}
+    user = await make_user()
+    r = redis_client.Redis.from_url(REDIS_URL)
+    try:
+        counted, blocked = f"{namespace}:f:name:{user.username.lower()}", f"{namespace}:b:name:{user.username.lower()}"
+        r.set(counted, 50)  # as RedisState keeps a name's failures and its lockout
+        r.set(blocked, 1, px=3_600_000)
+        assert "redis" in _loaded(("user", "unlock", user.username), env)
+        assert r.get(counted) is None and r.get(blocked) is None
+    finally:
+        for k in r.scan_iter(f"{namespace}:*"):
+            r.delete(k)
+        r.close()
 
 
 _HASHES_AT_IMPORT = """

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -86,11 +86,12 @@ class Keygate:
         self.state: SharedState = SqlState(self.engine)
         tier: RedisSessionTier | None = None
         if settings.redis_url:
-            from keygate.store.redis_bus import RedisSessionTier
-            from keygate.store.redis_state import RedisState
-
-            self.state = RedisState(settings.redis_url, settings.redis_namespace)
-            tier = RedisSessionTier(settings.redis_url, settings.redis_namespace)
+            url, namespace = settings.redis_url, settings.redis_namespace
+            if serving:
+                self.state, tier = _redis_state(url, namespace), _redis_tier(url, namespace)
+            else:  # a CLI command: the Redis client is loaded (about 40 ms) only by a command that uses it
+                self.state = cast(SharedState, _OnFirstUse(lambda: _redis_state(url, namespace)))
+                tier = cast("RedisSessionTier", _OnFirstUse(lambda: _redis_tier(url, namespace)))
         self.coherence = Coherence()
         self.changes: ChangeListener | None = None
         if serving:
@@ -322,6 +323,36 @@ class Keygate:
         if self._tier is not None:
             await _bounded("closing the session tier", self._tier.close())
         await _bounded("closing the database pool", self.engine.dispose())
+
+
+def _redis_state(url: str, namespace: str) -> SharedState:
+    from keygate.store.redis_state import RedisState
+
+    return RedisState(url, namespace)
+
+
+def _redis_tier(url: str, namespace: str) -> RedisSessionTier:
+    from keygate.store.redis_bus import RedisSessionTier
+
+    return RedisSessionTier(url, namespace)
+
+
+class _OnFirstUse:
+    """Stands for an object made by ``make()`` the first time one of its attributes is asked for;
+    ``close()`` closes it only if it was made."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            self._made = self._make()
+        return getattr(self._made, name)
+
+    async def close(self) -> None:
+        if self._made is not None:
+            await self._made.close()
 
 
 async def _bounded(step: str, work: Awaitable[None]) -> None:
