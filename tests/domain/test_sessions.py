@@ -4,7 +4,7 @@ import hashlib
 import re
 from datetime import datetime, timedelta, timezone
 
-from keygate.domain.sessions import Session, SessionKind, hash_token, new_token
+from keygate.domain.sessions import Session, SessionKind, hash_token, new_token, session_label
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -25,6 +25,16 @@ def test_token_carries_at_least_128_random_bits_after_its_issue_time() -> None:
         if i in (8, 13, 18, 23):
             continue
         assert len({t[9 + i] for t in tokens}) > 8, i
+
+
+def test_sessions_issued_in_one_second_have_labels_of_their_own() -> None:
+    """The console shows a session by ``session_label``: 12 hex digits of its hash, not of the issue
+    time every session of that second shares."""
+    hashes = [hash_token(new_token(T0.timestamp())) for _ in range(5000)]
+    labels = {session_label(h) for h in hashes}
+    assert len(labels) == 5000
+    assert all(re.fullmatch(r"[0-9a-f]{12}", label) for label in labels)
+    assert len({h[:12] for h in hashes}) < 5000  # what the console showed before: some looked alike
 
 
 def test_stored_form_is_a_hash_not_the_token() -> None:

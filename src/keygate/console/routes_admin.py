@@ -17,6 +17,7 @@ from keygate.console.web import PageError, Signed, checked_form, field, keygate,
 from keygate.domain.errors import InvalidRequest, KeygateError, NotFound
 from keygate.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_SEARCH, Page
 from keygate.domain.permissions import format_permissions
+from keygate.domain.sessions import session_label
 from keygate.domain.users import User
 from keygate.service.users import generate_password
 
@@ -183,7 +184,7 @@ async def end_session(request: Request) -> Response:
         target = await keygate(request).auth.end_session(signed.principal, field(form, "session"))
     except NotFound:
         raise PageError(404, "Session not found", "That session has already ended.") from None
-    return await sessions(request, notice=f"The session {target.token_hash[:12]}\u2026 was ended.")
+    return await sessions(request, notice=f"The session {session_label(target.token_hash)}\u2026 was ended.")
 
 
 def _parse_time(raw: str, name: str, errors: dict[str, str]) -> datetime | None:

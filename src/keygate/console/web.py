@@ -14,7 +14,7 @@ from starlette.templating import Jinja2Templates
 
 from keygate.console.security import CSRF_FIELD, PURPOSE_SESSION, SESSION_COOKIE, csrf_ok, csrf_token
 from keygate.domain.errors import NotAuthorized
-from keygate.domain.sessions import SessionKind
+from keygate.domain.sessions import SessionKind, session_label
 from keygate.service import Keygate, Principal
 
 MOUNT = "/console"
@@ -27,6 +27,7 @@ def _when(value: datetime | None) -> str:
 
 
 TEMPLATES.env.filters["when"] = _when
+TEMPLATES.env.filters["session_label"] = session_label
 
 
 class PageError(Exception):

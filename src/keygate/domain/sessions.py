@@ -40,6 +40,14 @@ def new_token(issued_at: float) -> str:
     return f"{int(issued_at) & 0xFFFFFFFF:08x}-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def session_label(token_hash: str) -> str:
+    """What an operator is shown of a session (the console's listing and notices): 12 hex digits of
+    the stored hash after its issue-time prefix. The first 12 characters would be that prefix and
+    only 4 digits of hash: the same for every session issued in one second but for those 4, so two
+    sessions on one page of 50 looked alike about once in 26 pages. Never the token itself."""
+    return token_hash[8:20]
+
+
 def hash_token(token: str) -> str:
     """The stored form of a token: 64 characters, never the token itself.
 
