@@ -25,7 +25,7 @@ def _encode(s: Session) -> str:
     })
 
 
-def _decode(token_hash: str, raw: str) -> Session:
+def _decode(token_hash: str, raw: str | bytes) -> Session:
     d = json.loads(raw)
     return Session(
         token_hash=token_hash, user_id=d["u"], kind=SessionKind(d["k"]), permissions=parse_permissions(d["p"]),

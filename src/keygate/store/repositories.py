@@ -185,7 +185,10 @@ class UserRepository:
                 )
             except IntegrityError:
                 raise Conflict(f"A user named {username!r} already exists") from None
-            user_id = result.inserted_primary_key[0]
+            primary = result.inserted_primary_key
+            if primary is None:  # not for an INSERT of one row; for the type checker
+                raise RuntimeError("the new user's id was not returned")
+            user_id = primary[0]
             # One trading account per user, numbered like the user, as GetUserAccounts reports it.
             await conn.execute(update(users).where(users.c.user_id == user_id).values(account_id=user_id))
             row = (await conn.execute(select(users).where(users.c.user_id == user_id))).one()

@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -373,9 +373,11 @@ class SqlState:
         row was inserted by this batch and no earlier claim of the batch took it. The primary key
         decides between processes: two batches inserting one nonce at once accept it once."""
         now = _now()
-        inserted = self._direct.run(lambda db: _sqlite_uniques(db, claims, now)) if self._direct else _BUSY
-        if inserted is _BUSY:
+        direct = self._direct.run(lambda db: _sqlite_uniques(db, claims, now)) if self._direct else _BUSY
+        if direct is _BUSY:
             inserted = await self._insert_uniques(claims, now)
+        else:
+            inserted = cast("set[tuple[str, str]]", direct)
         results: list[bool] = []
         for api_key, nonce, _ in claims:
             ok = (api_key, nonce) in inserted
