@@ -26,21 +26,32 @@ for nothing. An attacker needs no account and no key for this, only sockets.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
+from http import HTTPStatus
 from typing import Any, ClassVar
 
+from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from keygate.api import replies
 from keygate.api.wire import ClientAddress
 from keygate.config import Settings
+from keygate.domain.errors import TooManyRequests
 from keygate.domain.throttle import network_of
 
-_TOO_MANY_BODY = json.dumps({"result": False, "errormsg": "Too many open connections from your address; close some "
-                             "and try again", "errorcode": 101, "detail": None}).encode()
-TOO_MANY_CONNECTIONS = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
-                        b"content-length: " + str(len(_TOO_MANY_BODY)).encode() + b"\r\nretry-after: 1\r\n"
-                        b"connection: close\r\n\r\n" + _TOO_MANY_BODY)
+
+def _wire(response: Response) -> bytes:
+    """``response`` as the bytes of an HTTP/1.1 reply that closes its connection (written before any
+    request was read, so without uvicorn)."""
+    status = HTTPStatus(response.status_code)
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}".encode(),
+             *(name + b": " + value for name, value in response.raw_headers), b"connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(response.body)
+
+
+# The APEX refusal of any 429 (replies.error), sent to a connection past its address's bound.
+TOO_MANY_CONNECTIONS = _wire(replies.error(TooManyRequests(
+    1, "Too many open connections from your address; close some and try again")))
 
 
 SWEEP_SECONDS = 0.25  # how often the time bounds are checked: each holds to within this

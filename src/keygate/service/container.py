@@ -289,20 +289,21 @@ class Keygate:
         sample_queue("key_last_used", self.keys.pending_uses)
         sync_metrics()  # this process's local counts into the shared series (see keygate.telemetry)
 
+    def _writers(self) -> tuple[tuple[str, Callable[[], Awaitable[None]], Callable[[], int]], ...]:
+        """What waits to be written, in the order it is written: (what, its flush, how many wait)."""
+        return (("new key sessions", self.sessions.flush, lambda: self.sessions.pending_writes),
+                ("keys' last uses", self.keys.flush, lambda: self.keys.pending_uses),
+                ("audit events", self.audit.flush, lambda: self.audit.pending))
+
     async def flush(self) -> None:
-        await self.sessions.flush()
-        await self.keys.flush()
-        await self.audit.flush()
+        for _, flush, _ in self._writers():
+            await flush()
 
     async def _last_flush(self) -> None:
         """``flush`` at shutdown: each writer in turn, whatever became of the one before (a session row
         the database refuses must not keep the audit events from being written), and what cannot be
         written is counted in the log, since nothing will retry it."""
-        steps: tuple[tuple[str, Callable[[], Awaitable[None]], Callable[[], int]], ...] = (
-            ("new key sessions", self.sessions.flush, lambda: self.sessions.pending_writes),
-            ("keys' last uses", self.keys.flush, lambda: self.keys.pending_uses),
-            ("audit events", self.audit.flush, lambda: self.audit.pending))
-        for what, flush, pending in steps:
+        for what, flush, pending in self._writers():
             try:
                 await flush()
             except Exception as exc:
