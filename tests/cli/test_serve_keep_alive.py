@@ -58,16 +58,9 @@ def _exchange(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-@pytest.fixture
-def master_key_b64() -> str:
-    import base64
-    import secrets
-    return base64.b64encode(secrets.token_bytes(32)).decode()
-
-
 @pytest.mark.parametrize("args", [(), ("--workers", "2")], ids=["one process", "two workers"])
-def test_a_connection_idle_for_six_seconds_still_answers(tmp_path: Path, master_key_b64: str, args: tuple[str, ...]) -> None:
-    server = _server(tmp_path, master_key_b64, {}, args)
+def test_a_connection_idle_for_six_seconds_still_answers(tmp_path: Path, master_key: str, args: tuple[str, ...]) -> None:
+    server = _server(tmp_path, master_key, {}, args)
     try:
         with _connect(server) as sock:
             assert _exchange(sock).startswith(b"HTTP/1.1 200")
@@ -78,8 +71,8 @@ def test_a_connection_idle_for_six_seconds_still_answers(tmp_path: Path, master_
         stop_server(server)
 
 
-def test_the_setting_is_the_idle_time(tmp_path: Path, master_key_b64: str) -> None:
-    server = _server(tmp_path, master_key_b64, {"KEYGATE_KEEP_ALIVE_SECONDS": "1"})
+def test_the_setting_is_the_idle_time(tmp_path: Path, master_key: str) -> None:
+    server = _server(tmp_path, master_key, {"KEYGATE_KEEP_ALIVE_SECONDS": "1"})
     try:
         with _connect(server) as sock:
             assert _exchange(sock).startswith(b"HTTP/1.1 200")
