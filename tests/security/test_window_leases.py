@@ -327,6 +327,7 @@ async def test_claims_queued_while_the_key_is_leased_are_decided_not_refused(dep
 async def test_a_key_leased_during_a_renewal_is_kept(deployment: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A renewal reads which leases are this process's, then (on a busy database) waits; a key leased
     meanwhile is not among the rows it read, and must not be taken for a lost lease."""
+    from keygate.store import window_leases
     from keygate.store.shared_state import SqlState
 
     first, second = await new_key(deployment), await new_key(deployment)
@@ -335,7 +336,9 @@ async def test_a_key_leased_during_a_renewal_is_kept(deployment: Settings, monke
     state = SqlState(kg.engine)
     leases_ = state.leases
     assert leases_ is not None
-    original = leases_._run
+    store = leases_.store
+    assert isinstance(store, window_leases.SqliteLeaseStore)
+    original = store._run
 
     async def slow_renewal(work):  # type: ignore[no-untyped-def]
         result = await original(work)
@@ -343,7 +346,7 @@ async def test_a_key_leased_during_a_renewal_is_kept(deployment: Settings, monke
             await asyncio.sleep(0.3)  # the renewal's reply, late
         return result
 
-    monkeypatch.setattr(leases_, "_run", slow_renewal)
+    monkeypatch.setattr(store, "_run", slow_renewal)
     try:
         base = int(time.time() * 1000) * 1000
         assert await state.claim_window(first.api_key, str(base), 4096, 86400)  # leased: renewals begin

@@ -1,16 +1,21 @@
 """``SharedState`` in Redis. Each operation is one atomic command or Lua script (``window`` claims of
-concurrent requests: one script call for the whole batch, see ``RedisState._decide_windows``).
+concurrent requests: one script call for the whole batch, see ``RedisState._decide_windows``; a key
+in steady use through one process: decided in its memory under a lease, store/redis_leases.py).
 
-Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (highest numeric nonce accepted, zero-padded), ``kg:u:<api_key>:<nonce>`` (a used
-unique nonce, expiring with its window), ``kg:f:<scope>`` (failure count, expiring with its window),
-``kg:b:<scope>`` (a block, expiring when it ends), ``kg:t:<user_id>`` (the last TOTP time step signed in with),
-``kg:m:<mark>`` (a trusted source, expiring with its mark). Any Redis error becomes ``ServiceUnavailable``, so
-authentication fails closed (503) and recovers by itself when Redis answers again.
+Keys (``kg`` stands for ``KEYGATE_REDIS_NAMESPACE``): ``kg:n:<api_key>`` (highest numeric nonce
+accepted, zero-padded), ``kg:w:<api_key>`` and ``kg:z:<api_key>`` (a ``window`` key's floor and
+style, and its remembered nonces), ``kg:L:<api_key>`` and ``kg:C:<api_key>`` (its lease),
+``kg:u:<api_key>:<nonce>`` (a used unique nonce, expiring with its window), ``kg:f:<scope>`` (failure
+count, expiring with its window), ``kg:b:<scope>`` (a block, expiring when it ends), ``kg:t:<user_id>``
+(the last TOTP time step signed in with), ``kg:m:<mark>`` (a trusted source, expiring with its mark).
+Any Redis error becomes ``ServiceUnavailable``, so authentication fails closed (503) and recovers by
+itself when Redis answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -24,6 +29,9 @@ from redis.exceptions import RedisError
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import SPREAD_GAP, nonce_as_u64, sortable
 from keygate.store.batcher import Batcher
+from keygate.store.redis_leases import CLAIM_WINDOWS, RedisLeaseStore, held_window
+from keygate.store.shared_state import WindowClaim
+from keygate.store.window_leases import LEASE_SECONDS, MIN_MARGIN, HeldWindow, WindowLeases, claim_window
 from keygate.telemetry import redis_error
 
 T = TypeVar("T")
@@ -33,49 +41,6 @@ local cur = redis.call('GET', KEYS[1])
 if cur and cur >= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
-"""
-
-# The ``window`` mode (domain.replay), as one atomic script for a whole batch of claims, decided in
-# order. Per claim, KEYS: the key's state hash (f: floor, s: random-style), its remembered nonces (a
-# sorted set: by value while increasing-style, by time, after SPREAD_BASE, once random-style) and its
-# highest nonce. ARGV: now (ms), window (ms), limit, SPREAD_GAP, then per claim the nonce and its
-# 20-digit form ('' if not a number). Returns one 0/1 per claim.
-_CLAIM_WINDOWS = """
-local SPREAD_BASE = 1e15
-local now, window, limit, gap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local function claim(hk, zk, nk, nonce, padded)
-  local st = redis.call('HMGET', hk, 'f', 's')
-  local floor, spread = st[1], st[2] == '1'
-  if spread then redis.call('ZREMRANGEBYSCORE', zk, SPREAD_BASE, SPREAD_BASE + now - window) end
-  if padded ~= '' and floor and padded <= floor then return 0 end
-  if redis.call('ZSCORE', zk, nonce) then return 0 end
-  local high = redis.call('GET', nk)
-  if not spread and (padded == '' or (high and tonumber(high) - tonumber(padded) > gap)) then
-    spread = true
-    redis.call('HSET', hk, 's', '1')
-  end
-  redis.call('ZADD', zk, spread and (SPREAD_BASE + now) or tonumber(padded), nonce)
-  local n = redis.call('ZCARD', zk)
-  if n > limit then
-    if not spread then
-      for _, m in ipairs(redis.call('ZRANGE', zk, 0, n - limit - 1)) do
-        if string.match(m, '^%d+$') and #m <= 20 then
-          local v = string.rep('0', 20 - #m) .. m
-          if not floor or v > floor then floor = v end
-        end
-      end
-      if floor then redis.call('HSET', hk, 'f', floor) end
-    end
-    redis.call('ZREMRANGEBYRANK', zk, 0, n - limit - 1)
-  end
-  if padded ~= '' and (not high or padded > high) then redis.call('SET', nk, padded) end
-  return 1
-end
-local out = {}
-for i = 1, #KEYS / 3 do
-  out[i] = claim(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
-end
-return out
 """
 
 _CLAIM_STEP = """
@@ -128,10 +93,12 @@ class RedisState:
         self._claim = self._redis.register_script(_CLAIM_INCREASING)
         self._fail = self._redis.register_script(_RECORD_FAILURE)
         self._extend = self._redis.register_script(_EXTEND_BLOCK)
-        self._window = self._redis.register_script(_CLAIM_WINDOWS)
-        # ``window`` claims: one script call per batch (store/batcher.py: at most MAX_BATCH claims, each
-        # waiting at most for the call in flight plus its own), answered after Redis has run it.
-        self._windows: Batcher[tuple[str, str, int, int], bool] = Batcher(self._decide_windows)
+        self._window = self._redis.register_script(CLAIM_WINDOWS)
+        # ``window`` claims: decided in memory under the key's lease (store/redis_leases.py), else one
+        # script call per batch (store/batcher.py: at most MAX_BATCH claims, each waiting at most for
+        # the call in flight plus its own), answered after Redis has run it; None: leased elsewhere.
+        self.leases = WindowLeases(RedisLeaseStore(self._redis, namespace, self._guard), secrets.token_hex(8))
+        self._windows: Batcher[WindowClaim, bool | None] = Batcher(self._decide_windows)
         self._uniques: Batcher[tuple[str, str, int], bool] = Batcher(self._decide_uniques)  # ``unique`` and v2 nonces
         self._step = self._redis.register_script(_CLAIM_STEP)
 
@@ -154,10 +121,10 @@ class RedisState:
         return claimed
 
     def claim_window_now(self, api_key: str, nonce: str, limit: int) -> bool | None:
-        return None  # every claim is Redis's
+        return self.leases.decide_now(api_key, nonce, limit)
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
-        return await self._windows.submit((api_key, nonce, limit, window_seconds))
+        return await claim_window(self.leases, WindowClaim(api_key, nonce, limit, window_seconds), self._windows.submit)
 
     async def _decide_uniques(self, claims: list[tuple[str, str, int]]) -> list[bool]:
         """One pipelined round trip per batch: ``SET key 1 NX EX window`` per claim, in order (a repeat
@@ -171,27 +138,41 @@ class RedisState:
 
         return [bool(r) for r in await self._guard(run)]
 
-    async def _decide_windows(self, claims: list[tuple[str, str, int, int]]) -> list[bool]:
-        """One script call per batch (per group of settings: one, in practice)."""
-        results = [False] * len(claims)
+    async def _decide_windows(self, claims: list[WindowClaim]) -> list[bool | None]:
+        """One script call per batch (per group of settings: one, in practice), which also revokes
+        the leases of dead holders, asks live ones to hand back, and leases free keys to this process."""
+        started = time.monotonic()
+        results: list[bool | None] = [False] * len(claims)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, c in enumerate(claims):
-            groups.setdefault((c[2], c[3]), []).append(i)
+            groups.setdefault((c.limit, c.window_seconds), []).append(i)
+        leases = self.leases
         for (limit, window), idxs in groups.items():
             keys: list[str] = []
-            args: list[str | int] = [int(time.time() * 1000), window * 1000, limit, SPREAD_GAP]
+            args: list[str | int] = [int(time.time() * 1000), window * 1000, limit, SPREAD_GAP, leases.holder,
+                                     int(LEASE_SECONDS * 1000), MIN_MARGIN]
             for i in idxs:
-                api_key, nonce = claims[i][0], claims[i][1]
+                api_key, nonce = claims[i].api_key, claims[i].nonce
                 value = nonce_as_u64(nonce)
-                keys += (f"{self._ns}:w:{api_key}", f"{self._ns}:z:{api_key}", f"{self._ns}:n:{api_key}")
-                args += (nonce, sortable(value) if value is not None else "")
-            decided = await self._guard(lambda: self._window(keys=keys, args=args))
+                ns = self._ns
+                keys += (f"{ns}:w:{api_key}", f"{ns}:z:{api_key}", f"{ns}:n:{api_key}", f"{ns}:L:{api_key}", f"{ns}:C:{api_key}")
+                args += (nonce, sortable(value) if value is not None else "", "1" if leases.held_here(api_key) else "",
+                         "1" if leases.may_take(api_key) else "")
+            decided, taken = await self._guard(lambda: self._window(keys=keys, args=args))
             for i, d in zip(idxs, decided, strict=True):
-                results[i] = bool(d)
+                results[i] = None if d == 2 else bool(d)
+            if taken:
+                ceilings: dict[str, str] = {}
+                windows: dict[str, HeldWindow | None] = {}
+                for row in taken:
+                    key = claims[idxs[int(row[0])]].api_key
+                    ceilings[key], windows[key] = row[1], held_window(row[2], row[3], list(row[4:]))
+                await leases.install(ceilings, started, windows)
         return results
 
     async def end_window_lease(self, api_key: str) -> None:
-        """Nothing to end: with Redis every claim is decided by Redis, none in a process's memory."""
+        """The key's lease ends everywhere (its replay mode changes): see ``WindowLeases.revoke``."""
+        await self.leases.revoke(api_key)
 
     async def highest_nonce(self, api_key: str) -> int | None:
         value = await self._guard(lambda: self._redis.get(f"{self._ns}:n:{api_key}"))
@@ -257,6 +238,7 @@ class RedisState:
             await asyncio.sleep(WATCH_SECONDS)
 
     async def close(self) -> None:
+        await self.leases.close()  # every key handed back with its exact window: no revocation after us
         if self._watch is not None:
             self._watch.cancel()
             try:

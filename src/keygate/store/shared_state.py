@@ -24,7 +24,7 @@ from keygate.store.batcher import Batcher
 from keygate.store.database import dialect_insert
 from keygate.store.sqlite_tx import sqlite_time, write_transaction
 from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
-from keygate.store.window_leases import LeaseSight, WindowLeases, raise_to
+from keygate.store.window_leases import LeaseSight, SqliteLeaseStore, WindowLeases, claim_window, raise_to
 
 
 class SharedState(Protocol):
@@ -310,7 +310,6 @@ class _DirectSqlite:
 
 
 _BUSY = object()
-_WINDOW_TRIES = 5  # hand-overs a window claim waits for before it is refused (fail closed)
 
 
 def _sqlite_file(engine: AsyncEngine) -> str | None:
@@ -334,7 +333,7 @@ class SqlState:
         path = _sqlite_file(engine)
         self._direct = _DirectSqlite(path) if path else None
         # SQLite files: ``window`` claims of a key this process holds the lease of are decided in memory.
-        self.leases = WindowLeases(self._sqlite_run, secrets.token_hex(8)) if path else None
+        self.leases = WindowLeases(SqliteLeaseStore(self._sqlite_run), secrets.token_hex(8)) if path else None
 
     async def _sqlite_run(self, work: Any) -> Any:
         """``work(db)`` in one go on the direct connection, or, when the write lock is taken, on a pooled
@@ -404,22 +403,10 @@ class SqlState:
         """Decided in memory if this process holds the key's lease (store/window_leases.py), else by
         the batcher: every claim that arrives while a batch is in flight joins the next. A claim of a
         key leased elsewhere waits for the hand-over, then tries again (a few times, then it is refused)."""
-        if self.leases is not None:
-            verdict = self.leases.decide_now(api_key, nonce, limit)
-            if verdict is not None:
-                return verdict
         claim = WindowClaim(api_key, nonce, limit, window_seconds)
-        for _ in range(_WINDOW_TRIES):
-            if self.leases is not None:
-                held = await self.leases.claim(claim)
-                if held is not None:
-                    return held
-            decided = await self._windows.submit(claim)
-            if decided is not None:
-                return decided
-            assert self.leases is not None
-            await self.leases.wait_for_handover(api_key)
-        return False  # fail closed
+        if self.leases is not None:
+            return await claim_window(self.leases, claim, self._windows.submit)
+        return bool(await self._windows.submit(claim))
 
     async def end_window_lease(self, api_key: str) -> None:
         """The key's lease ends everywhere (its replay mode changes): see ``WindowLeases.revoke``."""

@@ -36,8 +36,12 @@ Rules, each of which keeps a promise of the ``window`` mode (docs/security.md, "
    ``MAX_HELD`` keys, and every key at shutdown, is handed back with its exact window.
 
 Bound: at most ``MAX_HELD`` keys held, each at most ``KEYGATE_NONCE_WINDOW_SIZE`` nonces (as in the
-database); entries leave after ``IDLE_SECONDS`` unused. Only SQLite files use leases (``SqlState``
-with its direct connection): with PostgreSQL every claim is the database's, with Redis Redis's.
+database); entries leave after ``IDLE_SECONDS`` unused. SQLite files (``SqlState`` with its direct
+connection) and Redis (``RedisState``, store/redis_leases.py: the same rules, the lease a Redis key
+that expires by itself) use leases; with PostgreSQL alone every claim is the database's.
+
+``WindowLeases`` holds the rules; a ``LeaseStore`` (``SqliteLeaseStore`` here, ``RedisLeaseStore``)
+writes and reads the lease rows where the key's window lives.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, U64_MAX, nonce_as_u64, sortable
 from keygate.store.sqlite_tx import in_transaction, sqlite_time
@@ -204,11 +208,37 @@ class _Held:
         self.releasing = False
 
 
+class LeaseStore(Protocol):
+    """Where a key's lease row and window live (the SQLite file, or Redis). ``until`` of a lease is
+    the store's own business: ``LEASE_SECONDS`` from when it handles the call, at the earliest."""
+
+    async def set_ceiling(self, key: str, holder: str, ceiling: str) -> bool:
+        """Commit a new ceiling (and extend the lease) if the lease is still ``holder``'s."""
+
+    async def load(self, keys: list[str]) -> dict[str, HeldWindow | None]:
+        """The windows of keys just leased (``None``: gone, or random-style)."""
+
+    async def renew(self, holder: str, keys: list[str]) -> dict[str, bool]:
+        """Extend every lease still ``holder``'s: key -> contended (keys lost are left out)."""
+
+    async def hand_back(self, key: str, holder: str, window: HeldWindow, shared: bool) -> None:
+        """Write the exact window and end the lease (``shared``: leave a shared mark), if still ``holder``'s."""
+
+    async def contend(self, key: str, holder: str) -> bool:
+        """Ask another live holder to hand back; whether one holds the key."""
+
+    async def revoke(self, key: str) -> None:
+        """End the key's lease wherever it is: a holder's ceiling becomes the key's floor; a shared mark."""
+
+    async def handed_over(self, key: str, holder: str) -> bool:
+        """Whether no other live process holds the key's lease."""
+
+
 class WindowLeases:
     """This process's leases: the in-memory decisions, the renewals and the hand-overs."""
 
-    def __init__(self, run: Runner, holder: str) -> None:
-        self._run = run
+    def __init__(self, store: LeaseStore, holder: str) -> None:
+        self.store = store
         self.holder = holder
         self._held: dict[str, _Held] = {}
         self._installing: dict[str, asyncio.Event] = {}
@@ -217,8 +247,13 @@ class WindowLeases:
         self._task: asyncio.Task[None] | None = None
 
     def sight(self, now: float) -> LeaseSight:
-        return LeaseSight(self.holder, now, lambda key: key not in self._held and len(self._held) + len(self._installing) < MAX_HELD,
-                          lambda key: key in self._held or key in self._installing)
+        return LeaseSight(self.holder, now, self.may_take, self.held_here)
+
+    def may_take(self, key: str) -> bool:
+        return key not in self._held and len(self._held) + len(self._installing) < MAX_HELD
+
+    def held_here(self, key: str) -> bool:
+        return key in self._held or key in self._installing
 
     @property
     def held(self) -> list[str]:
@@ -283,10 +318,10 @@ class WindowLeases:
             if value <= held.ceiling:
                 return True
             when, base = held.base
-            now, wall = time.monotonic(), time.time()
+            now = time.monotonic()
             growth = (value - base) / max(now - when, 0.01) * RESERVE_SECONDS
             ceiling = min(value + max(MIN_MARGIN, int(growth)), U64_MAX)
-            if not await self._run(lambda db: _set_ceiling(db, key, self.holder, sortable(ceiling), wall + LEASE_SECONDS)):
+            if not await self.store.set_ceiling(key, self.holder, sortable(ceiling)):
                 self._drop(key)
                 return False
             held.ceiling, held.base = ceiling, (now, value)
@@ -294,12 +329,14 @@ class WindowLeases:
             return True
 
     # ----- taking, renewing, handing back ------------------------------------------------------
-    async def install(self, keys: dict[str, str], started: float) -> None:
-        """Load the windows of the keys a batch just leased (``LeaseSight.taken``), nothing else
-        writing them meanwhile: every other process's claim waits for this lease."""
+    async def install(self, keys: dict[str, str], started: float, loaded: dict[str, HeldWindow | None] | None = None) -> None:
+        """Load the windows of the keys a batch just leased (``LeaseSight.taken``: key -> ceiling),
+        nothing else writing them meanwhile: every other process's claim waits for this lease.
+        ``loaded``: the windows, if the batch read them already (Redis's does)."""
         events = {k: self._installing.setdefault(k, asyncio.Event()) for k in keys}
         try:
-            loaded = await self._run(lambda db: {k: _load_window(db, k) for k in keys})
+            if loaded is None:
+                loaded = await self.store.load(list(keys))
             for key, window in loaded.items():
                 if window is not None:
                     self._held[key] = _Held(window, int(keys[key]), started + LEASE_SECONDS - LEASE_MARGIN)
@@ -328,9 +365,9 @@ class WindowLeases:
             return await asyncio.shield(self._renewal)
         self._renewal = asyncio.get_running_loop().create_future()
         try:
-            started, wall = time.monotonic(), time.time()
+            started = time.monotonic()
             before = dict(self._held)  # a key leased while the renewal is under way is not judged by it
-            rows: dict[str, bool] = await self._run(lambda db: _renew(db, self.holder, wall + LEASE_SECONDS))
+            rows = await self.store.renew(self.holder, list(before))
             for key in [k for k in before if k not in rows]:
                 log.info("nonce lease of a key lost (revoked or expired); its claims go to the database")
                 if self._held.get(key) is before[key]:
@@ -363,7 +400,7 @@ class WindowLeases:
         held.releasing = True  # from now on no claim of the key is decided here
         done = self._releasing[key] = asyncio.Event()
         try:
-            await self._run(lambda db: _hand_back(db, key, self.holder, held.window, shared))
+            await self.store.hand_back(key, self.holder, held.window, shared)
         finally:
             if self._held.get(key) is held:
                 del self._held[key]
@@ -378,9 +415,9 @@ class WindowLeases:
         if key in self._held:
             await self.release(key, shared=True)
             return
-        if await self._run(lambda db: in_transaction(db, lambda: _contend(db, key, self.holder, time.time()))):
+        if await self.store.contend(key, self.holder):
             await self.wait_for_handover(key)
-        await self._run(lambda db: _revoke(db, key, time.time()))
+        await self.store.revoke(key)
 
     async def wait_for_handover(self, key: str) -> None:
         """Until the key's lease held elsewhere is handed back or has expired (at most ``HANDOVER_WAIT_SECONDS``)."""
@@ -393,8 +430,7 @@ class WindowLeases:
         deadline = time.monotonic() + HANDOVER_WAIT_SECONDS
         while time.monotonic() < deadline:
             await asyncio.sleep(_POLL_SECONDS)
-            row = await self._run(lambda db: db.execute("SELECT holder, until FROM nonce_leases WHERE api_key = ?", (key,)).fetchone())
-            if row is None or row[0] in ("", self.holder) or row[1] <= time.time():
+            if await self.store.handed_over(key, self.holder):
                 return
 
     async def close(self) -> None:
@@ -407,9 +443,66 @@ class WindowLeases:
         for key in list(self._held):
             try:
                 await self.release(key, shared=False)
-            except Exception as exc:  # the database is away: the leases expire and are revoked
-                log.warning("handing back a nonce lease failed (%s)", type(exc).__name__)
-                self._drop(key)
+            except Exception as exc:  # the store is away: the leases expire and are revoked
+                left = list(self._held)
+                log.warning("handing back nonce leases failed (%s): %d lease(s) left to expire and be revoked",
+                            type(exc).__name__, len(left) + 1)
+                for other in left:  # one failure is enough: a store away would fail each after its timeout
+                    self._drop(other)
+                return
+
+
+async def claim_window(leases: WindowLeases, claim: WindowClaim, submit: Callable[[WindowClaim], Awaitable[bool | None]]) -> bool:
+    """A ``window`` claim where leases are used: decided in memory if this process holds the key's
+    lease, else by ``submit`` (a batch of the store's, which may lease the key here, or answer
+    ``None``: the key is leased elsewhere). Such a claim waits for the hand-over, then tries again
+    (a few times, then it is refused: fail closed)."""
+    verdict = leases.decide_now(claim.api_key, claim.nonce, claim.limit)
+    if verdict is not None:
+        return verdict
+    for _ in range(WINDOW_TRIES):
+        held = await leases.claim(claim)
+        if held is not None:
+            return held
+        decided = await submit(claim)
+        if decided is not None:
+            return decided
+        await leases.wait_for_handover(claim.api_key)
+    return False
+
+
+WINDOW_TRIES = 5  # a claim meeting another process's lease this many times in a row is refused
+
+
+class SqliteLeaseStore:
+    """Lease rows in the SQLite file's ``nonce_leases`` table, ``until`` on the (one) machine's wall clock."""
+
+    def __init__(self, run: Runner) -> None:
+        self._run = run
+
+    async def set_ceiling(self, key: str, holder: str, ceiling: str) -> bool:
+        until = time.time() + LEASE_SECONDS
+        return bool(await self._run(lambda db: _set_ceiling(db, key, holder, ceiling, until)))
+
+    async def load(self, keys: list[str]) -> dict[str, HeldWindow | None]:
+        return dict(await self._run(lambda db: {k: _load_window(db, k) for k in keys}))
+
+    async def renew(self, holder: str, keys: list[str]) -> dict[str, bool]:
+        until = time.time() + LEASE_SECONDS
+        return dict(await self._run(lambda db: _renew(db, holder, until)))
+
+    async def hand_back(self, key: str, holder: str, window: HeldWindow, shared: bool) -> None:
+        await self._run(lambda db: _hand_back(db, key, holder, window, shared))
+
+    async def contend(self, key: str, holder: str) -> bool:
+        return bool(await self._run(lambda db: in_transaction(db, lambda: _contend(db, key, holder, time.time()))))
+
+    async def revoke(self, key: str) -> None:
+        await self._run(lambda db: _revoke(db, key, time.time()))
+
+    async def handed_over(self, key: str, holder: str) -> bool:
+        row = await self._run(lambda db: db.execute("SELECT holder, until FROM nonce_leases WHERE api_key = ?", (key,)).fetchone())
+        return row is None or row[0] in ("", holder) or row[1] <= time.time()
 
 
 # ----- the statements (plain sqlite3, on the direct connection or a pooled one) -------------------
