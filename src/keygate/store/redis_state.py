@@ -43,6 +43,12 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
+_CLAIM_UNIQUES = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[i]) and 1 or 0 end
+return out
+"""
+
 _CLAIM_STEP = """
 local cur = tonumber(redis.call('GET', KEYS[1]))
 if cur and cur >= tonumber(ARGV[1]) then return 0 end
@@ -101,6 +107,7 @@ class RedisState:
         self._windows: Batcher[WindowClaim, bool | None] = Batcher(self._decide_windows)
         self._uniques: Batcher[tuple[str, str, int], bool] = Batcher(self._decide_uniques)  # ``unique`` and v2 nonces
         self._step = self._redis.register_script(_CLAIM_STEP)
+        self._unique = self._redis.register_script(_CLAIM_UNIQUES)
 
     @staticmethod
     async def _guard(op: Callable[[], Awaitable[T]]) -> T:
@@ -127,16 +134,12 @@ class RedisState:
         return await claim_window(self.leases, WindowClaim(api_key, nonce, limit, window_seconds), self._windows.submit)
 
     async def _decide_uniques(self, claims: list[tuple[str, str, int]]) -> list[bool]:
-        """One pipelined round trip per batch: ``SET key 1 NX EX window`` per claim, in order (a repeat
-        within the batch finds the first one's key and is refused, as it would be one at a time)."""
-
-        async def run() -> list[object]:
-            pipe = self._redis.pipeline(transaction=False)
-            for api_key, nonce, window in claims:
-                pipe.set(f"{self._ns}:u:{api_key}:{nonce}", "1", nx=True, ex=window)
-            return list(await pipe.execute())
-
-        return [bool(r) for r in await self._guard(run)]
+        """One script call per batch: ``SET key 1 NX EX window`` per claim, in order (a repeat within
+        the batch finds the first one's key and is refused, as it would be one at a time). A pipeline
+        of SETs cost redis-py a packed command and a parsed reply per claim."""
+        names = [f"{self._ns}:u:{api_key}:{nonce}" for api_key, nonce, _ in claims]
+        windows = [window for _, _, window in claims]
+        return [bool(r) for r in await self._guard(lambda: self._unique(keys=names, args=windows))]
 
     async def _decide_windows(self, claims: list[WindowClaim]) -> list[bool | None]:
         """One script call per batch (per group of settings: one, in practice), which also revokes
