@@ -11,12 +11,13 @@ session), a change of permissions or allowlist reaches every live session within
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from keygate.domain.errors import Conflict, InvalidRequest, NotFound
+from keygate.domain.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from keygate.domain.iprules import IpAllowlist
 from keygate.domain.key_material import KeyMaterial, KeyType, ed25519_material, fingerprint, hmac_material
 from keygate.domain.keys import ApiKey, clean_label, new_api_key, new_nonce, new_secret
@@ -37,6 +38,8 @@ from keygate.service.users import UserManager
 from keygate.store.repositories import KeyRepository
 from keygate.store.shared_state import SharedState
 from keygate.store.unit import Units
+
+log = logging.getLogger("keygate.keys")
 
 MAX_GRACE_SECONDS = 30 * 86400
 
@@ -458,6 +461,10 @@ class KeyManager:
             await self._repo.delete(key.api_key, unit.conn)
             unit.audit(event("key.delete", actor=actor, subject_user_id=user_id, api_key=key.api_key))
             unit.changed("key", key.api_key)
+        try:
+            await self._state.forget_key(key.api_key)  # its replay state (the database's went with the row)
+        except ServiceUnavailable:  # Redis away: deleted all the same; what is left is never read (keys are never reused)
+            log.warning("a deleted key's replay state could not be removed from the shared state store")
 
     async def rotate_secret(self, actor: Principal, user_id: int, api_key: str, grace_seconds: int = 0,
                             public_key: bytes | None = None) -> CreatedKey:

@@ -17,7 +17,6 @@ from keygate.store.batcher import Batcher
 from keygate.store.redis_state import UNAVAILABLE, connect
 from keygate.telemetry import redis_error
 
-
 # Every put of a batch in one command: KEYS the sessions' names, ARGV each one's value and seconds to
 # live. A pipeline of SETs cost redis-py a packed command and a parsed reply per session (about a
 # quarter of a sign-in's CPU on PostgreSQL + Redis); one script call packs one and parses one.

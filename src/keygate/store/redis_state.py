@@ -177,6 +177,15 @@ class RedisState:
         """The key's lease ends everywhere (its replay mode changes): see ``WindowLeases.revoke``."""
         await self.leases.revoke(api_key)
 
+    async def forget_key(self, api_key: str) -> None:
+        """The key was deleted: its window, highest nonce and lease go (a ``window`` key's remembered
+        nonces never expire); its ``unique`` nonces expire with their windows. A lease held here is
+        dropped unwritten; one held elsewhere is found gone at its next renewal."""
+        self.leases.forget(api_key)
+        ns = self._ns
+        await self._guard(lambda: self._redis.delete(
+            f"{ns}:w:{api_key}", f"{ns}:z:{api_key}", f"{ns}:n:{api_key}", f"{ns}:L:{api_key}", f"{ns}:C:{api_key}"))
+
     async def highest_nonce(self, api_key: str) -> int | None:
         value = await self._guard(lambda: self._redis.get(f"{self._ns}:n:{api_key}"))
         return int(value) if value is not None else None

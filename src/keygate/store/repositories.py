@@ -24,7 +24,7 @@ from keygate.domain.replay import ReplayMode, sortable
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.users import User
 from keygate.store.database import dialect_insert
-from keygate.store.tables import api_keys, audit_events, key_usage, sessions, users
+from keygate.store.tables import api_keys, audit_events, key_usage, nonce_leases, sessions, used_nonces, users
 
 T = TypeVar("T")
 
@@ -357,10 +357,13 @@ class KeyRepository:
             return await _delete_sessions(conn, sessions.c.api_key == key.api_key) if end_sessions else []
 
     async def delete(self, api_key: str, conn: AsyncConnection | None = None) -> builtins.list[str]:
-        """Delete the key and, in the same transaction, every session it made (their hashes are returned)."""
+        """Delete the key and, in the same transaction, every session it made (their hashes are returned)
+        and its replay state: remembered nonces (a ``window`` key's never expire) and its lease."""
         async with _writing(self._engine, conn) as conn:
             ended = await _delete_sessions(conn, sessions.c.api_key == api_key)
             await conn.execute(delete(key_usage).where(key_usage.c.api_key == api_key))
+            await conn.execute(delete(used_nonces).where(used_nonces.c.api_key == api_key))
+            await conn.execute(delete(nonce_leases).where(nonce_leases.c.api_key == api_key))
             await conn.execute(delete(api_keys).where(api_keys.c.api_key == api_key))
         return ended
 

@@ -46,6 +46,11 @@ class SharedState(Protocol):
         """Before the key's replay mode changes: no process decides its ``window`` claims in memory any
         more, and what one may have accepted there is covered (store/window_leases.py)."""
 
+    async def forget_key(self, api_key: str) -> None:
+        """The key was deleted: its replay state goes too (a ``window`` key's remembered nonces never
+        expire). The database's is deleted with the key's row (``ApiKeyRepository.delete``); a lease
+        held here is dropped unwritten."""
+
     async def highest_nonce(self, api_key: str) -> int | None:
         """The highest numeric nonce the key accepted in any mode (None: none yet)."""
 
@@ -565,6 +570,10 @@ class SqlState:
         await conn.execute(update(api_keys).where(k.api_key == api_key)
                            .values(last_nonce=high, nonce_floor=floor, nonce_spread=spread, nonce_count=count))
         return True
+
+    async def forget_key(self, api_key: str) -> None:
+        if self.leases is not None:
+            self.leases.forget(api_key)
 
     async def highest_nonce(self, api_key: str) -> int | None:
         async with self._engine.connect() as conn:

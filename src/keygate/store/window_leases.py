@@ -387,6 +387,10 @@ class WindowLeases:
             if renewal.done() and not renewal.cancelled():
                 renewal.exception()
 
+    def forget(self, key: str) -> None:
+        """The key is gone (deleted): its window is dropped unwritten, and so is its lease's row."""
+        self._drop(key)
+
     def _drop(self, key: str) -> None:
         held = self._held.pop(key, None)
         if held is not None:
