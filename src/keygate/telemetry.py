@@ -48,7 +48,7 @@ class _Family:
             import prometheus_client
 
             # no ``*_created`` series: Prometheus does not need them, and they double the output
-            prometheus_client.disable_created_metrics()
+            prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
             self._metric = getattr(prometheus_client, self._kind)(*self._args, **self._kwargs)
             for child in self._children:  # series that are listed (at 0) before anything is counted
                 self._metric.labels(child)
@@ -310,4 +310,4 @@ def forget_process() -> None:
     if multiprocess_dir():
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(os.getpid())
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

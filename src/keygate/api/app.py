@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, keygate: Keygate | None = None)
                 summary=ep.summary,
                 description=ep.description,
                 tags=["APEX: " + ("public" if ep.auth in ("none", "credentials") else "private")],
-                responses=responses_for(ep, settings.refusal_status),  # type: ignore[arg-type]
+                responses=responses_for(ep, settings.refusal_status),
                 openapi_extra=operation_extra(ep, method),
                 response_class=replies.ApexJSON,
             )

@@ -104,7 +104,7 @@ def configure(settings: Settings) -> None:
     BOUNDS.configure(settings)
 
 
-class GuardedHttpTools(HttpToolsProtocol):  # type: ignore[misc]
+class GuardedHttpTools(HttpToolsProtocol):
     bounds: ClassVar[_Bounds] = BOUNDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -10,6 +10,7 @@ replay, allowlist, throttling and audit rules) and answers ``200`` with the call
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -98,8 +99,8 @@ async def authorize(request: Request) -> Response:
             principal.require_permission(permission)
     except KeygateError as exc:
         return refusal(exc)
-    return _identity(principal.user_id, principal.user.username, principal.permissions, principal.via.value,
-                     principal.api_key)
+    username = principal.user.username if principal.user is not None else ""  # always a user's: token or signature
+    return _identity(principal.user_id, username, principal.permissions, principal.via.value, principal.api_key)
 
 
 _Identity = tuple[int, str, frozenset[Permission], str, "str | None"]
@@ -146,7 +147,7 @@ def _render_identity(user_id: int, username: str, held: frozenset[Permission], v
 
 
 def install_forward_auth(app: FastAPI) -> None:
-    params = [
+    params: list[Mapping[str, object]] = [
         {"name": "aptoken", "in": "header", "required": False, "schema": {"type": "string"}, "description": "Session token"},
         *({"name": h, "in": "header", "required": False, "schema": {"type": "string"}} for h in ("APIKey", "Signature", "UserId", "Nonce")),
         {"name": "require", "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string", "enum": ["Trading", "Withdraw", "Deposit"]}},
@@ -157,7 +158,7 @@ def install_forward_auth(app: FastAPI) -> None:
         _route(app, method, params, generic)
 
 
-def _route(app: FastAPI, method: str, params: list[dict[str, object]], generic: dict[str, object]) -> None:
+def _route(app: FastAPI, method: str, params: Sequence[Mapping[str, object]], generic: Mapping[str, object]) -> None:
     # Envoy's ext_authz appends the client's path to ``path_prefix``: /keygate/authorize/AP/SendOrder.
     app.add_api_route(PATH + "/{forwarded_path:path}", authorize, methods=[method], include_in_schema=False,
                       name=f"keygate_authorize_suffix_{method.lower()}", response_class=replies.ApexJSON)

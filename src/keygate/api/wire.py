@@ -36,7 +36,7 @@ def may_have_body(request: Request) -> bool:
     """Whether the request announces a body: HTTP/1.1 has none without Content-Length or Transfer-Encoding."""
     for name, value in request.scope["headers"]:
         if name == b"content-length":
-            return value.strip() != b"0"
+            return bool(value.strip() != b"0")
         if name == b"transfer-encoding":
             return True
     return False

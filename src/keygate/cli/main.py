@@ -137,7 +137,7 @@ def _read_password(prompt: bool, stdin: bool) -> str:
     if env:
         return env
     if prompt:
-        return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
     raise typer.BadParameter("give the password with --password-stdin, KEYGATE_PASSWORD, or interactively")
 
 

@@ -48,7 +48,7 @@ def check_tls_files(cert_file: Path, key_file: Path) -> list[str]:
         raise TlsFileError(f"{KEY_LABEL} {key_file} is readable by every user of this machine; "
                            f"make it readable by keygate's user only (chmod 600 {key_file})")
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):  # type: ignore[union-attr]
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise TlsFileError(f"{KEY_LABEL} {key_file} does not belong to {CERT_LABEL} {cert_file}")
     try:  # what uvicorn will do in every worker
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert_file), str(key_file), password="")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -49,7 +49,7 @@ class Listing(NamedTuple):
         return "?" + urlencode(params) if params else ""
 
 
-def _paging(listing: Listing, found: Page[object]) -> dict[str, object]:
+def _paging(listing: Listing, found: Page[Any]) -> dict[str, Any]:
     return {"listing": listing, "page": found, "keep": listing.query(),
             "previous": listing.query(found.page - 1) if found.has_previous else None,
             "next": listing.query(found.page + 1) if found.has_next else None}

@@ -19,7 +19,7 @@ async def two_factor(request: Request) -> Response:
 async def begin(request: Request) -> Response:
     signed = await require_user(request)
     await checked_form(request, signed)
-    user = signed.principal.user
+    user = signed.user
     if user.uses_2fa:
         return redirect(request, "/two-factor")
     secret, uri = await keygate(request).users.begin_totp(signed.principal, user.user_id)

@@ -15,6 +15,7 @@ from starlette.templating import Jinja2Templates
 from keygate.console.security import CSRF_FIELD, PURPOSE_SESSION, SESSION_COOKIE, csrf_ok, csrf_token
 from keygate.domain.errors import NotAuthorized
 from keygate.domain.sessions import SessionKind, session_label
+from keygate.domain.users import User
 from keygate.service import Keygate, Principal
 
 MOUNT = "/console"
@@ -52,6 +53,14 @@ class Signed:
     @property
     def csrf(self) -> str:
         return csrf_token(self.token, PURPOSE_SESSION)
+
+    @property
+    def user(self) -> User:
+        """The signed-in user (a console session is always a user's: the operator has none)."""
+        user = self.principal.user
+        if user is None:
+            raise NotAuthorized("Not Authorized: sign in")
+        return user
 
 
 def keygate(request: Request) -> Keygate:

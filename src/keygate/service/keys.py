@@ -318,7 +318,7 @@ class KeyManager:
         user_id: int,
         permissions: frozenset[Permission],
         ip_allowlist: IpAllowlist,
-        label: str = "",
+        label: object = "",
         *,
         replay_mode: ReplayMode | None = None,
         expires_at: datetime | None = None,
