@@ -122,7 +122,7 @@ class AbuseGuard:
     async def claim_signature_nonce(self, api_key: str, nonce: str, seconds: int) -> bool:
         """Signature v2: claim ``nonce`` once per key for ``seconds`` (the window of ``created``, so the
         state is bounded by it); False if it was already claimed."""
-        return await self.state.claim_unique(api_key, nonce, seconds)
+        return await self.state.claim_signature_nonce(api_key, nonce, seconds)
 
     # ----- local memo of blocks ---------------------------------------------------------------
     def _local_wait(self, scope: str) -> float:

@@ -127,6 +127,10 @@ class RedisState:
             await self.raise_highest_nonce(api_key, value)
         return claimed
 
+    async def claim_signature_nonce(self, api_key: str, nonce: str, window_seconds: int) -> bool:
+        """Apart from APEX nonces already: each a key of its own (``kg:u:<api_key>:<nonce>``)."""
+        return await self._uniques.submit((api_key, nonce, window_seconds))
+
     def claim_window_now(self, api_key: str, nonce: str, limit: int) -> bool | None:
         return self.leases.decide_now(api_key, nonce, limit)
 

@@ -24,7 +24,16 @@ from keygate.domain.replay import ReplayMode, sortable
 from keygate.domain.sessions import Session, SessionKind
 from keygate.domain.users import User
 from keygate.store.database import dialect_insert
-from keygate.store.tables import api_keys, audit_events, key_usage, nonce_leases, sessions, used_nonces, users
+from keygate.store.tables import (
+    api_keys,
+    audit_events,
+    key_usage,
+    nonce_leases,
+    sessions,
+    signature_nonces,
+    used_nonces,
+    users,
+)
 
 T = TypeVar("T")
 
@@ -363,6 +372,7 @@ class KeyRepository:
             ended = await _delete_sessions(conn, sessions.c.api_key == api_key)
             await conn.execute(delete(key_usage).where(key_usage.c.api_key == api_key))
             await conn.execute(delete(used_nonces).where(used_nonces.c.api_key == api_key))
+            await conn.execute(delete(signature_nonces).where(signature_nonces.c.api_key == api_key))
             await conn.execute(delete(nonce_leases).where(nonce_leases.c.api_key == api_key))
             await conn.execute(delete(api_keys).where(api_keys.c.api_key == api_key))
         return ended

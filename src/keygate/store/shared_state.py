@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol, cast
 
-from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,7 +23,7 @@ from keygate.domain.replay import FAR_FUTURE_SECONDS, SPREAD_GAP, nonce_as_u64, 
 from keygate.store.batcher import Batcher
 from keygate.store.database import dialect_insert
 from keygate.store.sqlite_tx import sqlite_time, write_transaction
-from keygate.store.tables import api_keys, throttle_counters, trust_marks, used_nonces, users
+from keygate.store.tables import api_keys, signature_nonces, throttle_counters, trust_marks, used_nonces, users
 from keygate.store.window_leases import LeaseSight, SqliteLeaseStore, WindowLeases, claim_window, raise_to
 
 
@@ -33,6 +33,10 @@ class SharedState(Protocol):
 
     async def claim_unique(self, api_key: str, nonce: str, window_seconds: int) -> bool:
         """Accept ``nonce`` only if the key has not used it within the window, and remember it."""
+
+    async def claim_signature_nonce(self, api_key: str, nonce: str, window_seconds: int) -> bool:
+        """``claim_unique`` for Signature v2's nonces, kept apart from the key's APEX nonces: nothing a
+        replay mode does to those (a ``window`` key forgetting its oldest) touches these."""
 
     async def claim_window(self, api_key: str, nonce: str, limit: int, window_seconds: int) -> bool:
         """The ``window`` mode (domain.replay): accept ``nonce`` only if the key does not remember it and,
@@ -257,17 +261,18 @@ def _first_expiries(claims: list[tuple[str, str, int]], now: datetime) -> dict[t
     return rows
 
 
-def _sqlite_uniques(db: sqlite3.Connection, claims: list[tuple[str, str, int]], now: datetime) -> set[tuple[str, str]]:
+def _sqlite_uniques(db: sqlite3.Connection, claims: list[tuple[str, str, int]], now: datetime,
+                    table: str = "used_nonces") -> set[tuple[str, str]]:
     """``SqlState._decide_uniques`` in plain sqlite3: forget the batch's nonces whose window has passed,
     insert every distinct (key, nonce), and return those this batch inserted. Rolls back on any error."""
     rows = {pair: sqlite_time(expires) for pair, expires in _first_expiries(claims, now).items()}
     with write_transaction(db):
         # One primary-key probe per pair: a row-value IN beside the expiry makes SQLite range over every
         # expired row instead (those of other nonces pile up until the purge).
-        db.executemany("DELETE FROM used_nonces WHERE api_key = ? AND nonce = ? AND expires_at <= ?",
+        db.executemany(f"DELETE FROM {table} WHERE api_key = ? AND nonce = ? AND expires_at <= ?",
                        [(key, nonce, sqlite_time(now)) for key, nonce in rows])
         inserted = {(r[0], r[1]) for r in db.execute(
-            "INSERT INTO used_nonces (api_key, nonce, expires_at) VALUES " + ",".join("(?, ?, ?)" for _ in rows)
+            f"INSERT INTO {table} (api_key, nonce, expires_at) VALUES " + ",".join("(?, ?, ?)" for _ in rows)
             + " ON CONFLICT DO NOTHING RETURNING api_key, nonce",
             [v for (key, nonce), expires in rows.items() for v in (key, nonce, expires)]).fetchall()}
     return inserted
@@ -335,6 +340,7 @@ class SqlState:
         # A ``window`` claim's batch answers None for "wait for the key's lease elsewhere, then again".
         self._windows: Batcher[WindowClaim, bool | None] = Batcher(self._decide_windows)
         self._uniques: Batcher[tuple[str, str, int], bool] = Batcher(self._decide_uniques)
+        self._signature_nonces: Batcher[tuple[str, str, int], bool] = Batcher(self._decide_signature_nonces)
         path = _sqlite_file(engine)
         self._direct = _DirectSqlite(path) if path else None
         # SQLite files: ``window`` claims of a key this process holds the lease of are decided in memory.
@@ -371,15 +377,25 @@ class SqlState:
             await self.raise_highest_nonce(api_key, value)
         return claimed
 
+    async def claim_signature_nonce(self, api_key: str, nonce: str, window_seconds: int) -> bool:
+        """Like ``claim_unique``, in ``signature_nonces`` (store/tables.py says why apart)."""
+        return await self._signature_nonces.submit((api_key, nonce, window_seconds))
+
     async def _decide_uniques(self, claims: list[tuple[str, str, int]]) -> list[bool]:
+        return await self._decide_once(claims, used_nonces)
+
+    async def _decide_signature_nonces(self, claims: list[tuple[str, str, int]]) -> list[bool]:
+        return await self._decide_once(claims, signature_nonces)
+
+    async def _decide_once(self, claims: list[tuple[str, str, int]], table: Table) -> list[bool]:
         """One transaction: forget the batch's nonces whose window has passed, insert every distinct
         (key, nonce) with ``ON CONFLICT DO NOTHING ... RETURNING``, and accept a claim if and only if its
         row was inserted by this batch and no earlier claim of the batch took it. The primary key
         decides between processes: two batches inserting one nonce at once accept it once."""
         now = _now()
-        direct = self._direct.run(lambda db: _sqlite_uniques(db, claims, now)) if self._direct else _BUSY
+        direct = self._direct.run(lambda db: _sqlite_uniques(db, claims, now, table.name)) if self._direct else _BUSY
         if direct is _BUSY:
-            inserted = await self._insert_uniques(claims, now)
+            inserted = await self._insert_uniques(claims, now, table)
         else:
             inserted = cast("set[tuple[str, str]]", direct)
         results: list[bool] = []
@@ -390,15 +406,15 @@ class SqlState:
             results.append(ok)
         return results
 
-    async def _insert_uniques(self, claims: list[tuple[str, str, int]], now: datetime) -> set[tuple[str, str]]:
-        u = used_nonces.c
+    async def _insert_uniques(self, claims: list[tuple[str, str, int]], now: datetime, table: Table) -> set[tuple[str, str]]:
+        u = table.c
         rows = {(key, nonce): {"api_key": key, "nonce": nonce, "expires_at": expires}
                 for (key, nonce), expires in _first_expiries(claims, now).items()}
         async with self._engine.begin() as conn:
-            await conn.execute(delete(used_nonces).where(u.api_key == bindparam("b_key"), u.nonce == bindparam("b_nonce"),
-                                                         u.expires_at <= now),
+            await conn.execute(delete(table).where(u.api_key == bindparam("b_key"), u.nonce == bindparam("b_nonce"),
+                                                   u.expires_at <= now),
                                [{"b_key": key, "b_nonce": nonce} for key, nonce in rows])  # primary-key probes
-            statement = dialect_insert(conn.dialect.name)(used_nonces).values(list(rows.values())).on_conflict_do_nothing().returning(u.api_key, u.nonce)
+            statement = dialect_insert(conn.dialect.name)(table).values(list(rows.values())).on_conflict_do_nothing().returning(u.api_key, u.nonce)
             return {(r[0], r[1]) for r in (await conn.execute(statement)).all()}
 
     def claim_window_now(self, api_key: str, nonce: str, limit: int) -> bool | None:
@@ -675,6 +691,7 @@ class SqlState:
         async with self._engine.begin() as conn:
             await conn.execute(delete(trust_marks).where(trust_marks.c.expires_at <= now))
             await conn.execute(delete(used_nonces).where(used_nonces.c.expires_at <= now))
+            await conn.execute(delete(signature_nonces).where(signature_nonces.c.expires_at <= now))
             await conn.execute(
                 delete(throttle_counters).where(
                     throttle_counters.c.window_ends_at <= now,

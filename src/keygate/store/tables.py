@@ -166,6 +166,20 @@ used_nonces = Table(
 Index("ix_used_nonces_key_order", used_nonces.c.api_key, func.length(used_nonces.c.nonce), used_nonces.c.nonce,
       used_nonces.c.expires_at)
 
+# Signature v2 nonces (migration 0013), apart from ``used_nonces``: a ``window`` key forgets its
+# remembered nonces in an order (smallest, or oldest, first) that would take v2 nonces with them
+# (each expiring within seconds, so first of all by age), and a v2 request could then be replayed
+# within its window. Kept only for that window; SQLite: a table without rowid, two B-trees a row.
+signature_nonces = Table(
+    "signature_nonces",
+    metadata,
+    Column("api_key", String(64), primary_key=True),
+    Column("nonce", String(128), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_signature_nonces_expires_at", "expires_at"),
+    sqlite_with_rowid=False,
+)
+
 # Which process decides a ``window`` key's claims in memory, until when, and up to which nonce
 # (store/window_leases.py). ``holder`` '' is a shared mark: until ``until`` nobody takes the lease.
 nonce_leases = Table(
