@@ -21,6 +21,7 @@ from keygate.domain.permissions import Permission
 from keygate.domain.replay import ReplayMode
 from keygate.domain.signature import compute_signature
 from keygate.service import Keygate
+from keygate.service import auth as auth_module
 from keygate.service.auth import MEMO_SECONDS, KeyCredentials
 from keygate.service.clock import utcnow
 from keygate.service.keys import CreatedKey
@@ -167,8 +168,15 @@ async def test_anything_off_the_happy_path_goes_the_whole_way(kg: Keygate, make_
     assert refused.value.reason == "signature mismatch"
 
 
-async def test_a_locked_user_or_a_key_about_to_expire_is_never_remembered(kg: Keygate, make_user) -> None:  # type: ignore[no-untyped-def]
-    expiring = await _key(kg, make_user, ReplayMode.COMPATIBLE, expires_at=utcnow() + timedelta(seconds=MEMO_SECONDS / 2 + 0.2))
+async def test_a_locked_user_or_a_key_about_to_expire_is_never_remembered(kg: Keygate, make_user,  # type: ignore[no-untyped-def]
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A memo life of 5 s instead of 0.5: a key expiring within it, 3 s from now, leaves a loaded
+    # machine time to make the user (Argon2) and sign in before the key has expired.
+    monkeypatch.setattr(auth_module, "MEMO_SECONDS", 5.0)
+    monkeypatch.setattr(auth_module, "MEMO_TIMEDELTA", timedelta(seconds=5))
+    user = await make_user()
+    expiring = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist(), replay_mode=ReplayMode.COMPATIBLE,
+                                    expires_at=utcnow() + timedelta(seconds=3))
     await _signed_in(kg, expiring)
     assert kg.auth.principal_for_signature_now(*_headers(expiring), CLIENT_IP) is None
     created = await _key(kg, make_user, ReplayMode.COMPATIBLE)
