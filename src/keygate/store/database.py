@@ -28,7 +28,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Every revision in migrations/versions, oldest first, as Alembic chains them (down_revision); the
 # last is the head. tests/store/test_schema_revision.py checks this against the migration scripts, so
 # a new migration that is not listed here fails the tests.
-REVISIONS = ("0001", "0002", "0003", "0005", "0006", "0004", "0007", "0008", "0009", "0010", "0011", "0012", "0013")
+REVISIONS = ("0001", "0002", "0003", "0005", "0006", "0004", "0007", "0008", "0009", "0010", "0011", "0012", "0013", "0014")
 HEAD_REVISION = REVISIONS[-1]
 CONNECT_TIMEOUT_SECONDS = 2.0
 STATEMENT_TIMEOUT_SECONDS = 10.0

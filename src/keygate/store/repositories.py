@@ -561,7 +561,9 @@ class SessionRepository:
         elif search.name_prefix:
             query = (select(sessions).join(users, users.c.user_id == sessions.c.user_id)
                      .where(live, _name_prefix(search.name_prefix))
-                     .order_by(func.lower(users.c.username), sessions.c.created_at, sessions.c.token_hash))
+                     # users.user_id after the (unique) name: SQLite then reads each user's sessions in
+                     # index order instead of sorting them all (migration 0014).
+                     .order_by(func.lower(users.c.username), users.c.user_id, sessions.c.created_at, sessions.c.token_hash))
         else:
             query = select(sessions).where(live).order_by(*by_owner)
         async with self._engine.connect() as conn:

@@ -119,7 +119,8 @@ sessions = Table(
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("key_serial", Integer, nullable=True),  # the key's secret serial that made a key session
-    Index("ix_sessions_user_created", "user_id", "created_at"),  # owner lookups and listings (0011)
+    # Owner lookups and listings, in index order to the tie-break (0011; token_hash since 0014).
+    Index("ix_sessions_user_created", "user_id", "created_at", "token_hash"),
     Index("ix_sessions_api_key", "api_key"),
 )
 
