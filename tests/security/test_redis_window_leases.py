@@ -28,8 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -38,28 +37,13 @@ import redis
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from lease_support import Key, Micros, call, client, load_until_killed, new_key, servers  # noqa: F401  (fixtures, used by name)
 
 from keygate.config import Settings
-from keygate.domain.iprules import IpAllowlist
-from keygate.domain.replay import SPREAD_GAP, ReplayMode
-from keygate.domain.signature import compute_signature
-from keygate.service import Keygate
-from keygate.service.principal import OPERATOR
+from keygate.domain.replay import SPREAD_GAP
 from support import Server, _psql, need, pg_available, redis_available, settings_env, start_server
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@dataclass
-class Key:
-    user_id: int
-    api_key: str
-    secret: str
-
-    def headers(self, nonce: int | str) -> dict[str, str]:
-        n = str(nonce)
-        return {"APIKey": self.api_key, "Signature": compute_signature(self.secret, n, self.user_id, self.api_key),
-                "UserId": str(self.user_id), "Nonce": n}
 
 
 @pytest.fixture
@@ -82,18 +66,6 @@ def deployment(tmp_path: Path) -> Iterator[Settings]:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def new_key(settings: Settings) -> Key:
-    kg = Keygate(settings, serving=False)
-    await kg.start(bootstrap_admin=False)
-    try:
-        user = await kg.users.create(OPERATOR, "t" + secrets.token_hex(4), secrets.token_urlsafe(16))
-        made = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist())  # the default mode: window
-        assert made.key.replay_mode is ReplayMode.WINDOW
-        return Key(user.user_id, made.key.api_key, made.secret)
-    finally:
-        await kg.close()
-
-
 class Seen:
     """What Redis holds of a key: its remembered nonces and its lease."""
 
@@ -111,31 +83,6 @@ class Seen:
     def ceiling(self, key: Key) -> str | None:
         value = self.r.hget(f"{self.ns}:C:{key.api_key}", "c")
         return value if value is None else str(value)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32)) as c:
-        yield c
-
-
-async def call(client: httpx.AsyncClient, server: Server, key: Key, nonce: int | str, waking: bool = False) -> int:
-    r = await client.post(server.base_url + "/AP/GetUserPermissions", headers=key.headers(nonce))
-    if waking and r.status_code == 503:
-        return 401
-    assert r.status_code in (200, 401), r.text
-    return r.status_code
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for s in made:
-        if s.process.poll() is None:
-            s.process.send_signal(signal.SIGCONT)
-            s.process.kill()
-            s.process.wait()
 
 
 async def test_a_key_in_steady_use_is_decided_in_memory_and_handed_back_exactly(
@@ -170,22 +117,8 @@ async def test_after_kill_9_no_nonce_the_holder_accepted_is_accepted_again(
     servers.append(victim := start_server(deployment))
     servers.append(other := start_server(deployment))
     answered: list[int] = []
-    last = [0]
-
-    def micros() -> int:  # microsecond timestamps, strictly increasing
-        last[0] = max(time.time_ns() // 1000, last[0] + 1)
-        return last[0]
-
-    async def load() -> None:
-        while victim.process.poll() is None:
-            n = micros()
-            try:
-                if await call(client, victim, key, n) == 200:
-                    answered.append(n)
-            except httpx.HTTPError:
-                return
-
-    workers = [asyncio.create_task(load())]
+    micros = Micros()
+    workers = [asyncio.create_task(load_until_killed(client, victim, key, micros, answered))]
     await asyncio.sleep(1.5)
     assert seen.lease(key) not in (None, "")  # held: decided in the victim's memory
     victim.process.kill()  # kill -9, under load: nothing of its window written

@@ -28,8 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,28 +36,14 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from lease_support import Key, Micros, call, client, load_until_killed, new_key, servers  # noqa: F401  (fixtures, used by name)
 
 from keygate.config import Settings
-from keygate.domain.iprules import IpAllowlist
-from keygate.domain.replay import SPREAD_GAP, ReplayMode
-from keygate.domain.signature import compute_signature
+from keygate.domain.replay import SPREAD_GAP
 from keygate.service import Keygate
-from keygate.service.principal import OPERATOR
 from keygate.store.shared_state import WindowClaim, _KeyWindow
 from keygate.store.window_leases import HeldWindow
 from support import Server, settings_env, start_server
-
-
-@dataclass
-class Key:
-    user_id: int
-    api_key: str
-    secret: str
-
-    def headers(self, nonce: int | str) -> dict[str, str]:
-        n = str(nonce)
-        return {"APIKey": self.api_key, "Signature": compute_signature(self.secret, n, self.user_id, self.api_key),
-                "UserId": str(self.user_id), "Nonce": n}
 
 
 @pytest.fixture
@@ -67,18 +51,6 @@ def deployment(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'keygate.db'}",
                     master_key=base64.b64encode(secrets.token_bytes(32)).decode(), default_replay_mode="window",
                     throttle_ip_failures=1_000_000, throttle_key_failures=1_000_000, throttle_user_failures=1_000_000)
-
-
-async def new_key(settings: Settings) -> Key:
-    kg = Keygate(settings, serving=False)
-    await kg.start(bootstrap_admin=False)
-    try:
-        user = await kg.users.create(OPERATOR, "t" + secrets.token_hex(4), secrets.token_urlsafe(16))
-        made = await kg.keys.create(OPERATOR, user.user_id, frozenset(), IpAllowlist())  # the default mode: window
-        assert made.key.replay_mode is ReplayMode.WINDOW
-        return Key(user.user_id, made.key.api_key, made.secret)
-    finally:
-        await kg.close()
 
 
 def db(settings: Settings) -> sqlite3.Connection:
@@ -96,32 +68,6 @@ def stored(settings: Settings, key: Key) -> tuple[int, int]:
 def leases(settings: Settings, key: Key) -> list[tuple[str, bool]]:
     with db(settings) as conn:
         return [(r[0], bool(r[1])) for r in conn.execute("SELECT holder, contended FROM nonce_leases WHERE api_key = ?", (key.api_key,))]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32)) as c:
-        yield c
-
-
-async def call(client: httpx.AsyncClient, server: Server, key: Key, nonce: int | str, waking: bool = False) -> int:
-    """The status of a signed call; ``waking``: a process just resumed may fail closed (503) until its
-    change listener has caught up, a refusal too (answered 401 here)."""
-    r = await client.post(server.base_url + "/AP/GetUserPermissions", headers=key.headers(nonce))
-    if waking and r.status_code == 503:
-        return 401
-    assert r.status_code in (200, 401), r.text
-    return r.status_code
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for s in made:
-        if s.process.poll() is None:
-            s.process.kill()
-            s.process.wait()
 
 
 async def test_a_key_in_steady_use_is_decided_in_memory_and_handed_back_exactly(
@@ -155,25 +101,8 @@ async def test_after_kill_9_no_nonce_the_holder_accepted_is_accepted_again(
     servers.append(victim := start_server(deployment))
     servers.append(other := start_server(deployment))
     answered: list[int] = []
-    last = [0]
-
-    def micros() -> int:  # microsecond timestamps, as some clients send (strictly increasing here)
-        last[0] = max(time.time_ns() // 1000, last[0] + 1)
-        return last[0]
-
-    async def load() -> None:
-        while victim.process.poll() is None:
-            n = micros()
-            try:
-                if await call(client, victim, key, n) == 200:
-                    answered.append(n)
-            except httpx.HTTPError:
-                return
-
-    # One client in a tight loop: microsecond nonces from concurrent clients, delayed by more than a
-    # second on a loaded machine, would arrive more than 10^6 below the highest and make the key
-    # random-style (domain.replay), which no process leases: the test would then prove nothing.
-    workers = [asyncio.create_task(load())]
+    micros = Micros()
+    workers = [asyncio.create_task(load_until_killed(client, victim, key, micros, answered))]
     await asyncio.sleep(1.5)
     assert leases(deployment, key)[0][0] != ""  # held: decided in the victim's memory
     victim.process.kill()  # kill -9, under load: nothing of its window written
