@@ -283,6 +283,8 @@ def test_a_leased_key_gets_the_verdicts_and_the_window_of_the_script(steps: list
             assert (r.hget(f"{namespace}:w:held", "s") == "1") == spread
             if not spread:  # random-style, a window forgets by the time of each claim: verdicts only
                 assert held == ["held"] and scripted.leases.held == []
+                [loaded] = (await scripted.leases.store.load(["plain"])).values()  # the window as Redis holds it
+                assert loaded is not None and loaded.present == set(r.zrange(f"{namespace}:z:plain", 0, -1))
                 assert r.zrange(f"{namespace}:z:held", 0, -1, withscores=True) == r.zrange(f"{namespace}:z:plain", 0, -1, withscores=True)
                 assert r.hgetall(f"{namespace}:w:held") == r.hgetall(f"{namespace}:w:plain")
                 assert r.get(f"{namespace}:n:held") == r.get(f"{namespace}:n:plain")

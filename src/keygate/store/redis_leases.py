@@ -213,6 +213,7 @@ class RedisLeaseStore:
         self._hand_back = client.register_script(_HAND_BACK)
         self._revoke = client.register_script(_REVOKE)
         self._get = client.get
+        self._client = client
 
     def keys(self, key: str) -> tuple[str, str]:
         return f"{self._ns}:L:{key}", f"{self._ns}:C:{key}"
@@ -222,7 +223,23 @@ class RedisLeaseStore:
         return bool(await self._guard(lambda: self._set_ceiling(keys=[lk, ck], args=[holder, ceiling, int(LEASE_SECONDS * 1000)])))
 
     async def load(self, keys: list[str]) -> dict[str, HeldWindow | None]:
-        raise NotImplementedError("the claim script that leases a key returns its window")
+        """The keys' windows as Redis holds them (``None``: random-style). The claim script that
+        leases a key returns its window itself, so a lease taken here needs no second read."""
+
+        async def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(f"{self._ns}:w:{key}", "f", "s")
+                pipe.zrange(f"{self._ns}:z:{key}", 0, -1)
+                pipe.get(f"{self._ns}:n:{key}")
+            return list(await pipe.execute())
+
+        found = await self._guard(read)
+        windows: dict[str, HeldWindow | None] = {}
+        for i, key in enumerate(keys):
+            (floor, spread), members, high = found[3 * i], found[3 * i + 1], found[3 * i + 2]
+            windows[key] = None if spread == "1" else held_window(floor or "", high or "", list(members))
+        return windows
 
     async def renew(self, holder: str, keys: list[str]) -> dict[str, bool]:
         if not keys:
