@@ -191,6 +191,13 @@ return 1
 """
 
 
+def window_names(namespace: str, key: str) -> tuple[str, str, str, str, str]:
+    """A ``window`` key's Redis keys: its state hash, remembered nonces, highest nonce, lease and
+    lease hash, in the order ``CLAIM_WINDOWS`` takes them."""
+    return (f"{namespace}:w:{key}", f"{namespace}:z:{key}", f"{namespace}:n:{key}", f"{namespace}:L:{key}",
+            f"{namespace}:C:{key}")
+
+
 def _sortable(value: int | None) -> str:
     return f"{value:020d}" if value is not None else ""
 
@@ -216,7 +223,7 @@ class RedisLeaseStore:
         self._client = client
 
     def keys(self, key: str) -> tuple[str, str]:
-        return f"{self._ns}:L:{key}", f"{self._ns}:C:{key}"
+        return window_names(self._ns, key)[3:]
 
     async def set_ceiling(self, key: str, holder: str, ceiling: str) -> bool:
         lk, ck = self.keys(key)
@@ -229,9 +236,10 @@ class RedisLeaseStore:
         async def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
-                pipe.hmget(f"{self._ns}:w:{key}", "f", "s")
-                pipe.zrange(f"{self._ns}:z:{key}", 0, -1)
-                pipe.get(f"{self._ns}:n:{key}")
+                state, remembered, highest, _, _ = window_names(self._ns, key)
+                pipe.hmget(state, "f", "s")
+                pipe.zrange(remembered, 0, -1)
+                pipe.get(highest)
             return list(await pipe.execute())
 
         found = await self._guard(read)
@@ -249,20 +257,20 @@ class RedisLeaseStore:
         return {key: r == 1 for key, r in zip(keys, out, strict=True) if r != -1}
 
     async def hand_back(self, key: str, holder: str, window: HeldWindow, shared: bool) -> None:
-        lk, ck = self.keys(key)
         args: list[str | int] = [holder, "1" if shared else "", int(SHARED_SECONDS * 1000), _sortable(window.floor),
                                  _sortable(window.high), len(window.forgotten), *window.forgotten]
         for nonce in window.added:
             args += (nonce, int(nonce))  # increasing-style: every nonce held is a number, its score its value
-        names = [lk, ck, f"{self._ns}:w:{key}", f"{self._ns}:z:{key}", f"{self._ns}:n:{key}"]
+        state, remembered, highest, lk, ck = window_names(self._ns, key)
+        names = [lk, ck, state, remembered, highest]
         await self._guard(lambda: self._hand_back(keys=names, args=args))
 
     async def contend(self, key: str, holder: str) -> bool:
         return bool(await self._guard(lambda: self._contend(keys=list(self.keys(key)), args=[holder])))
 
     async def revoke(self, key: str) -> None:
-        lk, ck = self.keys(key)
-        await self._guard(lambda: self._revoke(keys=[lk, ck, f"{self._ns}:w:{key}", f"{self._ns}:n:{key}"],
+        state, _, highest, lk, ck = window_names(self._ns, key)
+        await self._guard(lambda: self._revoke(keys=[lk, ck, state, highest],
                                                args=[int(SHARED_SECONDS * 1000)]))
 
     async def handed_over(self, key: str, holder: str) -> bool:
@@ -271,4 +279,4 @@ class RedisLeaseStore:
         return value is None or value in ("", holder)
 
 
-__all__ = ["CLAIM_WINDOWS", "MIN_MARGIN", "RedisLeaseStore", "held_window"]
+__all__ = ["CLAIM_WINDOWS", "MIN_MARGIN", "RedisLeaseStore", "held_window", "window_names"]

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from keygate.domain.errors import ServiceUnavailable
 from keygate.domain.replay import SPREAD_GAP, nonce_as_u64, sortable
 from keygate.store.batcher import Batcher
-from keygate.store.redis_leases import CLAIM_WINDOWS, RedisLeaseStore, held_window
+from keygate.store.redis_leases import CLAIM_WINDOWS, RedisLeaseStore, held_window, window_names
 from keygate.store.shared_state import WindowClaim
 from keygate.store.window_leases import LEASE_SECONDS, MIN_MARGIN, HeldWindow, WindowLeases, claim_window
 from keygate.telemetry import redis_error
@@ -161,8 +161,7 @@ class RedisState:
             for i in idxs:
                 api_key, nonce = claims[i].api_key, claims[i].nonce
                 value = nonce_as_u64(nonce)
-                ns = self._ns
-                keys += (f"{ns}:w:{api_key}", f"{ns}:z:{api_key}", f"{ns}:n:{api_key}", f"{ns}:L:{api_key}", f"{ns}:C:{api_key}")
+                keys += window_names(self._ns, api_key)
                 args += (nonce, sortable(value) if value is not None else "", "1" if leases.held_here(api_key) else "",
                          "1" if leases.may_take(api_key) else "")
             decided, taken = await self._guard(lambda: self._window(keys=keys, args=args))
@@ -186,9 +185,7 @@ class RedisState:
         nonces never expire); its ``unique`` nonces expire with their windows. A lease held here is
         dropped unwritten; one held elsewhere is found gone at its next renewal."""
         self.leases.forget(api_key)
-        ns = self._ns
-        await self._guard(lambda: self._redis.delete(
-            f"{ns}:w:{api_key}", f"{ns}:z:{api_key}", f"{ns}:n:{api_key}", f"{ns}:L:{api_key}", f"{ns}:C:{api_key}"))
+        await self._guard(lambda: self._redis.delete(*window_names(self._ns, api_key)))
 
     async def highest_nonce(self, api_key: str) -> int | None:
         value = await self._guard(lambda: self._redis.get(f"{self._ns}:n:{api_key}"))
